@@ -11,3 +11,34 @@ CREATE TABLE IF NOT EXISTS {schema}.checkpoint (
     lsn        pg_lsn NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- Cache tags waiting for delivery, written in the same transaction as the summary change
+-- that caused them (an outbox): a crash can neither lose them nor send tags of a change
+-- that rolled back. Rows are written only under the apply lock, so ids become visible in
+-- increasing order and a per-endpoint cursor never skips one.
+CREATE TABLE IF NOT EXISTS {schema}.outbox (
+    id          bigserial PRIMARY KEY,
+    tag         text NOT NULL,
+    -- commit time of the source change, for the commit-to-revalidation latency metric
+    commit_time timestamptz,
+    enqueued_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- How far each endpoint has been served. Each endpoint advances on its own, so one
+-- Next.js instance being down neither blocks nor repeats the others.
+CREATE TABLE IF NOT EXISTS {schema}.outbox_cursor (
+    endpoint     text PRIMARY KEY,
+    delivered_id bigint NOT NULL,
+    updated_at   timestamptz NOT NULL DEFAULT now()
+);
+
+-- Tags an endpoint refused for good (a 4xx other than 429): kept for inspection, never
+-- dropped silently.
+CREATE TABLE IF NOT EXISTS {schema}.outbox_failed (
+    id        bigserial PRIMARY KEY,
+    endpoint  text NOT NULL,
+    tags      text[] NOT NULL,
+    status    int,
+    response  text,
+    failed_at timestamptz NOT NULL DEFAULT now()
+);

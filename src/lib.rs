@@ -1,1 +1,19 @@
-//! cdc-worker library
+//! cdc-worker keeps a denormalized `ProductSummary` table and a Next.js app's cache tags
+//! correct from Postgres logical replication.
+//!
+//! The pipeline, one module per stage:
+//! stream ([`run`]) → decode ([`pgoutput`]) → route ([`route`]) → batch ([`batch`]) →
+//! apply ([`apply`], with [`summary`] defining a row and its tags) → ack ([`run`]);
+//! apply also fills the outbox that [`deliver`] drains to Next.js.
+
+pub mod apply;
+pub mod batch;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod metrics;
+pub mod pgoutput;
+pub mod route;
+pub mod run;
+pub mod setup;
+pub mod summary;

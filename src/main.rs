@@ -1,1 +1,140 @@
-fn main() {}
+//! The command line: parse, load config, call into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::sync::watch;
+
+use cdc_worker::config::Config;
+use cdc_worker::db::Database;
+use cdc_worker::metrics::Metrics;
+
+/// Keeps the ProductSummary table and the Next.js cache tags of an e-commerce database
+/// correct from Postgres logical replication.
+///
+/// Run `setup` once (checks the database, creates the publication, the slot and the
+/// summary table, backfills), then `run` as a long-running sidecar; run `reconcile` from
+/// cron to prove the summary equals the source.
+///
+/// Configuration: config/cdc-worker.toml (or --config), overridden by environment
+/// variables: DATABASE_URL (required), CDC_SLOT, CDC_PUBLICATION, CDC_SCHEMA,
+/// CDC_CURRENCY, CDC_REVALIDATE_URLS, CDC_REVALIDATE_SECRET, CDC_METRICS_ADDR.
+#[derive(Parser)]
+#[command(name = "cdc-worker", version, about, long_about, max_term_width = 100)]
+struct Cli {
+    /// Config file [default: config/cdc-worker.toml when it exists]
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+
+    /// Log format
+    #[arg(long, global = true, value_enum, env = "CDC_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check the database and prepare it; safe to run again.
+    ///
+    /// Checks wal_level=logical, the role's privileges and the tables (each problem is
+    /// reported with the statement that fixes it, before anything is changed). Then
+    /// creates the state schema, the summary table when missing, the publication, REPLICA
+    /// IDENTITY FULL on child tables (so a DELETE names its product), and the slot, and
+    /// backfills ProductSummary for every existing product with progress. Changes made
+    /// while the backfill runs are streamed afterwards, so nothing is lost in between.
+    Setup,
+    /// Stream the slot and keep ProductSummary and the cache tags fresh until SIGTERM.
+    ///
+    /// On SIGTERM or SIGINT the batch in flight is finished and acknowledged, then the
+    /// process exits 0. Connection loss and Postgres restarts are retried with backoff.
+    /// When another instance holds the slot, this one waits as a standby and takes over
+    /// when the slot is free.
+    Run,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match real_main(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Setup => {
+            cdc_worker::setup::run(&cfg).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run => {
+            run(cfg).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    let db = Database::parse(&cfg.database_url)?;
+    let metrics = Metrics::new();
+    if !cfg.metrics.addr.is_empty() {
+        let listener_metrics = metrics.clone();
+        let addr = cfg.metrics.addr.clone();
+        tokio::spawn(async move {
+            if let Err(e) = cdc_worker::metrics::serve(&addr, listener_metrics).await {
+                tracing::error!("{e:#}");
+            }
+        });
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let ctx = cdc_worker::run::Context {
+        cfg,
+        db,
+        metrics,
+        shutdown: stop_rx,
+        outbox_notify: Arc::new(tokio::sync::Notify::new()),
+    };
+    cdc_worker::run::run(&ctx).await
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("received SIGTERM"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT"),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("CDC_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

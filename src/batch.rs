@@ -1,0 +1,108 @@
+//! Batch: dirty product ids coalesce across transactions until apply is free, or a size
+//! bound is hit. Under backlog apply stays busy, so batches grow and the cost follows the
+//! number of distinct products rather than the number of changes.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use pgwire_replication::Lsn;
+
+/// The work of one apply transaction.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Products to recompute.
+    pub ids: HashSet<String>,
+    /// Recompute every product (TRUNCATE, or a delete without a product id): why.
+    pub all: Option<String>,
+    /// Every change up to this LSN (a commit's end, or an idle keepalive position) is
+    /// covered by this batch and the ones before it; stored as the checkpoint.
+    pub lsn: Option<Lsn>,
+    /// Commit time (µs since 2000-01-01) of the newest transaction in the batch, for
+    /// the apply-latency metric.
+    pub commit_time_micros: Option<i64>,
+    /// Commit time of the oldest transaction in the batch.
+    pub oldest_commit_micros: Option<i64>,
+    /// When the first committed change joined, to bound how long it waits.
+    pub first_commit_at: Option<Instant>,
+    /// Row changes that contributed (for throughput metrics).
+    pub changes: u64,
+    /// Transactions that contributed.
+    pub transactions: u64,
+}
+
+impl Batch {
+    pub fn mark(&mut self, id: &str) {
+        // Under backlog most ids are already present; look before allocating.
+        if self.all.is_none() && !self.ids.contains(id) {
+            self.ids.insert(id.to_owned());
+        }
+    }
+
+    pub fn mark_all(&mut self, why: String) {
+        self.ids.clear();
+        self.all.get_or_insert(why);
+    }
+
+    /// A transaction ended: everything up to `end_lsn` is in this batch.
+    pub fn commit(&mut self, end_lsn: Lsn, commit_time_micros: i64) {
+        self.lsn = Some(end_lsn);
+        self.commit_time_micros = Some(commit_time_micros);
+        self.oldest_commit_micros.get_or_insert(commit_time_micros);
+        self.first_commit_at.get_or_insert_with(Instant::now);
+        self.transactions += 1;
+    }
+
+    /// Products marked so far (the size bound).
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty() && self.all.is_none() && self.lsn.is_none()
+    }
+
+    /// Whether there is anything worth a transaction: a committed change, or products
+    /// marked in a transaction still being received (flushed only when the batch is
+    /// full, to bound memory; the checkpoint then stays at the last commit).
+    pub fn has_commit(&self) -> bool {
+        self.lsn.is_some()
+    }
+
+    pub fn take(&mut self) -> Batch {
+        std::mem::take(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coalesces_and_takes() {
+        let mut b = Batch::default();
+        assert!(b.is_empty());
+        b.mark("p1");
+        b.mark("p1");
+        b.mark("p2");
+        assert!(!b.has_commit());
+        b.commit(Lsn(100), 1);
+        b.mark("p1");
+        b.commit(Lsn(200), 2);
+        assert_eq!(b.len(), 2);
+        let t = b.take();
+        assert_eq!(t.lsn, Some(Lsn(200)));
+        assert_eq!(t.oldest_commit_micros, Some(1));
+        assert_eq!(t.transactions, 2);
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn all_absorbs_ids() {
+        let mut b = Batch::default();
+        b.mark("p1");
+        b.mark_all("truncate".into());
+        b.mark("p2");
+        assert_eq!(b.len(), 0);
+        assert_eq!(b.all.as_deref(), Some("truncate"));
+    }
+}

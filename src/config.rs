@@ -1,0 +1,439 @@
+//! Configuration: a TOML file (`config/cdc-worker.toml` documents every key) with
+//! environment overrides, validated once at start-up so that a bad value stops the
+//! program before it touches anything.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration problem: always names the setting and says how to fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+fn bad(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Postgres URL (`DATABASE_URL`). The same URL a Prisma app uses; Prisma-only query
+    /// parameters such as `schema=` are ignored.
+    pub database_url: String,
+    /// Logical replication slot (`CDC_SLOT`).
+    pub slot: String,
+    /// Publication covering exactly the source tables (`CDC_PUBLICATION`).
+    pub publication: String,
+    /// Schema holding the worker's own state (`CDC_SCHEMA`).
+    pub schema: String,
+    /// Currency whose Price row becomes ProductSummary.price (`CDC_CURRENCY`).
+    pub currency: String,
+    pub tables: Tables,
+    pub batch: Batch,
+    pub revalidate: Revalidate,
+    pub metrics: Metrics,
+}
+
+/// Where the source and summary tables live. The reference schema is the default, so a
+/// shop whose tables are named differently edits this section (and `summary_query`)
+/// instead of the code.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tables {
+    /// Schema of the app's tables.
+    pub schema: String,
+    /// The summary table (created by `setup` when missing).
+    pub summary: String,
+    /// Every table the summary reads, with the column that holds the product id
+    /// (for the product table itself, its primary key). These form the publication.
+    pub sources: BTreeMap<String, String>,
+    /// The source table whose rows are the products (its key is the product id).
+    pub product: String,
+    /// Path of a file with the summary query; empty means the built-in
+    /// `sql/summary_query.sql` for the reference schema.
+    pub summary_query_file: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Batch {
+    /// Most distinct products recomputed in one apply transaction. Under backlog,
+    /// batches grow up to this; it also bounds the worker's memory.
+    pub max_products: usize,
+    /// Interval of the heartbeat message written to the WAL, so that the slot and the
+    /// lag-in-seconds metric advance even while the published tables are idle.
+    pub heartbeat_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Revalidate {
+    /// Next.js revalidation endpoints (`CDC_REVALIDATE_URLS`, comma-separated). Each
+    /// self-hosted Next.js instance keeps its own tag cache, so list them all.
+    pub urls: Vec<String>,
+    /// HMAC secret shared with the route handler (`CDC_REVALIDATE_SECRET`).
+    pub secret: String,
+    /// Tags of a changed summary row. `{productId}` and `{storeId}` are replaced.
+    pub tags: Vec<String>,
+    /// Extra tags when inventoryAvailable changed.
+    pub inventory_tags: Vec<String>,
+    /// Most distinct tags in one POST.
+    pub max_batch_tags: usize,
+    /// How long the deliverer waits for more tags before it sends.
+    pub window_ms: u64,
+    /// Per-request timeout.
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    /// Address of the `/metrics`, `/healthz` and `/readyz` endpoints
+    /// (`CDC_METRICS_ADDR`); empty disables them.
+    pub addr: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            database_url: String::new(),
+            slot: "cdc_worker".into(),
+            publication: "cdc_worker".into(),
+            schema: "cdc_worker".into(),
+            currency: "USD".into(),
+            tables: Tables::default(),
+            batch: Batch::default(),
+            revalidate: Revalidate::default(),
+            metrics: Metrics::default(),
+        }
+    }
+}
+
+impl Default for Tables {
+    fn default() -> Self {
+        let sources = [
+            ("Product", "id"),
+            ("Inventory", "productId"),
+            ("Price", "productId"),
+            ("ProductImage", "productId"),
+        ];
+        Tables {
+            schema: "public".into(),
+            summary: "ProductSummary".into(),
+            sources: sources
+                .into_iter()
+                .map(|(t, c)| (t.to_string(), c.to_string()))
+                .collect(),
+            product: "Product".into(),
+            summary_query_file: String::new(),
+        }
+    }
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Batch {
+            max_products: 20_000,
+            heartbeat_secs: 10,
+        }
+    }
+}
+
+impl Default for Revalidate {
+    fn default() -> Self {
+        Revalidate {
+            urls: Vec::new(),
+            secret: String::new(),
+            tags: vec!["product:{productId}".into(), "store:{storeId}:products".into()],
+            inventory_tags: vec!["inventory:{productId}".into()],
+            max_batch_tags: 500,
+            window_ms: 10,
+            timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            addr: "0.0.0.0:9187".into(),
+        }
+    }
+}
+
+/// The built-in summary query for the reference schema.
+pub const DEFAULT_SUMMARY_QUERY: &str = include_str!("../sql/summary_query.sql");
+
+/// The default config file, used when `--config` is not given and it exists.
+pub const DEFAULT_PATH: &str = "config/cdc-worker.toml";
+
+impl Config {
+    /// Reads the file (when given or present at the default path), applies environment
+    /// overrides, and validates.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, |k| std::env::var(k).ok())
+    }
+
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut cfg = match path {
+            Some(p) => Self::from_file(p)?,
+            None if Path::new(DEFAULT_PATH).exists() => Self::from_file(Path::new(DEFAULT_PATH))?,
+            None => Config::default(),
+        };
+        cfg.apply_env(env);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| {
+            bad(format!(
+                "{} is not a valid config file: {e}(see config/cdc-worker.toml for every key)",
+                path.display()
+            ))
+        })
+    }
+
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) {
+        let set = |target: &mut String, key: &str| {
+            if let Some(v) = env(key).filter(|v| !v.is_empty()) {
+                *target = v;
+            }
+        };
+        set(&mut self.database_url, "DATABASE_URL");
+        set(&mut self.slot, "CDC_SLOT");
+        set(&mut self.publication, "CDC_PUBLICATION");
+        set(&mut self.schema, "CDC_SCHEMA");
+        set(&mut self.currency, "CDC_CURRENCY");
+        set(&mut self.revalidate.secret, "CDC_REVALIDATE_SECRET");
+        set(&mut self.metrics.addr, "CDC_METRICS_ADDR");
+        if let Some(urls) = env("CDC_REVALIDATE_URLS") {
+            self.revalidate.urls = urls
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(String::from)
+                .collect();
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.database_url.is_empty() {
+            return Err(bad(
+                "DATABASE_URL is not set: export DATABASE_URL=postgresql://user:password@host:5432/db \
+                 (or set database_url in the config file)",
+            ));
+        }
+        for (what, env, value) in [
+            ("slot", "CDC_SLOT", &self.slot),
+            ("publication", "CDC_PUBLICATION", &self.publication),
+            ("schema", "CDC_SCHEMA", &self.schema),
+        ] {
+            if !is_simple_identifier(value) {
+                return Err(bad(format!(
+                    "{what} {value:?} ({env}) must be 1-63 characters of lowercase letters, digits and \
+                     underscores, starting with a letter or underscore"
+                )));
+            }
+        }
+        if self.currency.is_empty() || self.currency.len() > 16 {
+            return Err(bad(format!(
+                "currency {:?} (CDC_CURRENCY) must be a currency code such as USD",
+                self.currency
+            )));
+        }
+        if !self.tables.sources.contains_key(&self.tables.product) {
+            return Err(bad(format!(
+                "tables.product {:?} must be one of tables.sources",
+                self.tables.product
+            )));
+        }
+        if self.batch.max_products == 0 {
+            return Err(bad("batch.max_products must be at least 1"));
+        }
+        if self.batch.heartbeat_secs == 0 {
+            return Err(bad("batch.heartbeat_secs must be at least 1"));
+        }
+        if self.revalidate.max_batch_tags == 0 {
+            return Err(bad("revalidate.max_batch_tags must be at least 1"));
+        }
+        for url in &self.revalidate.urls {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(bad(format!(
+                    "revalidate URL {url:?} (CDC_REVALIDATE_URLS) must start with http:// or https://"
+                )));
+            }
+        }
+        if !self.revalidate.urls.is_empty() && self.revalidate.secret.is_empty() {
+            return Err(bad(
+                "CDC_REVALIDATE_URLS is set but CDC_REVALIDATE_SECRET is empty: set the secret the \
+                 Next.js route handler verifies",
+            ));
+        }
+        for template in self
+            .revalidate
+            .tags
+            .iter()
+            .chain(&self.revalidate.inventory_tags)
+        {
+            check_tag_template(template)?;
+        }
+        Ok(())
+    }
+
+    /// The summary query: from `tables.summary_query_file`, or the built-in one.
+    pub fn summary_query(&self) -> Result<String, ConfigError> {
+        if self.tables.summary_query_file.is_empty() {
+            return Ok(DEFAULT_SUMMARY_QUERY.to_string());
+        }
+        let path = PathBuf::from(&self.tables.summary_query_file);
+        std::fs::read_to_string(&path).map_err(|e| {
+            bad(format!(
+                "tables.summary_query_file {}: {e}",
+                path.display()
+            ))
+        })
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.batch.heartbeat_secs)
+    }
+}
+
+/// Names we put into SQL unquoted-safe (slot, publication, schema): keep them simple so
+/// that no quoting rule can go wrong.
+pub fn is_simple_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && s.len() <= 63
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// Next.js silently ignores a tag longer than 256 characters or one with a comma, so a
+/// template that could produce one is refused up front. Ids are assumed at most 64
+/// characters (cuid, uuid and friends are shorter).
+fn check_tag_template(t: &str) -> Result<(), ConfigError> {
+    const MAX_ID: usize = 64;
+    let stripped = t.replace("{productId}", "").replace("{storeId}", "");
+    if stripped.contains('{') || stripped.contains('}') {
+        return Err(bad(format!(
+            "tag template {t:?}: only {{productId}} and {{storeId}} can be substituted"
+        )));
+    }
+    if t.contains(',') {
+        return Err(bad(format!(
+            "tag template {t:?} contains a comma, which Next.js does not accept in a tag"
+        )));
+    }
+    let placeholders = t.matches("{productId}").count() + t.matches("{storeId}").count();
+    if stripped.len() + placeholders * MAX_ID > 256 {
+        return Err(bad(format!(
+            "tag template {t:?} can exceed 256 characters, the most Next.js accepts in a tag"
+        )));
+    }
+    if t.is_empty() {
+        return Err(bad("an empty tag template is not allowed"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn env_overrides_defaults() {
+        let cfg = Config::load_with_env(
+            None,
+            env(&[
+                ("DATABASE_URL", "postgresql://u:p@h/db"),
+                ("CDC_SLOT", "s1"),
+                ("CDC_CURRENCY", "EUR"),
+                ("CDC_REVALIDATE_URLS", "http://a/x, http://b/y"),
+                ("CDC_REVALIDATE_SECRET", "k"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.slot, "s1");
+        assert_eq!(cfg.publication, "cdc_worker");
+        assert_eq!(cfg.currency, "EUR");
+        assert_eq!(cfg.revalidate.urls, vec!["http://a/x", "http://b/y"]);
+    }
+
+    #[test]
+    fn missing_database_url_names_the_variable() {
+        let err = Config::load_with_env(None, env(&[])).unwrap_err();
+        assert!(err.to_string().contains("DATABASE_URL"), "{err}");
+    }
+
+    #[test]
+    fn bad_slot_name_is_refused() {
+        let err = Config::load_with_env(
+            None,
+            env(&[("DATABASE_URL", "postgres://x/y"), ("CDC_SLOT", "My-Slot")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("CDC_SLOT"), "{err}");
+    }
+
+    #[test]
+    fn urls_without_secret_are_refused() {
+        let err = Config::load_with_env(
+            None,
+            env(&[
+                ("DATABASE_URL", "postgres://x/y"),
+                ("CDC_REVALIDATE_URLS", "http://a"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("CDC_REVALIDATE_SECRET"), "{err}");
+    }
+
+    #[test]
+    fn tag_templates_are_checked() {
+        assert!(check_tag_template("product:{productId}").is_ok());
+        assert!(check_tag_template("a,b:{productId}").is_err());
+        assert!(check_tag_template("{tenant}:{productId}").is_err());
+        assert!(check_tag_template(&"x".repeat(250)).is_ok());
+        assert!(check_tag_template(&format!("{}{{productId}}", "x".repeat(200))).is_err());
+    }
+
+    #[test]
+    fn shipped_config_file_parses_and_matches_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_PATH);
+        let cfg = Config::load_with_env(Some(&path), env(&[("DATABASE_URL", "postgres://x/y")]))
+            .unwrap();
+        let def = Config::default();
+        assert_eq!(cfg.slot, def.slot);
+        assert_eq!(cfg.tables.sources, def.tables.sources);
+        assert_eq!(cfg.revalidate.tags, def.revalidate.tags);
+        assert_eq!(cfg.batch.max_products, def.batch.max_products);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("cdcw-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("c.toml");
+        std::fs::write(&p, "slott = \"x\"\n").unwrap();
+        let err = Config::load_with_env(Some(&p), env(&[("DATABASE_URL", "postgres://x/y")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("slott"), "{err}");
+    }
+}

@@ -1,0 +1,302 @@
+//! Every metric the worker exports, defined in one place so names stay consistent, and
+//! the HTTP endpoint that serves them with the health probes.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChangeLabels {
+    pub table: String,
+    pub op: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub endpoint: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub status: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub lag_bytes: Gauge,
+    pub lag_seconds: FloatGauge,
+    pub apply_latency: Histogram,
+    pub revalidate_latency: Histogram,
+    pub changes: Family<ChangeLabels, Counter>,
+    pub rows_written: Counter,
+    pub batch_size: Histogram,
+    pub outbox_pending: Gauge,
+    pub outbox_oldest_age: FloatGauge,
+    pub revalidate_requests: Family<RequestLabels, Counter>,
+    pub slot_wal_status: Family<StatusLabels, Gauge>,
+    pub slot_safe_wal_size: Gauge,
+    pub reconcile_discrepancies: Gauge,
+    pub leader: Gauge,
+    pub slot_recreated: Counter,
+    /// Commit time (unix µs) of the newest source transaction applied, for lag_seconds.
+    last_applied_commit: AtomicI64,
+    /// Whether the stream is running (readyz).
+    streaming: AtomicBool,
+    /// Readiness threshold for lag_seconds.
+    ready_max_lag: AtomicU64,
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    [
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ]
+    .into_iter()
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            lag_bytes: Gauge::default(),
+            lag_seconds: FloatGauge::default(),
+            apply_latency: Histogram::new(latency_buckets()),
+            revalidate_latency: Histogram::new(latency_buckets()),
+            changes: Family::default(),
+            rows_written: Counter::default(),
+            batch_size: Histogram::new(
+                [1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0].into_iter(),
+            ),
+            outbox_pending: Gauge::default(),
+            outbox_oldest_age: FloatGauge::default(),
+            revalidate_requests: Family::default(),
+            slot_wal_status: Family::default(),
+            slot_safe_wal_size: Gauge::default(),
+            reconcile_discrepancies: Gauge::default(),
+            leader: Gauge::default(),
+            slot_recreated: Counter::default(),
+            last_applied_commit: AtomicI64::new(0),
+            streaming: AtomicBool::new(false),
+            ready_max_lag: AtomicU64::new(30),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "cdc_replication_lag_bytes",
+            "WAL head minus the slot's confirmed LSN",
+            m.lag_bytes.clone(),
+        );
+        r.register(
+            "cdc_replication_lag_seconds",
+            "Now minus the commit time of the newest applied source transaction (heartbeats keep it meaningful when idle)",
+            m.lag_seconds.clone(),
+        );
+        r.register(
+            "cdc_apply_latency_seconds",
+            "Source commit to summary commit",
+            m.apply_latency.clone(),
+        );
+        r.register(
+            "cdc_revalidate_latency_seconds",
+            "Source commit to a 2xx from Next.js",
+            m.revalidate_latency.clone(),
+        );
+        r.register(
+            "cdc_changes",
+            "Row changes decoded from the WAL",
+            m.changes.clone(),
+        );
+        r.register(
+            "cdc_summary_rows_written",
+            "ProductSummary rows inserted, updated or deleted",
+            m.rows_written.clone(),
+        );
+        r.register(
+            "cdc_batch_size",
+            "Distinct products per apply transaction",
+            m.batch_size.clone(),
+        );
+        r.register(
+            "cdc_outbox_pending",
+            "Cache tags not yet delivered to every endpoint",
+            m.outbox_pending.clone(),
+        );
+        r.register(
+            "cdc_outbox_oldest_age_seconds",
+            "Age of the oldest undelivered cache tag",
+            m.outbox_oldest_age.clone(),
+        );
+        r.register(
+            "cdc_revalidate_requests",
+            "Revalidation requests by endpoint and outcome (ok, retry, failed)",
+            m.revalidate_requests.clone(),
+        );
+        r.register(
+            "cdc_slot_wal_status",
+            "1 for the slot's current wal_status (reserved, extended, unreserved, lost)",
+            m.slot_wal_status.clone(),
+        );
+        r.register(
+            "cdc_slot_safe_wal_size_bytes",
+            "Bytes of WAL that can still be written before the slot is in danger of being lost (-1: unlimited)",
+            m.slot_safe_wal_size.clone(),
+        );
+        r.register(
+            "cdc_reconcile_discrepancies",
+            "Discrepancies found by the last recorded reconcile run",
+            m.reconcile_discrepancies.clone(),
+        );
+        r.register(
+            "cdc_leader",
+            "1 on the instance that holds the slot, 0 on a standby",
+            m.leader.clone(),
+        );
+        r.register(
+            "cdc_slot_recreated",
+            "Times a lost slot was recreated and the summary re-backfilled",
+            m.slot_recreated.clone(),
+        );
+        Arc::new(Metrics { registry, ..m })
+    }
+
+    pub fn render(&self) -> String {
+        if let Some(age) = self.applied_age() {
+            self.lag_seconds.set(age.as_secs_f64());
+        }
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    pub fn record_change(&self, table: &str, op: &str) {
+        self.changes
+            .get_or_create(&ChangeLabels {
+                table: table.to_string(),
+                op: op.to_string(),
+            })
+            .inc();
+    }
+
+    /// A batch committed; `commit` is the source commit time of its newest transaction.
+    pub fn record_applied(&self, commit: Option<SystemTime>, oldest: Option<SystemTime>) {
+        let now = SystemTime::now();
+        if let Some(t) = commit {
+            let micros = t
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_micros() as i64;
+            self.last_applied_commit.fetch_max(micros, Ordering::Relaxed);
+        }
+        for t in [commit, oldest].into_iter().flatten() {
+            self.apply_latency
+                .observe(now.duration_since(t).unwrap_or_default().as_secs_f64());
+        }
+    }
+
+    /// Time since the newest applied source commit.
+    pub fn applied_age(&self) -> Option<Duration> {
+        let micros = self.last_applied_commit.load(Ordering::Relaxed);
+        (micros > 0).then(|| {
+            let t = SystemTime::UNIX_EPOCH + Duration::from_micros(micros as u64);
+            SystemTime::now().duration_since(t).unwrap_or_default()
+        })
+    }
+
+    pub fn set_streaming(&self, on: bool) {
+        self.streaming.store(on, Ordering::Relaxed);
+        self.leader.set(i64::from(on));
+    }
+
+    pub fn set_ready_max_lag(&self, secs: u64) {
+        self.ready_max_lag.store(secs, Ordering::Relaxed);
+    }
+
+    /// Streaming, and the newest applied commit is recent (heartbeats keep it so).
+    pub fn is_ready(&self) -> Result<(), String> {
+        if !self.streaming.load(Ordering::Relaxed) {
+            return Err("not streaming (standby, starting, or reconnecting)".into());
+        }
+        let max = Duration::from_secs(self.ready_max_lag.load(Ordering::Relaxed));
+        match self.applied_age() {
+            Some(age) if age > max => Err(format!(
+                "lag {:.1}s exceeds {}s",
+                age.as_secs_f64(),
+                max.as_secs()
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn set_slot_status(&self, status: &str) {
+        for s in ["reserved", "extended", "unreserved", "lost"] {
+            self.slot_wal_status
+                .get_or_create(&StatusLabels {
+                    status: s.to_string(),
+                })
+                .set(i64::from(s == status));
+        }
+    }
+
+    pub fn record_request(&self, endpoint: &str, outcome: &str) {
+        self.revalidate_requests
+            .get_or_create(&RequestLabels {
+                endpoint: endpoint.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until the process ends.
+pub async fn serve(addr: &str, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!("cannot listen on CDC_METRICS_ADDR {addr}: {e} (set another address, or \"\" to disable)")
+    })?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+    let m = metrics.clone();
+    let r = metrics.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = m.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.render(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let r = r.clone();
+                async move {
+                    match r.is_ready() {
+                        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+                    }
+                }
+            }),
+        );
+    axum::serve(listener, app).await?;
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! Route: a decoded change becomes the ids of the products whose summary may have
+//! changed. We never apply row images: apply recomputes those products from the source
+//! tables, so only the product id column of each row matters here.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::pgoutput::{LogicalMessage, Relation, TupleData, Value};
+
+/// What one change means for the summary.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// Nothing to recompute (a Relation, Type or Origin message, an unrelated table).
+    None,
+    /// Recompute these products (the old and the new id when a row moved).
+    Products(Option<&'a str>, Option<&'a str>),
+    /// Recompute every product: a source table was truncated, or a delete carried no
+    /// product id (see `missing_id`).
+    All(String),
+}
+
+/// Which table and operation a change was, for the changes counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Insert => "insert",
+            Op::Update => "update",
+            Op::Delete => "delete",
+            Op::Truncate => "truncate",
+        }
+    }
+}
+
+struct Known {
+    table: String,
+    /// Index of the product id column, `None` for a table we do not read.
+    product_col: Option<usize>,
+}
+
+/// Keeps the relation map that pgoutput sends before the first change of each table
+/// (and again after its schema changes), and routes changes through it.
+pub struct Router {
+    schema: String,
+    sources: BTreeMap<String, String>,
+    relations: HashMap<u32, Known>,
+}
+
+/// A change the router cannot understand: the stream cannot be processed further.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("change for relation {0} arrived before its Relation message (protocol violation)")]
+    UnknownRelation(u32),
+    #[error(
+        "table {table} no longer has column {column:?}, which tables.sources names as its \
+         product id: fix the config or the table"
+    )]
+    MissingColumn { table: String, column: String },
+    #[error("{table}.{column} holds a value that is not UTF-8 text; product ids must be text")]
+    NotText { table: String, column: String },
+}
+
+impl Router {
+    pub fn new(schema: &str, sources: &BTreeMap<String, String>) -> Router {
+        Router {
+            schema: schema.to_string(),
+            sources: sources.clone(),
+            relations: HashMap::new(),
+        }
+    }
+
+    /// Routes one decoded message; `Relation` messages update the map.
+    pub fn route<'m>(
+        &mut self,
+        msg: &'m LogicalMessage,
+    ) -> Result<(Route<'m>, Option<(&str, Op)>), RouteError> {
+        let (rel, op, route) = match msg {
+            LogicalMessage::Relation(rel) => {
+                self.learn(rel)?;
+                return Ok((Route::None, None));
+            }
+            LogicalMessage::Insert { relation_id, new } => {
+                let k = self.known(*relation_id)?;
+                let r = k.ids(None, Some(new))?;
+                (k, Op::Insert, r)
+            }
+            LogicalMessage::Update {
+                relation_id,
+                old,
+                new,
+            } => {
+                let k = self.known(*relation_id)?;
+                let r = k.ids(old.as_ref().map(|o| o.tuple()), Some(new))?;
+                (k, Op::Update, r)
+            }
+            LogicalMessage::Delete { relation_id, old } => {
+                let k = self.known(*relation_id)?;
+                let r = match k.ids(Some(old.tuple()), None)? {
+                    Route::Products(None, None) if k.product_col.is_some() => {
+                        Route::All(missing_id(&k.table))
+                    }
+                    r => r,
+                };
+                (k, Op::Delete, r)
+            }
+            LogicalMessage::Truncate { relation_ids, .. } => {
+                let mut tables = Vec::new();
+                for id in relation_ids {
+                    let k = self.known(*id)?;
+                    if k.product_col.is_some() {
+                        tables.push(k.table.clone());
+                    }
+                }
+                if tables.is_empty() {
+                    return Ok((Route::None, None));
+                }
+                let first = self.known(relation_ids[0])?;
+                let reason = format!("TRUNCATE of {}", tables.join(", "));
+                return Ok((Route::All(reason), Some((first.table.as_str(), Op::Truncate))));
+            }
+            _ => return Ok((Route::None, None)),
+        };
+        if rel.product_col.is_none() {
+            return Ok((Route::None, None));
+        }
+        Ok((route, Some((rel.table.as_str(), op))))
+    }
+
+    fn known(&self, id: u32) -> Result<&Known, RouteError> {
+        self.relations
+            .get(&id)
+            .ok_or(RouteError::UnknownRelation(id))
+    }
+
+    fn learn(&mut self, rel: &Relation) -> Result<(), RouteError> {
+        let product_col = if rel.namespace == self.schema {
+            match self.sources.get(&rel.name) {
+                Some(column) => Some(rel.column_index(column).ok_or_else(|| {
+                    RouteError::MissingColumn {
+                        table: rel.name.clone(),
+                        column: column.clone(),
+                    }
+                })?),
+                None => None,
+            }
+        } else {
+            None
+        };
+        if product_col.is_none() {
+            tracing::warn!(
+                table = %format!("{}.{}", rel.namespace, rel.name),
+                "the publication carries a table the summary does not read; its changes are ignored"
+            );
+        }
+        self.relations.insert(
+            rel.id,
+            Known {
+                table: rel.name.clone(),
+                product_col,
+            },
+        );
+        Ok(())
+    }
+}
+
+impl Known {
+    fn ids<'m>(
+        &self,
+        old: Option<&'m TupleData>,
+        new: Option<&'m TupleData>,
+    ) -> Result<Route<'m>, RouteError> {
+        let Some(col) = self.product_col else {
+            return Ok(Route::None);
+        };
+        let get = |t: Option<&'m TupleData>| -> Result<Option<&'m str>, RouteError> {
+            match t.and_then(|t| t.get(col)) {
+                Some(v @ Value::Text(_)) => v.as_str().map(Some).ok_or_else(|| RouteError::NotText {
+                    table: self.table.clone(),
+                    column: format!("#{col}"),
+                }),
+                // Null (a key-only old tuple without this column), unchanged TOAST (an id is
+                // never toasted in practice; the new tuple or the old one still names it).
+                _ => Ok(None),
+            }
+        };
+        let old_id = get(old)?;
+        let new_id = get(new)?;
+        Ok(match (old_id, new_id) {
+            (Some(a), Some(b)) if a == b => Route::Products(None, Some(b)),
+            (a, b) => Route::Products(a, b),
+        })
+    }
+}
+
+/// Why a delete without a product id makes us recompute everything instead of failing:
+/// the WAL record will never contain the id, so stopping would stop forever. The fix is
+/// for the future, and the log line says it.
+fn missing_id(table: &str) -> String {
+    format!(
+        "a DELETE on {table} carried no product id because the table's replica identity does \
+         not include it; every product is recomputed instead. Fix: run `cdc-worker setup` \
+         (it sets REPLICA IDENTITY FULL) or ALTER TABLE \"{table}\" REPLICA IDENTITY FULL"
+    )
+}

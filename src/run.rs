@@ -1,0 +1,362 @@
+//! `cdc-worker run`: the daemon. Takes leadership, streams the slot, and pipelines
+//! decode → route → batch on this task with apply on another, so reading the WAL never
+//! waits for the database while there is room in the batch. Reconnects with backoff on
+//! transient errors; stops with a clear message on definite ones.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
+use tokio::sync::{mpsc, watch};
+
+use crate::apply::{pg_time, read_checkpoint, Applied, Applier};
+use crate::batch::Batch;
+use crate::config::Config;
+use crate::db::Database;
+use crate::error::{definite, is_transient};
+use crate::metrics::Metrics;
+use crate::pgoutput;
+use crate::route::{Route, Router};
+
+/// Advisory lock class of leadership: the instance holding it streams, others wait.
+const LEADER_LOCK_CLASS: i32 = 0x6364_0002;
+
+/// How often the acknowledged LSN reaches the server.
+const STATUS_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Shared between the run loop and the tasks around it.
+pub struct Context {
+    pub cfg: Config,
+    pub db: Database,
+    pub metrics: Arc<Metrics>,
+    /// Becomes true on SIGTERM/SIGINT.
+    pub shutdown: watch::Receiver<bool>,
+    /// Wakes the deliverer after a batch enqueued tags.
+    pub outbox_notify: Arc<tokio::sync::Notify>,
+}
+
+/// Runs sessions until shutdown, retrying transient failures with backoff.
+pub async fn run(ctx: &Context) -> anyhow::Result<()> {
+    let mut backoff = Duration::from_millis(500);
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        let started = Instant::now();
+        let result = session(ctx).await;
+        ctx.metrics.set_streaming(false);
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) if is_transient(&e) => {
+                if started.elapsed() > Duration::from_secs(30) {
+                    backoff = Duration::from_millis(500);
+                }
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "replication session ended; reconnecting");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.wait_for(|s| *s) => return Ok(()),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One connection's worth of streaming. Returns Ok on shutdown.
+async fn session(ctx: &Context) -> anyhow::Result<()> {
+    let cfg = &ctx.cfg;
+    let mut applier = Applier::connect(&ctx.db, cfg, "apply").await?;
+    if !wait_for_leadership(ctx, &applier).await? {
+        return Ok(());
+    }
+    let start = match read_checkpoint(applier.client(), &cfg.schema, &cfg.slot).await {
+        Ok(Some(lsn)) => lsn,
+        Ok(None) => return Err(definite(not_set_up(cfg))),
+        Err(e) if is_undefined_table(&e) => return Err(definite(not_set_up(cfg))),
+        Err(e) => return Err(e),
+    };
+    check_slot(applier.client(), cfg).await?;
+
+    let repl_cfg = ctx
+        .db
+        .replication(&cfg.slot, &cfg.publication)
+        .with_start_lsn(start)
+        .with_status_interval(STATUS_INTERVAL)
+        .with_wakeup_interval(Duration::from_secs(5));
+    let mut stream = ReplicationClient::connect(repl_cfg)
+        .await
+        .context("opening the replication connection")?;
+    stream
+        .wait_started()
+        .await
+        .context("starting replication")?;
+    tracing::info!(slot = %cfg.slot, from = %start, "streaming");
+    ctx.metrics.set_streaming(true);
+
+    // Apply runs on its own task, one batch at a time; the run loop keeps reading and
+    // batching meanwhile, and hands over the next batch when this one is done.
+    let (batch_tx, mut batch_rx) = mpsc::channel::<Batch>(1);
+    let (done_tx, mut done_rx) = mpsc::channel::<anyhow::Result<(Applied, Option<Lsn>)>>(1);
+    let metrics = ctx.metrics.clone();
+    let notify = ctx.outbox_notify.clone();
+    let apply_task = tokio::spawn(async move {
+        while let Some(batch) = batch_rx.recv().await {
+            let result = apply_batch(&mut applier, batch, &metrics).await;
+            if matches!(&result, Ok((a, _)) if a.tags > 0) {
+                notify.notify_one();
+            }
+            let failed = result.is_err();
+            if done_tx.send(result).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+
+    let heartbeat = tokio::spawn(heartbeat(ctx.db.clone(), cfg.heartbeat()));
+    let result = stream_loop(ctx, &mut stream, &batch_tx, &mut done_rx, start).await;
+    heartbeat.abort();
+    drop(batch_tx);
+    let _ = apply_task.await;
+    match result {
+        Ok(acked) => {
+            // Let the final acknowledgement reach the server before closing.
+            stream.update_applied_lsn(acked);
+            tokio::time::sleep(STATUS_INTERVAL + Duration::from_millis(200)).await;
+            let _ = stream.shutdown().await;
+            tracing::info!(checkpoint = %acked, "stopped cleanly");
+            Ok(())
+        }
+        Err(e) => {
+            stream.abort();
+            Err(e)
+        }
+    }
+}
+
+/// Reads events, batches, hands batches to apply, and acknowledges what apply committed.
+/// Returns the last acknowledged LSN on shutdown.
+async fn stream_loop(
+    ctx: &Context,
+    stream: &mut ReplicationClient,
+    batch_tx: &mpsc::Sender<Batch>,
+    done_rx: &mut mpsc::Receiver<anyhow::Result<(Applied, Option<Lsn>)>>,
+    start: Lsn,
+) -> anyhow::Result<Lsn> {
+    let max = ctx.cfg.batch.max_products;
+    let mut shutdown = ctx.shutdown.clone();
+    let mut router = Router::new(&ctx.cfg.tables.schema, &ctx.cfg.tables.sources);
+    let mut batch = Batch::default();
+    let mut in_flight = false;
+    let mut in_txn = false;
+    let mut acked = start;
+    let mut last_idle_advance = Instant::now();
+    let mut stopping = false;
+
+    loop {
+        // Hand the batch to apply as soon as apply is free: at once when idle (latency),
+        // and larger under backlog because apply is busy meanwhile (throughput).
+        if !in_flight && (batch.has_commit() || batch.len() >= max) {
+            let b = batch.take();
+            ctx.metrics.batch_size.observe(b.len() as f64);
+            batch_tx
+                .send(b)
+                .await
+                .map_err(|_| anyhow::anyhow!("apply task ended unexpectedly"))?;
+            in_flight = true;
+        }
+        if stopping && !in_flight {
+            if batch.is_empty() {
+                return Ok(acked);
+            }
+            // Products of a transaction cut short by the shutdown: recompute them anyway
+            // (harmless), the checkpoint stays at the last commit.
+            batch.lsn.get_or_insert(acked);
+            continue;
+        }
+        tokio::select! {
+            biased;
+            done = done_rx.recv() => {
+                in_flight = false;
+                let (applied, lsn) = done.ok_or_else(|| anyhow::anyhow!("apply task ended unexpectedly"))??;
+                ctx.metrics.rows_written.inc_by(applied.rows_written() as u64);
+                if let Some(lsn) = lsn {
+                    if lsn > acked {
+                        acked = lsn;
+                        stream.update_applied_lsn(lsn);
+                    }
+                }
+            }
+            _ = shutdown.wait_for(|s| *s), if !stopping => {
+                tracing::info!("shutdown requested: finishing the batch in flight");
+                stopping = true;
+            }
+            event = stream.recv(), if !stopping && batch.len() < max => {
+                let Some(event) = event.context("replication stream")? else {
+                    return Err(anyhow::Error::new(std::io::Error::other("replication stream ended")));
+                };
+                match event {
+                    ReplicationEvent::Begin { .. } => in_txn = true,
+                    ReplicationEvent::Commit { end_lsn, commit_time_micros, .. } => {
+                        in_txn = false;
+                        batch.commit(end_lsn, commit_time_micros);
+                    }
+                    ReplicationEvent::XLogData { data, .. } => {
+                        let msg = pgoutput::decode(&data).context("decoding pgoutput")?;
+                        let (route, counted) = router.route(&msg).map_err(|e| definite(e.to_string()))?;
+                        if let Some((table, op)) = counted {
+                            ctx.metrics.record_change(table, op.as_str());
+                            batch.changes += 1;
+                        }
+                        match route {
+                            Route::None => {}
+                            Route::Products(old, new) => {
+                                for id in old.into_iter().chain(new) {
+                                    batch.mark(id);
+                                }
+                            }
+                            Route::All(why) => {
+                                tracing::warn!(reason = %why, "recomputing every product");
+                                batch.mark_all(why);
+                            }
+                        }
+                    }
+                    ReplicationEvent::KeepAlive { wal_end, .. } => {
+                        // Nothing of ours lies before wal_end that is not applied: move the
+                        // checkpoint (and so the slot) there, so idle periods and WAL of other
+                        // tables never pile up behind the slot. Throttled; heartbeats do the rest.
+                        if !in_txn && !in_flight && batch.is_empty() && wal_end > acked
+                            && last_idle_advance.elapsed() >= Duration::from_secs(1)
+                        {
+                            last_idle_advance = Instant::now();
+                            batch.lsn = Some(wal_end);
+                        }
+                    }
+                    ReplicationEvent::Message { .. } => {}
+                    ReplicationEvent::StoppedAt { .. } => {
+                        return Err(anyhow::anyhow!("replication stopped at a stop LSN we never set"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn apply_batch(
+    applier: &mut Applier,
+    batch: Batch,
+    metrics: &Metrics,
+) -> anyhow::Result<(Applied, Option<Lsn>)> {
+    let commit = batch.commit_time_micros.map(pg_time);
+    let oldest = batch.oldest_commit_micros.map(pg_time);
+    let applied = match &batch.all {
+        Some(_) => {
+            let started = Instant::now();
+            let a = applier.apply_all(batch.lsn, commit, |_| {}).await?;
+            tracing::info!(products = a.products, written = a.rows_written(), seconds = started.elapsed().as_secs_f64(), "recomputed every product");
+            a
+        }
+        None => {
+            let ids: Vec<String> = batch.ids.into_iter().collect();
+            applier.apply(&ids, batch.lsn, commit).await?
+        }
+    };
+    metrics.record_applied(commit, oldest);
+    tracing::debug!(
+        products = applied.products,
+        inserted = applied.inserted,
+        updated = applied.updated,
+        deleted = applied.deleted,
+        tags = applied.tags,
+        transactions = batch.transactions,
+        changes = batch.changes,
+        lsn = ?batch.lsn.map(|l| l.to_string()),
+        "applied batch"
+    );
+    Ok((applied, batch.lsn))
+}
+
+/// Waits until this instance holds the leader lock (a session advisory lock on the apply
+/// connection, released by Postgres the moment that connection dies). Returns false on
+/// shutdown while waiting.
+async fn wait_for_leadership(ctx: &Context, applier: &Applier) -> anyhow::Result<bool> {
+    let key = crate::apply::lock_key(&ctx.cfg.slot);
+    let mut shutdown = ctx.shutdown.clone();
+    let mut logged = false;
+    loop {
+        let got: bool = applier
+            .client()
+            .query_one("SELECT pg_try_advisory_lock($1::int4, $2::int4)", &[&LEADER_LOCK_CLASS, &key])
+            .await?
+            .get(0);
+        if got {
+            if logged {
+                tracing::info!("took over as leader");
+            }
+            return Ok(true);
+        }
+        if !logged {
+            tracing::info!(slot = %ctx.cfg.slot, "another instance holds the slot; waiting as standby");
+            logged = true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.wait_for(|s| *s) => return Ok(false),
+        }
+    }
+}
+
+async fn check_slot(client: &tokio_postgres::Client, cfg: &Config) -> anyhow::Result<()> {
+    let row = client
+        .query_opt(
+            "SELECT wal_status::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&cfg.slot],
+        )
+        .await?;
+    match row {
+        None => Err(definite(format!(
+            "replication slot {} does not exist. Fix: run `cdc-worker setup` (it creates the slot and backfills)",
+            cfg.slot
+        ))),
+        Some(r) if r.get::<_, Option<String>>(0).as_deref() == Some("lost") => Err(definite(format!(
+            "replication slot {} is lost: Postgres removed WAL it still needed (max_slot_wal_keep_size). \
+             Fix: SELECT pg_drop_replication_slot('{}'); then `cdc-worker setup` recreates and backfills",
+            cfg.slot, cfg.slot
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Writes a tiny transactional message into the WAL at a fixed interval. It reaches us
+/// through the slot like any commit, so the checkpoint, the slot and lag-in-seconds keep
+/// moving while the published tables are idle.
+async fn heartbeat(db: Database, every: Duration) {
+    let mut client = None;
+    loop {
+        tokio::time::sleep(every).await;
+        if client.is_none() {
+            client = db.connect("cdc-worker/heartbeat").await.ok();
+        }
+        if let Some(c) = &client {
+            if let Err(e) = c
+                .execute("SELECT pg_logical_emit_message(true, 'cdc_worker.heartbeat', '')", &[])
+                .await
+            {
+                tracing::debug!(error = %e, "heartbeat failed");
+                client = None;
+            }
+        }
+    }
+}
+
+fn not_set_up(cfg: &Config) -> String {
+    format!(
+        "no checkpoint for slot {} in schema {}: the database is not set up. Fix: run `cdc-worker setup` first",
+        cfg.slot, cfg.schema
+    )
+}
+
+fn is_undefined_table(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<tokio_postgres::Error>()
+        .and_then(|e| e.code())
+        .is_some_and(|c| c.code() == "42P01" || c.code() == "3F000")
+}

@@ -1,0 +1,441 @@
+//! `cdc-worker setup`: checks everything the worker needs before touching anything, then
+//! creates what is missing (state schema, summary table, publication, replica identity,
+//! slot) and backfills the summary. Idempotent: a second run checks and changes nothing.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use anyhow::Context;
+use pgwire_replication::Lsn;
+use tokio_postgres::types::PgLsn;
+use tokio_postgres::Client;
+
+use crate::apply::{read_checkpoint, Applier};
+use crate::config::Config;
+use crate::db::Database;
+use crate::error::definite;
+use crate::summary::{qualified, quote_ident};
+
+const SUMMARY_DDL: &str = include_str!("../sql/product_summary.sql");
+const STATE_DDL: &str = include_str!("../sql/state_schema.sql");
+
+/// The summary table's columns as Prisma creates them: (name, type, not null).
+const SUMMARY_COLUMNS: &[(&str, &str, bool)] = &[
+    ("id", "text", true),
+    ("productId", "text", true),
+    ("storeId", "text", true),
+    ("title", "text", true),
+    ("price", "integer", true),
+    ("active", "boolean", true),
+    ("inventoryAvailable", "integer", true),
+    ("primaryImageUrl", "text", false),
+    ("updatedAt", "timestamp without time zone", true),
+];
+
+pub async fn run(cfg: &Config) -> anyhow::Result<()> {
+    let db = Database::parse(&cfg.database_url)?;
+    let client = db
+        .connect("cdc-worker/setup")
+        .await
+        .with_context(|| format!("connecting to {}", db.display()))?;
+    tracing::info!(database = %db.display(), "checking the database");
+    let plan = check(&client, cfg).await?;
+    create(&client, cfg, &plan).await?;
+    let created_slot = ensure_slot(&client, cfg).await?;
+    let checkpoint = read_checkpoint(&client, &cfg.schema, &cfg.slot).await?;
+    if created_slot || checkpoint.is_none() {
+        backfill(&db, cfg).await?;
+    } else {
+        tracing::info!(
+            slot = %cfg.slot,
+            checkpoint = %checkpoint.map(|l| l.to_string()).unwrap_or_default(),
+            "slot and checkpoint exist; no backfill needed (`cdc-worker reconcile --fix` repairs drift)"
+        );
+    }
+    tracing::info!("setup complete: start the worker with `cdc-worker run`");
+    Ok(())
+}
+
+/// What `create` must do, decided by `check` before anything is changed.
+#[derive(Debug, Default)]
+struct Plan {
+    create_summary: bool,
+    create_publication: bool,
+    /// Tables whose replica identity must become FULL.
+    replica_full: Vec<String>,
+}
+
+async fn check(client: &Client, cfg: &Config) -> anyhow::Result<Plan> {
+    let wal_level: String = client.query_one("SHOW wal_level", &[]).await?.get(0);
+    if wal_level != "logical" {
+        return Err(definite(format!(
+            "wal_level is '{wal_level}', logical replication needs 'logical'. Fix: \
+             ALTER SYSTEM SET wal_level = logical; then restart Postgres (on managed Postgres, \
+             enable logical replication in the provider's parameter group / flags)"
+        )));
+    }
+    let role = client
+        .query_one(
+            "SELECT current_user::text, rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await?;
+    let user: String = role.get(0);
+    let (is_super, can_replicate): (bool, bool) = (role.get(1), role.get(2));
+    if !is_super && !can_replicate {
+        return Err(definite(format!(
+            "role {user} lacks the REPLICATION attribute. Fix (as an admin): ALTER ROLE {} REPLICATION",
+            quote_ident(&user)
+        )));
+    }
+
+    let mut plan = Plan::default();
+    let schema = &cfg.tables.schema;
+    for (table, column) in &cfg.tables.sources {
+        let row = client
+            .query_opt(
+                "SELECT c.relreplident::text, pg_has_role(c.relowner, 'USAGE'), \
+                        has_table_privilege(c.oid, 'SELECT'), \
+                        EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid \
+                                AND a.attname = $3 AND a.attnum > 0 AND NOT a.attisdropped), \
+                        EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a \
+                                  ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+                                WHERE i.indrelid = c.oid AND i.indisprimary AND a.attname = $3) \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+                &[schema, table, column],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Err(definite(format!(
+                "source table {} does not exist. Fix: create it (run the app's migrations), or \
+                 correct tables.schema / tables.sources in the config",
+                qualified(schema, table)
+            )));
+        };
+        let (ident, owner, select, has_column, column_in_pk): (String, bool, bool, bool, bool) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        if !has_column {
+            return Err(definite(format!(
+                "table {} has no column {}, which tables.sources names as its product id",
+                qualified(schema, table),
+                quote_ident(column)
+            )));
+        }
+        if !select {
+            return Err(definite(format!(
+                "role {user} cannot read {}. Fix: GRANT SELECT ON {} TO {}",
+                qualified(schema, table),
+                qualified(schema, table),
+                quote_ident(&user)
+            )));
+        }
+        // A DELETE carries the old row's replica identity only. With the default identity
+        // (the primary key) a child table's delete says which row went but not which
+        // product it belonged to; FULL makes the old row, product id included, part of it.
+        let identity_has_column = ident == "f" || (ident == "d" && column_in_pk);
+        if !identity_has_column {
+            if !owner && !is_super {
+                return Err(definite(format!(
+                    "{} needs REPLICA IDENTITY FULL so that a DELETE names its product, and role \
+                     {user} does not own it. Fix (as the owner): ALTER TABLE {} REPLICA IDENTITY FULL",
+                    qualified(schema, table),
+                    qualified(schema, table)
+                )));
+            }
+            plan.replica_full.push(table.clone());
+        }
+    }
+
+    check_summary_table(client, cfg, &user, &mut plan).await?;
+
+    let pubs = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text FROM pg_publication p \
+             JOIN pg_publication_rel pr ON pr.prpubid = p.oid \
+             JOIN pg_class c ON c.oid = pr.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE p.pubname = $1",
+            &[&cfg.publication],
+        )
+        .await?;
+    let exists: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
+            &[&cfg.publication],
+        )
+        .await?
+        .get(0);
+    if exists {
+        let have: BTreeSet<(String, String)> =
+            pubs.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let want: BTreeSet<(String, String)> = cfg
+            .tables
+            .sources
+            .keys()
+            .map(|t| (schema.clone(), t.clone()))
+            .collect();
+        if have != want {
+            let list = |s: &BTreeSet<(String, String)>| {
+                s.iter()
+                    .map(|(n, t)| qualified(n, t))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Err(definite(format!(
+                "publication {} covers [{}] but the summary reads [{}]. Fix: ALTER PUBLICATION {} \
+                 SET TABLE {}",
+                cfg.publication,
+                list(&have),
+                list(&want),
+                cfg.publication,
+                list(&want)
+            )));
+        }
+    } else {
+        plan.create_publication = true;
+    }
+    Ok(plan)
+}
+
+async fn check_summary_table(
+    client: &Client,
+    cfg: &Config,
+    user: &str,
+    plan: &mut Plan,
+) -> anyhow::Result<()> {
+    let name = qualified(&cfg.tables.schema, &cfg.tables.summary);
+    let cols = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, NULL), a.attnotnull \
+             FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&cfg.tables.schema, &cfg.tables.summary],
+        )
+        .await?;
+    if cols.is_empty() {
+        plan.create_summary = true;
+        return Ok(());
+    }
+    for (col, ty, not_null) in SUMMARY_COLUMNS {
+        let found = cols.iter().find(|r| r.get::<_, String>(0) == *col);
+        let Some(found) = found else {
+            return Err(definite(format!(
+                "{name} exists but has no column \"{col}\" ({ty}); it must match the Prisma model \
+                 in sql/product_summary.sql. Fix: migrate the table, or drop it and let setup create it"
+            )));
+        };
+        let (found_ty, found_nn): (String, bool) = (found.get(1), found.get(2));
+        if found_ty != *ty || (*not_null && !found_nn) {
+            return Err(definite(format!(
+                "{name}.\"{col}\" is {found_ty}{} but must be {ty}{}; it must match the Prisma \
+                 model in sql/product_summary.sql",
+                if found_nn { " not null" } else { "" },
+                if *not_null { " not null" } else { "" },
+            )));
+        }
+    }
+    let unique: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a \
+               ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
+             WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indnatts = 1 \
+               AND a.attname = 'productId')",
+            &[&name],
+        )
+        .await?
+        .get(0);
+    if !unique {
+        return Err(definite(format!(
+            "{name}.\"productId\" has no unique index (Prisma's @unique). Fix: CREATE UNIQUE INDEX \
+             \"ProductSummary_productId_key\" ON {name}(\"productId\")"
+        )));
+    }
+    let privs: bool = client
+        .query_one(
+            "SELECT has_table_privilege(to_regclass($1), 'SELECT, INSERT, UPDATE, DELETE')",
+            &[&name],
+        )
+        .await?
+        .get(0);
+    if !privs {
+        return Err(definite(format!(
+            "role {user} cannot write {name}. Fix: GRANT SELECT, INSERT, UPDATE, DELETE ON {name} TO {}",
+            quote_ident(user)
+        )));
+    }
+    Ok(())
+}
+
+async fn create(client: &Client, cfg: &Config, plan: &Plan) -> anyhow::Result<()> {
+    let state = quote_ident(&cfg.schema);
+    client
+        .batch_execute(&STATE_DDL.replace("{schema}", &state))
+        .await
+        .with_context(|| {
+            format!(
+                "creating the state schema {state}. Fix: GRANT CREATE ON DATABASE to the worker's \
+                 role, or create the schema for it: CREATE SCHEMA {state} AUTHORIZATION <role>"
+            )
+        })?;
+    if plan.create_summary {
+        let ddl = SUMMARY_DDL
+            .replace(
+                "CREATE TABLE \"ProductSummary\"",
+                &format!(
+                    "CREATE TABLE {}",
+                    qualified(&cfg.tables.schema, &cfg.tables.summary)
+                ),
+            )
+            .replace(
+                "ON \"ProductSummary\"",
+                &format!("ON {}", qualified(&cfg.tables.schema, &cfg.tables.summary)),
+            );
+        client
+            .batch_execute(&ddl)
+            .await
+            .context("creating the summary table")?;
+        tracing::info!(table = %cfg.tables.summary, "created the summary table");
+    }
+    for table in &plan.replica_full {
+        let name = qualified(&cfg.tables.schema, table);
+        client
+            .batch_execute(&format!("ALTER TABLE {name} REPLICA IDENTITY FULL"))
+            .await
+            .with_context(|| format!("setting REPLICA IDENTITY FULL on {name}"))?;
+        tracing::info!(
+            table = %name,
+            "set REPLICA IDENTITY FULL, so a DELETE carries the product id of the row"
+        );
+    }
+    if plan.create_publication {
+        let tables = cfg
+            .tables
+            .sources
+            .keys()
+            .map(|t| qualified(&cfg.tables.schema, t))
+            .collect::<Vec<_>>()
+            .join(", ");
+        client
+            .batch_execute(&format!(
+                "CREATE PUBLICATION {} FOR TABLE {tables}",
+                quote_ident(&cfg.publication)
+            ))
+            .await
+            .with_context(|| {
+                format!(
+                    "creating publication {}. Fix: run setup as the tables' owner once, or have \
+                     the owner run: CREATE PUBLICATION {} FOR TABLE {tables}",
+                    cfg.publication, cfg.publication
+                )
+            })?;
+        tracing::info!(publication = %cfg.publication, %tables, "created the publication");
+    }
+    Ok(())
+}
+
+/// Creates the slot unless it exists; true when it was created.
+async fn ensure_slot(client: &Client, cfg: &Config) -> anyhow::Result<bool> {
+    let row = client
+        .query_opt(
+            "SELECT plugin::text, slot_type::text, database::text, current_database()::text, \
+                    wal_status::text \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&cfg.slot],
+        )
+        .await?;
+    if let Some(row) = row {
+        let (plugin, kind, slot_db, db): (Option<String>, String, Option<String>, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        if kind != "logical" || plugin.as_deref() != Some("pgoutput") {
+            return Err(definite(format!(
+                "replication slot {} exists but is a {kind} slot for plugin {}, not pgoutput. Fix: \
+                 choose another name with CDC_SLOT, or drop it: SELECT pg_drop_replication_slot('{}')",
+                cfg.slot,
+                plugin.unwrap_or_else(|| "none".into()),
+                cfg.slot
+            )));
+        }
+        if slot_db.as_deref() != Some(db.as_str()) {
+            return Err(definite(format!(
+                "replication slot {} belongs to database {}, not {db}. Fix: choose another name \
+                 with CDC_SLOT",
+                cfg.slot,
+                slot_db.unwrap_or_default()
+            )));
+        }
+        if row.get::<_, Option<String>>(4).as_deref() == Some("lost") {
+            return Err(definite(format!(
+                "replication slot {} is lost (its WAL was removed, see max_slot_wal_keep_size). \
+                 Fix: drop it (SELECT pg_drop_replication_slot('{}')) and run setup again, which \
+                 recreates and backfills",
+                cfg.slot, cfg.slot
+            )));
+        }
+        return Ok(false);
+    }
+    // Created through SQL, before the backfill reads anything: every change committed
+    // after the slot's consistent point is streamed, every change before it is seen by
+    // the backfill (which starts later), and apply recomputes from the current source
+    // rather than replaying row images, so the overlap is harmless. Nothing is lost
+    // between backfill and stream without needing an exported snapshot.
+    let lsn: PgLsn = client
+        .query_one(
+            "SELECT lsn FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&cfg.slot],
+        )
+        .await
+        .with_context(|| format!("creating replication slot {}", cfg.slot))?
+        .get(0);
+    tracing::info!(slot = %cfg.slot, lsn = %Lsn(u64::from(lsn)), "created the replication slot");
+    Ok(true)
+}
+
+/// Recomputes every product and stores the slot's starting point as the checkpoint.
+async fn backfill(db: &Database, cfg: &Config) -> anyhow::Result<()> {
+    let mut applier = Applier::connect(db, cfg, "backfill").await?;
+    let start: PgLsn = applier
+        .client()
+        .query_one(
+            "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = $1",
+            &[&cfg.slot],
+        )
+        .await?
+        .get(0);
+    let total: i64 = applier
+        .client()
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM {}",
+                qualified(&cfg.tables.schema, &cfg.tables.product)
+            ),
+            &[],
+        )
+        .await?
+        .get(0);
+    tracing::info!(products = total, "backfilling the summary");
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    let applied = applier
+        .apply_all(Some(Lsn(u64::from(start))), None, |done| {
+            if last_report.elapsed().as_secs() >= 2 {
+                last_report = Instant::now();
+                let pct = if total > 0 {
+                    100.0 * done as f64 / total as f64
+                } else {
+                    100.0
+                };
+                tracing::info!(done, total, "backfill {pct:.0}%");
+            }
+        })
+        .await?;
+    tracing::info!(
+        products = applied.products,
+        inserted = applied.inserted,
+        updated = applied.updated,
+        deleted = applied.deleted,
+        seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
+        "backfill done"
+    );
+    Ok(())
+}
