@@ -1,1 +1,2 @@
 //! cdc-worker library
+pub mod pgoutput;
