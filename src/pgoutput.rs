@@ -737,3 +737,1093 @@ impl<'a> Reader<'a> {
         }
     }
 }
+
+/// Test-only encoder, kept `pub(crate)` so other modules' tests can build
+/// realistic payloads instead of hand-assembling bytes.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use bytes::BufMut;
+
+    /// Owned column value, the encoder's counterpart of [`Value`].
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub(crate) enum Val {
+        Null,
+        Toast,
+        Text(Vec<u8>),
+        Bin(Vec<u8>),
+    }
+
+    impl Val {
+        pub(crate) fn text(s: &str) -> Val {
+            Val::Text(s.as_bytes().to_vec())
+        }
+    }
+
+    /// Owned model of [`LogicalMessage`], so tests can state expectations
+    /// and proptest can generate messages without lifetimes or `Bytes`.
+    /// Old tuples carry their wire marker (`b'K'` or `b'O'`).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub(crate) enum Msg {
+        Begin {
+            final_lsn: u64,
+            commit_time_micros: i64,
+            xid: u32,
+        },
+        Commit {
+            flags: u8,
+            commit_lsn: u64,
+            end_lsn: u64,
+            commit_time_micros: i64,
+        },
+        Origin {
+            commit_lsn: u64,
+            name: Vec<u8>,
+        },
+        Relation(Relation),
+        Type {
+            id: u32,
+            namespace: Vec<u8>,
+            name: Vec<u8>,
+        },
+        Insert {
+            relation_id: u32,
+            new: Vec<Val>,
+        },
+        Update {
+            relation_id: u32,
+            old: Option<(u8, Vec<Val>)>,
+            new: Vec<Val>,
+        },
+        Delete {
+            relation_id: u32,
+            old: (u8, Vec<Val>),
+        },
+        Truncate {
+            options: u8,
+            relation_ids: Vec<u32>,
+        },
+        Message {
+            flags: u8,
+            lsn: u64,
+            prefix: Vec<u8>,
+            content: Vec<u8>,
+        },
+    }
+
+    fn put_cstr(out: &mut Vec<u8>, s: &[u8]) {
+        assert!(!s.contains(&0), "C string must not contain NUL");
+        out.put_slice(s);
+        out.put_u8(0);
+    }
+
+    fn put_tuple(out: &mut Vec<u8>, tuple: &[Val]) {
+        out.put_i16(i16::try_from(tuple.len()).unwrap());
+        for v in tuple {
+            match v {
+                Val::Null => out.put_u8(b'n'),
+                Val::Toast => out.put_u8(b'u'),
+                Val::Text(b) | Val::Bin(b) => {
+                    out.put_u8(if matches!(v, Val::Text(_)) {
+                        b't'
+                    } else {
+                        b'b'
+                    });
+                    out.put_i32(i32::try_from(b.len()).unwrap());
+                    out.put_slice(b);
+                }
+            }
+        }
+    }
+
+    /// Encodes exactly as pgoutput's proto v1 writer lays messages out.
+    pub(crate) fn encode(msg: &Msg) -> Bytes {
+        let mut out = Vec::new();
+        match msg {
+            Msg::Begin {
+                final_lsn,
+                commit_time_micros,
+                xid,
+            } => {
+                out.put_u8(b'B');
+                out.put_u64(*final_lsn);
+                out.put_i64(*commit_time_micros);
+                out.put_u32(*xid);
+            }
+            Msg::Commit {
+                flags,
+                commit_lsn,
+                end_lsn,
+                commit_time_micros,
+            } => {
+                out.put_u8(b'C');
+                out.put_u8(*flags);
+                out.put_u64(*commit_lsn);
+                out.put_u64(*end_lsn);
+                out.put_i64(*commit_time_micros);
+            }
+            Msg::Origin { commit_lsn, name } => {
+                out.put_u8(b'O');
+                out.put_u64(*commit_lsn);
+                put_cstr(&mut out, name);
+            }
+            Msg::Relation(rel) => {
+                out.put_u8(b'R');
+                out.put_u32(rel.id);
+                put_cstr(&mut out, rel.namespace.as_bytes());
+                put_cstr(&mut out, rel.name.as_bytes());
+                out.put_u8(rel.replica_identity);
+                out.put_i16(i16::try_from(rel.columns.len()).unwrap());
+                for c in &rel.columns {
+                    out.put_u8(c.flags);
+                    put_cstr(&mut out, c.name.as_bytes());
+                    out.put_u32(c.type_oid);
+                    out.put_i32(c.type_modifier);
+                }
+            }
+            Msg::Type {
+                id,
+                namespace,
+                name,
+            } => {
+                out.put_u8(b'Y');
+                out.put_u32(*id);
+                put_cstr(&mut out, namespace);
+                put_cstr(&mut out, name);
+            }
+            Msg::Insert { relation_id, new } => {
+                out.put_u8(b'I');
+                out.put_u32(*relation_id);
+                out.put_u8(b'N');
+                put_tuple(&mut out, new);
+            }
+            Msg::Update {
+                relation_id,
+                old,
+                new,
+            } => {
+                out.put_u8(b'U');
+                out.put_u32(*relation_id);
+                if let Some((marker, old)) = old {
+                    out.put_u8(*marker);
+                    put_tuple(&mut out, old);
+                }
+                out.put_u8(b'N');
+                put_tuple(&mut out, new);
+            }
+            Msg::Delete {
+                relation_id,
+                old: (marker, old),
+            } => {
+                out.put_u8(b'D');
+                out.put_u32(*relation_id);
+                out.put_u8(*marker);
+                put_tuple(&mut out, old);
+            }
+            Msg::Truncate {
+                options,
+                relation_ids,
+            } => {
+                out.put_u8(b'T');
+                out.put_i32(i32::try_from(relation_ids.len()).unwrap());
+                out.put_u8(*options);
+                for id in relation_ids {
+                    out.put_u32(*id);
+                }
+            }
+            Msg::Message {
+                flags,
+                lsn,
+                prefix,
+                content,
+            } => {
+                out.put_u8(b'M');
+                out.put_u8(*flags);
+                out.put_u64(*lsn);
+                put_cstr(&mut out, prefix);
+                out.put_i32(i32::try_from(content.len()).unwrap());
+                out.put_slice(content);
+            }
+        }
+        Bytes::from(out)
+    }
+
+    fn owned_tuple(t: &TupleData) -> Vec<Val> {
+        t.iter()
+            .map(|v| match v {
+                Value::Null => Val::Null,
+                Value::UnchangedToast => Val::Toast,
+                Value::Text(b) => Val::Text(b.to_vec()),
+                Value::Binary(b) => Val::Bin(b.to_vec()),
+            })
+            .collect()
+    }
+
+    fn owned_old(old: &OldTuple) -> (u8, Vec<Val>) {
+        match old {
+            OldTuple::Key(t) => (b'K', owned_tuple(t)),
+            OldTuple::Full(t) => (b'O', owned_tuple(t)),
+        }
+    }
+
+    /// Converts a decoded message back into the owned model for comparison.
+    pub(crate) fn model(msg: &LogicalMessage) -> Msg {
+        match msg {
+            LogicalMessage::Begin {
+                final_lsn,
+                commit_time_micros,
+                xid,
+            } => Msg::Begin {
+                final_lsn: *final_lsn,
+                commit_time_micros: *commit_time_micros,
+                xid: *xid,
+            },
+            LogicalMessage::Commit {
+                flags,
+                commit_lsn,
+                end_lsn,
+                commit_time_micros,
+            } => Msg::Commit {
+                flags: *flags,
+                commit_lsn: *commit_lsn,
+                end_lsn: *end_lsn,
+                commit_time_micros: *commit_time_micros,
+            },
+            LogicalMessage::Origin { commit_lsn, name } => Msg::Origin {
+                commit_lsn: *commit_lsn,
+                name: name.to_vec(),
+            },
+            LogicalMessage::Relation(rel) => Msg::Relation(rel.clone()),
+            LogicalMessage::Type {
+                id,
+                namespace,
+                name,
+            } => Msg::Type {
+                id: *id,
+                namespace: namespace.to_vec(),
+                name: name.to_vec(),
+            },
+            LogicalMessage::Insert { relation_id, new } => Msg::Insert {
+                relation_id: *relation_id,
+                new: owned_tuple(new),
+            },
+            LogicalMessage::Update {
+                relation_id,
+                old,
+                new,
+            } => Msg::Update {
+                relation_id: *relation_id,
+                old: old.as_ref().map(owned_old),
+                new: owned_tuple(new),
+            },
+            LogicalMessage::Delete { relation_id, old } => Msg::Delete {
+                relation_id: *relation_id,
+                old: owned_old(old),
+            },
+            LogicalMessage::Truncate {
+                options,
+                relation_ids,
+            } => Msg::Truncate {
+                options: *options,
+                relation_ids: relation_ids.clone(),
+            },
+            LogicalMessage::Message {
+                flags,
+                lsn,
+                prefix,
+                content,
+            } => Msg::Message {
+                flags: *flags,
+                lsn: *lsn,
+                prefix: prefix.to_vec(),
+                content: content.to_vec(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{encode, model, Msg, Val};
+    use super::*;
+    use bytes::BufMut;
+    use proptest::prelude::*;
+
+    fn round_trip(msg: Msg) -> LogicalMessage {
+        let bytes = encode(&msg);
+        let decoded = decode(&bytes).unwrap_or_else(|e| panic!("{msg:?} failed: {e}"));
+        assert_eq!(model(&decoded), msg);
+        decoded
+    }
+
+    fn decode_vec(v: Vec<u8>) -> Result<LogicalMessage, DecodeError> {
+        decode(&Bytes::from(v))
+    }
+
+    fn sample_relation() -> Relation {
+        Relation {
+            id: 16_384,
+            namespace: "public".into(),
+            name: "product".into(),
+            replica_identity: b'd',
+            columns: vec![
+                Column {
+                    flags: 1,
+                    name: "id".into(),
+                    type_oid: 20,
+                    type_modifier: -1,
+                },
+                Column {
+                    flags: 0,
+                    name: "título".into(),
+                    type_oid: 1043,
+                    type_modifier: 259,
+                },
+            ],
+        }
+    }
+
+    fn all_kinds() -> Vec<Val> {
+        vec![
+            Val::text("42"),
+            Val::Null,
+            Val::Toast,
+            Val::Bin(vec![0, 159, 146, 150]),
+            Val::text(""),
+        ]
+    }
+
+    // ---- round trips -------------------------------------------------
+
+    #[test]
+    fn begin_round_trips() {
+        let m = round_trip(Msg::Begin {
+            final_lsn: 0x0000_0001_6B37_4D48,
+            commit_time_micros: 756_000_000_123_456,
+            xid: 734,
+        });
+        assert!(matches!(m, LogicalMessage::Begin { xid: 734, .. }));
+    }
+
+    #[test]
+    fn commit_round_trips() {
+        round_trip(Msg::Commit {
+            flags: 0,
+            commit_lsn: 0x1_6B37_4D48,
+            end_lsn: 0x1_6B37_4D78,
+            commit_time_micros: -1,
+        });
+    }
+
+    #[test]
+    fn origin_round_trips() {
+        round_trip(Msg::Origin {
+            commit_lsn: u64::MAX,
+            name: b"pg_16385".to_vec(),
+        });
+    }
+
+    #[test]
+    fn relation_round_trips_and_indexes_columns() {
+        let m = round_trip(Msg::Relation(sample_relation()));
+        let LogicalMessage::Relation(rel) = m else {
+            unreachable!()
+        };
+        assert_eq!(rel.column_index("id"), Some(0));
+        assert_eq!(rel.column_index("título"), Some(1));
+        assert_eq!(rel.column_index("missing"), None);
+        assert!(rel.columns[0].is_key());
+        assert!(!rel.columns[1].is_key());
+    }
+
+    #[test]
+    fn relation_with_no_columns_and_pg_catalog_namespace_round_trips() {
+        round_trip(Msg::Relation(Relation {
+            id: 1,
+            namespace: String::new(),
+            name: "t".into(),
+            replica_identity: b'n',
+            columns: vec![],
+        }));
+    }
+
+    #[test]
+    fn type_round_trips() {
+        round_trip(Msg::Type {
+            id: 16_400,
+            namespace: b"public".to_vec(),
+            name: b"mood".to_vec(),
+        });
+    }
+
+    #[test]
+    fn insert_round_trips_every_value_kind() {
+        let m = round_trip(Msg::Insert {
+            relation_id: 16_384,
+            new: all_kinds(),
+        });
+        let LogicalMessage::Insert { new, .. } = m else {
+            unreachable!()
+        };
+        assert_eq!(new.len(), 5);
+        assert!(!new.is_empty());
+        assert_eq!(new.get(0), Some(Value::Text(b"42")));
+        assert_eq!(new.get(0).unwrap().as_str(), Some("42"));
+        assert_eq!(new.get(1), Some(Value::Null));
+        assert_eq!(new.get(2), Some(Value::UnchangedToast));
+        assert_eq!(new.get(3), Some(Value::Binary(&[0, 159, 146, 150])));
+        assert_eq!(new.get(3).unwrap().as_str(), None, "binary is never a str");
+        assert_eq!(new.get(4).unwrap().as_str(), Some(""));
+        assert_eq!(new.get(5), None);
+        assert_eq!(new.get(usize::MAX), None);
+        assert_eq!(new.iter().len(), 5);
+        assert_eq!((&new).into_iter().count(), 5);
+    }
+
+    #[test]
+    fn insert_with_empty_tuple_round_trips() {
+        let m = round_trip(Msg::Insert {
+            relation_id: 7,
+            new: vec![],
+        });
+        let LogicalMessage::Insert { new, .. } = m else {
+            unreachable!()
+        };
+        assert!(new.is_empty());
+        assert_eq!(new.get(0), None);
+        assert_eq!(new.iter().next(), None);
+    }
+
+    #[test]
+    fn update_round_trips_with_each_old_tuple_form() {
+        round_trip(Msg::Update {
+            relation_id: 1,
+            old: None,
+            new: all_kinds(),
+        });
+        let m = round_trip(Msg::Update {
+            relation_id: 1,
+            old: Some((b'K', vec![Val::text("7"), Val::Null])),
+            new: vec![Val::text("8"), Val::Toast],
+        });
+        let LogicalMessage::Update { old: Some(old), .. } = m else {
+            unreachable!()
+        };
+        assert!(matches!(old, OldTuple::Key(_)));
+        assert_eq!(old.tuple().get(0).and_then(|v| v.as_str()), Some("7"));
+        let m = round_trip(Msg::Update {
+            relation_id: 1,
+            old: Some((b'O', all_kinds())),
+            new: all_kinds(),
+        });
+        assert!(matches!(
+            m,
+            LogicalMessage::Update {
+                old: Some(OldTuple::Full(_)),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn delete_round_trips_with_key_and_full() {
+        let m = round_trip(Msg::Delete {
+            relation_id: 9,
+            old: (b'K', vec![Val::text("1"), Val::Null]),
+        });
+        assert!(matches!(
+            m,
+            LogicalMessage::Delete {
+                old: OldTuple::Key(_),
+                ..
+            }
+        ));
+        round_trip(Msg::Delete {
+            relation_id: 9,
+            old: (b'O', all_kinds()),
+        });
+    }
+
+    #[test]
+    fn truncate_round_trips() {
+        round_trip(Msg::Truncate {
+            options: 0,
+            relation_ids: vec![],
+        });
+        round_trip(Msg::Truncate {
+            options: 3,
+            relation_ids: vec![16_384, 16_390, u32::MAX],
+        });
+    }
+
+    #[test]
+    fn message_round_trips() {
+        round_trip(Msg::Message {
+            flags: 1,
+            lsn: 99,
+            prefix: b"cdc-worker".to_vec(),
+            content: vec![0, 1, 2, 255],
+        });
+        round_trip(Msg::Message {
+            flags: 0,
+            lsn: 0,
+            prefix: vec![],
+            content: vec![],
+        });
+    }
+
+    #[test]
+    fn values_borrow_from_the_input_buffer() {
+        let bytes = encode(&Msg::Insert {
+            relation_id: 1,
+            new: vec![Val::text("hello")],
+        });
+        let LogicalMessage::Insert { new, .. } = decode(&bytes).unwrap() else {
+            unreachable!()
+        };
+        let Some(Value::Text(v)) = new.get(0) else {
+            unreachable!()
+        };
+        let input = bytes.as_ptr_range();
+        assert!(input.contains(&v.as_ptr()), "value was copied, not sliced");
+    }
+
+    #[test]
+    fn as_str_rejects_invalid_utf8_text() {
+        assert_eq!(Value::Text(&[0xff, 0xfe]).as_str(), None);
+        assert_eq!(Value::Null.as_str(), None);
+        assert_eq!(Value::UnchangedToast.as_bytes(), None);
+        assert_eq!(Value::Binary(b"x").as_bytes(), Some(&b"x"[..]));
+    }
+
+    #[test]
+    fn tuple_debug_lists_values() {
+        let bytes = encode(&Msg::Insert {
+            relation_id: 1,
+            new: vec![Val::text("a"), Val::Null],
+        });
+        let LogicalMessage::Insert { new, .. } = decode(&bytes).unwrap() else {
+            unreachable!()
+        };
+        assert_eq!(format!("{new:?}"), "[Text([97]), Null]");
+    }
+
+    // ---- malformed input ---------------------------------------------
+
+    #[test]
+    fn empty_buffer_is_an_error() {
+        assert_eq!(decode(&Bytes::new()), Err(DecodeError::Empty));
+    }
+
+    #[test]
+    fn unknown_tag_is_reported() {
+        let err = decode_vec(vec![b'Z', 0, 0]).unwrap_err();
+        assert_eq!(err, DecodeError::UnknownTag { tag: b'Z' });
+        assert_eq!(
+            err.to_string(),
+            "unknown pgoutput message tag 'Z' (0x5a) at byte 0"
+        );
+        let err = decode_vec(vec![0x00]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown pgoutput message tag 0x00 at byte 0"
+        );
+    }
+
+    #[test]
+    fn streaming_and_two_phase_messages_are_unsupported() {
+        for tag in [b'S', b'E', b'c', b'A', b'p', b'b', b'P', b'K', b'r'] {
+            let err = decode_vec(vec![tag, 0, 0, 0, 1, 1]).unwrap_err();
+            assert!(
+                matches!(err, DecodeError::Unsupported { tag: t, .. } if t == tag),
+                "{err:?}"
+            );
+        }
+        let err = decode_vec(vec![b'S']).unwrap_err();
+        assert!(err.to_string().contains("Stream Start"), "{err}");
+    }
+
+    #[test]
+    fn truncated_fixed_field_reports_offset_and_sizes() {
+        let mut v = encode(&Msg::Begin {
+            final_lsn: 1,
+            commit_time_micros: 2,
+            xid: 3,
+        })
+        .to_vec();
+        v.truncate(19); // tag + 8 + 8 + 2 of the 4 xid bytes
+        let err = decode_vec(v).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::Truncated {
+                field: "Begin xid",
+                offset: 17,
+                needed: 4,
+                available: 2,
+            }
+        );
+        assert_eq!(err.offset(), 17);
+        assert!(err.to_string().contains("at byte 17"), "{err}");
+    }
+
+    #[test]
+    fn trailing_bytes_after_a_complete_message_are_rejected() {
+        let mut v = encode(&Msg::Commit {
+            flags: 0,
+            commit_lsn: 1,
+            end_lsn: 2,
+            commit_time_micros: 3,
+        })
+        .to_vec();
+        v.extend_from_slice(&[0xAA, 0xBB]);
+        assert_eq!(
+            decode_vec(v),
+            Err(DecodeError::TrailingBytes {
+                message: "Commit",
+                offset: 26,
+                count: 2,
+            })
+        );
+    }
+
+    #[test]
+    fn trailing_bytes_after_update_are_rejected() {
+        let mut v = encode(&Msg::Update {
+            relation_id: 1,
+            old: None,
+            new: vec![Val::text("x")],
+        })
+        .to_vec();
+        v.push(b'n');
+        assert!(matches!(
+            decode_vec(v),
+            Err(DecodeError::TrailingBytes {
+                message: "Update",
+                count: 1,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn unknown_column_kind_is_reported_with_column_index() {
+        // I, relid, N, ncols=2, 'n', then bogus 'x'
+        let mut v = vec![b'I', 0, 0, 0, 1, b'N'];
+        v.put_i16(2);
+        v.push(b'n');
+        v.push(b'x');
+        assert_eq!(
+            decode_vec(v),
+            Err(DecodeError::UnknownColumnKind {
+                offset: 9,
+                column: 1,
+                kind: b'x',
+            })
+        );
+    }
+
+    #[test]
+    fn insert_without_new_marker_is_rejected() {
+        let mut v = vec![b'I', 0, 0, 0, 1, b'K'];
+        v.put_i16(0);
+        assert_eq!(
+            decode_vec(v),
+            Err(DecodeError::UnexpectedTupleMarker {
+                offset: 5,
+                found: b'K',
+                expected: "'N'",
+            })
+        );
+    }
+
+    #[test]
+    fn update_with_bad_markers_is_rejected() {
+        let mut v = vec![b'U', 0, 0, 0, 1, b'X'];
+        v.put_i16(0);
+        assert!(matches!(
+            decode_vec(v),
+            Err(DecodeError::UnexpectedTupleMarker {
+                offset: 5,
+                found: b'X',
+                ..
+            })
+        ));
+        // Old key tuple followed by something other than 'N'.
+        let mut v = vec![b'U', 0, 0, 0, 1, b'K'];
+        v.put_i16(0);
+        v.push(b'O');
+        v.put_i16(0);
+        assert!(matches!(
+            decode_vec(v),
+            Err(DecodeError::UnexpectedTupleMarker {
+                offset: 8,
+                found: b'O',
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn delete_requires_key_or_full_marker() {
+        let mut v = vec![b'D', 0, 0, 0, 1, b'N'];
+        v.put_i16(0);
+        assert!(matches!(
+            decode_vec(v),
+            Err(DecodeError::UnexpectedTupleMarker {
+                found: b'N',
+                expected: "'K' or 'O'",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn negative_column_count_is_rejected() {
+        let mut v = vec![b'I', 0, 0, 0, 1, b'N'];
+        v.put_i16(-1);
+        assert_eq!(
+            decode_vec(v),
+            Err(DecodeError::NegativeLength {
+                field: "tuple column count",
+                offset: 6,
+                length: -1,
+            })
+        );
+    }
+
+    #[test]
+    fn negative_value_length_is_rejected() {
+        let mut v = vec![b'I', 0, 0, 0, 1, b'N'];
+        v.put_i16(1);
+        v.push(b't');
+        v.put_i32(-1);
+        assert_eq!(
+            decode_vec(v),
+            Err(DecodeError::NegativeLength {
+                field: "tuple column value",
+                offset: 9,
+                length: -1,
+            })
+        );
+    }
+
+    #[test]
+    fn oversized_value_length_is_rejected() {
+        let mut v = vec![b'I', 0, 0, 0, 1, b'N'];
+        v.put_i16(1);
+        v.push(b'b');
+        v.put_i32(i32::MAX);
+        v.extend_from_slice(b"abc");
+        assert_eq!(
+            decode_vec(v),
+            Err(DecodeError::LengthOutOfBounds {
+                field: "tuple column value",
+                offset: 9,
+                length: i32::MAX as usize,
+                available: 3,
+            })
+        );
+    }
+
+    #[test]
+    fn huge_column_count_with_short_body_is_truncation_not_allocation() {
+        let mut v = vec![b'I', 0, 0, 0, 1, b'N'];
+        v.put_i16(i16::MAX);
+        v.push(b'n');
+        assert!(matches!(
+            decode_vec(v),
+            Err(DecodeError::Truncated {
+                field: "tuple column kind",
+                offset: 9,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn truncate_counts_are_bounded_before_allocating() {
+        let mut v = vec![b'T'];
+        v.put_i32(i32::MAX);
+        v.push(0);
+        v.put_u32(1);
+        assert_eq!(
+            decode_vec(v),
+            Err(DecodeError::LengthOutOfBounds {
+                field: "Truncate relation ids",
+                offset: 1,
+                length: (i32::MAX as usize).saturating_mul(4),
+                available: 4,
+            })
+        );
+        let mut v = vec![b'T'];
+        v.put_i32(-5);
+        v.push(0);
+        assert!(matches!(
+            decode_vec(v),
+            Err(DecodeError::NegativeLength { length: -5, .. })
+        ));
+    }
+
+    #[test]
+    fn relation_with_huge_column_count_fails_cleanly() {
+        let mut v = vec![b'R', 0, 0, 0, 1];
+        v.extend_from_slice(b"public\0t\0d");
+        v.put_i16(i16::MAX);
+        assert!(matches!(
+            decode_vec(v),
+            Err(DecodeError::Truncated {
+                field: "Relation column flags",
+                ..
+            })
+        ));
+        let mut v = vec![b'R', 0, 0, 0, 1];
+        v.extend_from_slice(b"public\0t\0d");
+        v.put_i16(-3);
+        assert!(matches!(
+            decode_vec(v),
+            Err(DecodeError::NegativeLength {
+                field: "Relation column count",
+                offset: 15,
+                length: -3,
+            })
+        ));
+    }
+
+    #[test]
+    fn non_utf8_relation_names_are_rejected() {
+        let mut v = vec![b'R', 0, 0, 0, 1];
+        v.extend_from_slice(b"public\0");
+        v.extend_from_slice(b"bad\xff\0");
+        v.push(b'd');
+        v.put_i16(0);
+        assert_eq!(
+            decode_vec(v),
+            Err(DecodeError::InvalidUtf8 {
+                field: "Relation name",
+                offset: 12,
+            })
+        );
+
+        let mut v = vec![b'R', 0, 0, 0, 1];
+        v.extend_from_slice(b"\0t\0d");
+        v.put_i16(1);
+        v.push(0);
+        v.extend_from_slice(b"\xc3\0");
+        v.put_u32(23);
+        v.put_i32(-1);
+        assert_eq!(
+            decode_vec(v),
+            Err(DecodeError::InvalidUtf8 {
+                field: "Relation column name",
+                offset: 12,
+            })
+        );
+    }
+
+    #[test]
+    fn missing_nul_terminator_is_rejected() {
+        let mut v = vec![b'O'];
+        v.put_u64(5);
+        v.extend_from_slice(b"origin-without-terminator");
+        assert_eq!(
+            decode_vec(v),
+            Err(DecodeError::UnterminatedString {
+                field: "Origin name",
+                offset: 9,
+            })
+        );
+        let v = vec![b'Y', 0, 0, 0, 1, b'p', 0, b'q'];
+        assert_eq!(
+            decode_vec(v),
+            Err(DecodeError::UnterminatedString {
+                field: "Type name",
+                offset: 7,
+            })
+        );
+    }
+
+    #[test]
+    fn message_content_length_is_checked() {
+        let mut v = vec![b'M', 1];
+        v.put_u64(1);
+        v.extend_from_slice(b"p\0");
+        v.put_i32(10);
+        v.extend_from_slice(b"short");
+        assert_eq!(
+            decode_vec(v),
+            Err(DecodeError::LengthOutOfBounds {
+                field: "Message content",
+                offset: 12,
+                length: 10,
+                available: 5,
+            })
+        );
+    }
+
+    // ---- properties --------------------------------------------------
+
+    fn bytes_no_nul(max: usize) -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(1u8..=255, 0..=max)
+    }
+
+    fn val() -> impl Strategy<Value = Val> {
+        prop_oneof![
+            Just(Val::Null),
+            Just(Val::Toast),
+            prop::collection::vec(any::<u8>(), 0..24).prop_map(Val::Text),
+            prop::collection::vec(any::<u8>(), 0..24).prop_map(Val::Bin),
+        ]
+    }
+
+    fn tuple() -> impl Strategy<Value = Vec<Val>> {
+        prop::collection::vec(val(), 0..8)
+    }
+
+    fn old_tuple() -> impl Strategy<Value = (u8, Vec<Val>)> {
+        (prop_oneof![Just(b'K'), Just(b'O')], tuple())
+    }
+
+    fn column() -> impl Strategy<Value = Column> {
+        (any::<u8>(), "[^\u{0}]{0,12}", any::<u32>(), any::<i32>()).prop_map(
+            |(flags, name, type_oid, type_modifier)| Column {
+                flags,
+                name,
+                type_oid,
+                type_modifier,
+            },
+        )
+    }
+
+    fn msg() -> impl Strategy<Value = Msg> {
+        prop_oneof![
+            (any::<u64>(), any::<i64>(), any::<u32>()).prop_map(|(a, b, c)| Msg::Begin {
+                final_lsn: a,
+                commit_time_micros: b,
+                xid: c,
+            }),
+            (any::<u8>(), any::<u64>(), any::<u64>(), any::<i64>()).prop_map(|(f, a, b, t)| {
+                Msg::Commit {
+                    flags: f,
+                    commit_lsn: a,
+                    end_lsn: b,
+                    commit_time_micros: t,
+                }
+            }),
+            (any::<u64>(), bytes_no_nul(16))
+                .prop_map(|(commit_lsn, name)| Msg::Origin { commit_lsn, name }),
+            (
+                any::<u32>(),
+                "[^\u{0}]{0,12}",
+                "[^\u{0}]{0,12}",
+                any::<u8>(),
+                prop::collection::vec(column(), 0..6),
+            )
+                .prop_map(|(id, namespace, name, replica_identity, columns)| {
+                    Msg::Relation(Relation {
+                        id,
+                        namespace,
+                        name,
+                        replica_identity,
+                        columns,
+                    })
+                }),
+            (any::<u32>(), bytes_no_nul(12), bytes_no_nul(12)).prop_map(|(id, namespace, name)| {
+                Msg::Type {
+                    id,
+                    namespace,
+                    name,
+                }
+            }),
+            (any::<u32>(), tuple()).prop_map(|(relation_id, new)| Msg::Insert { relation_id, new }),
+            (any::<u32>(), prop::option::of(old_tuple()), tuple()).prop_map(
+                |(relation_id, old, new)| Msg::Update {
+                    relation_id,
+                    old,
+                    new
+                }
+            ),
+            (any::<u32>(), old_tuple())
+                .prop_map(|(relation_id, old)| Msg::Delete { relation_id, old }),
+            (any::<u8>(), prop::collection::vec(any::<u32>(), 0..8)).prop_map(
+                |(options, relation_ids)| Msg::Truncate {
+                    options,
+                    relation_ids
+                }
+            ),
+            (
+                any::<u8>(),
+                any::<u64>(),
+                bytes_no_nul(12),
+                prop::collection::vec(any::<u8>(), 0..32),
+            )
+                .prop_map(|(flags, lsn, prefix, content)| Msg::Message {
+                    flags,
+                    lsn,
+                    prefix,
+                    content,
+                }),
+        ]
+    }
+
+    /// Arbitrary bytes, but biased to start with a real tag so the fuzzing
+    /// reaches the per-message parsers instead of stopping at UnknownTag.
+    fn tagged_garbage() -> impl Strategy<Value = Vec<u8>> {
+        (
+            prop::sample::select(b"BCORYIUDTMSEcAZ".to_vec()),
+            prop::collection::vec(any::<u8>(), 0..64),
+        )
+            .prop_map(|(tag, mut rest)| {
+                rest.insert(0, tag);
+                rest
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(v in prop::collection::vec(any::<u8>(), 0..96)) {
+            let _ = decode_vec(v);
+        }
+
+        #[test]
+        fn tagged_garbage_never_panics_and_decoded_tuples_are_walkable(v in tagged_garbage()) {
+            if let Ok(m) = decode_vec(v) {
+                // Whatever decoded must be fully readable without panicking.
+                let _ = model(&m);
+            }
+        }
+
+        #[test]
+        fn valid_messages_round_trip(m in msg()) {
+            let bytes = encode(&m);
+            let decoded = decode(&bytes);
+            prop_assert!(decoded.is_ok(), "{:?}", decoded);
+            prop_assert_eq!(model(&decoded.unwrap()), m);
+        }
+
+        #[test]
+        fn every_strict_prefix_is_an_error(m in msg()) {
+            let bytes = encode(&m);
+            for cut in 0..bytes.len() {
+                let r = decode(&bytes.slice(..cut));
+                prop_assert!(r.is_err(), "prefix of len {} decoded: {:?}", cut, r);
+            }
+        }
+
+        #[test]
+        fn any_appended_bytes_are_trailing_garbage(
+            m in msg(),
+            extra in prop::collection::vec(any::<u8>(), 1..8),
+        ) {
+            let mut v = encode(&m).to_vec();
+            let end = v.len();
+            v.extend_from_slice(&extra);
+            match decode_vec(v) {
+                Err(DecodeError::TrailingBytes { offset, count, .. }) => {
+                    prop_assert_eq!(offset, end);
+                    prop_assert_eq!(count, extra.len());
+                }
+                other => prop_assert!(false, "expected TrailingBytes, got {:?}", other),
+            }
+        }
+    }
+}
