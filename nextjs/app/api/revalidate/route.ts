@@ -1,0 +1,61 @@
+import { expireTag } from "@/lib/revalidate";
+import { SIGNATURE_HEADER, verifySignature } from "@/lib/signature";
+
+/**
+ * POST /api/revalidate — the receiving end of cdc-worker's wire contract.
+ *
+ *   body:   JSON object with "tags": string[] (other fields ignored)
+ *   header: x-cdc-signature: t=<unix ms>,v1=<lowercase hex HMAC-SHA256(secret, "<t>.<raw body>")>
+ *
+ *   200 {"revalidated": n}   n = number of distinct tags expired
+ *   400 body is not a JSON object with a string array "tags"
+ *   401 header missing/malformed, timestamp more than 5 minutes off, or bad signature
+ *   500 CDC_REVALIDATE_SECRET not configured
+ */
+const MAX_TAG_LENGTH = 256; // Next.js ignores longer tags (NEXT_CACHE_TAG_MAX_LENGTH)
+
+function json(status: number, body: unknown): Response {
+  return Response.json(body, { status, headers: { "cache-control": "no-store" } });
+}
+
+export async function POST(req: Request): Promise<Response> {
+  const secret = process.env.CDC_REVALIDATE_SECRET;
+  if (!secret) {
+    return json(500, { error: "CDC_REVALIDATE_SECRET is not configured on the Next.js server" });
+  }
+
+  // Read the raw text first: the signature covers the exact bytes the worker sent.
+  const raw = await req.text();
+
+  const check = verifySignature(req.headers.get(SIGNATURE_HEADER), raw, secret);
+  if (!check.ok) {
+    const error = {
+      missing: `missing ${SIGNATURE_HEADER} header`,
+      malformed: `malformed ${SIGNATURE_HEADER} header (want t=<unix ms>,v1=<hex sha256 hmac>)`,
+      expired: "signature timestamp outside the allowed 5 minute window",
+      mismatch: "signature mismatch",
+    }[check.reason];
+    return json(401, { error });
+  }
+
+  let body: unknown;
+  try {
+    body = JSON.parse(raw);
+  } catch {
+    return json(400, { error: "body is not valid JSON" });
+  }
+  if (typeof body !== "object" || body === null || Array.isArray(body)) {
+    return json(400, { error: "body must be a JSON object" });
+  }
+  const tags = (body as { tags?: unknown }).tags;
+  if (!Array.isArray(tags) || !tags.every((t) => typeof t === "string")) {
+    return json(400, { error: '"tags" must be an array of strings' });
+  }
+  if (tags.some((t: string) => t.length === 0 || t.length > MAX_TAG_LENGTH)) {
+    return json(400, { error: `each tag must be 1..${MAX_TAG_LENGTH} characters` });
+  }
+
+  const unique = [...new Set(tags as string[])];
+  for (const tag of unique) expireTag(tag);
+  return json(200, { revalidated: unique.length });
+}

@@ -1,0 +1,30 @@
+import { Suspense } from "react";
+import { connection } from "next/server";
+import { getStoreIds } from "@/lib/data";
+
+export default function Home() {
+  return (
+    <>
+      <h1>Stores</h1>
+      <Suspense fallback={<p>Loading…</p>}>
+        <StoreList />
+      </Suspense>
+    </>
+  );
+}
+
+async function StoreList() {
+  // Request time only: no database access during `next build`.
+  await connection();
+  const storeIds = await getStoreIds();
+  if (storeIds.length === 0) return <p data-empty="stores">No stores yet.</p>;
+  return (
+    <ul data-list="stores">
+      {storeIds.map((id) => (
+        <li key={id} data-store-id={id}>
+          <a href={`/stores/${encodeURIComponent(id)}`}>{id}</a>
+        </li>
+      ))}
+    </ul>
+  );
+}

@@ -1,0 +1,103 @@
+import { cacheLife, cacheTag } from "next/cache";
+import { db } from "./db";
+import { inventoryTag, productTag, storeProductsTag } from "./revalidate";
+
+/**
+ * All storefront reads. They touch ONLY the denormalized "ProductSummary" table (kept
+ * fresh by cdc-worker) — never Product/Inventory/Price/ProductImage.
+ *
+ * Each function is a `'use cache'` function: its result is cached per argument and
+ * tagged, so it is served from cache until cdc-worker (POST /api/revalidate) or the
+ * app itself (lib/revalidate.ts) expires one of its tags. `cacheLife("days")` is only
+ * a safety net (background refresh after a day); freshness comes from the tags.
+ */
+
+export type ProductSummary = {
+  productId: string;
+  storeId: string;
+  title: string;
+  /** Integer minor units (cents). */
+  price: number;
+  active: boolean;
+  inventoryAvailable: number;
+  primaryImageUrl: string | null;
+  /** ISO-8601. */
+  updatedAt: string;
+};
+
+export const STORE_LISTING_LIMIT = 100;
+
+const select = {
+  productId: true,
+  storeId: true,
+  title: true,
+  price: true,
+  active: true,
+  inventoryAvailable: true,
+  primaryImageUrl: true,
+  updatedAt: true,
+} as const;
+
+type Row = {
+  productId: string;
+  storeId: string;
+  title: string;
+  price: number;
+  active: boolean;
+  inventoryAvailable: number;
+  primaryImageUrl: string | null;
+  updatedAt: Date;
+};
+
+function toSummary(r: Row): ProductSummary {
+  return { ...r, updatedAt: r.updatedAt.toISOString() };
+}
+
+/** Active products of a store, by title. Tagged `store:{storeId}:products` plus each shown product's tags. */
+export async function getStoreProducts(storeId: string): Promise<ProductSummary[]> {
+  "use cache";
+  cacheLife("days");
+  cacheTag(storeProductsTag(storeId));
+  const rows = await db().productSummary.findMany({
+    where: { storeId, active: true },
+    orderBy: [{ title: "asc" }, { productId: "asc" }],
+    take: STORE_LISTING_LIMIT,
+    select,
+  });
+  // A product's own tags also refresh the listing that shows it; cacheTag allows at
+  // most 128 tags per entry, so stay well under that.
+  const productTags = rows.flatMap((r) => [productTag(r.productId), inventoryTag(r.productId)]);
+  if (productTags.length > 0) cacheTag(...productTags.slice(0, 120));
+  return rows.map(toSummary);
+}
+
+/** One product's summary, active or not (null if there is no row). Tagged `product:{id}` and `inventory:{id}`. */
+export async function getProduct(productId: string): Promise<ProductSummary | null> {
+  "use cache";
+  cacheLife("days");
+  cacheTag(productTag(productId), inventoryTag(productId));
+  const row = await db().productSummary.findUnique({ where: { productId }, select });
+  return row ? toSummary(row) : null;
+}
+
+/** Store ids that have at least one active product (for the index page). */
+export async function getStoreIds(limit = 20): Promise<string[]> {
+  "use cache";
+  cacheLife("hours");
+  cacheTag("stores");
+  const rows = await db().productSummary.findMany({
+    where: { active: true },
+    distinct: ["storeId"],
+    select: { storeId: true },
+    orderBy: { storeId: "asc" },
+    take: limit,
+  });
+  return rows.map((r) => r.storeId);
+}
+
+/** Integer minor units to "$12.99". */
+export function formatPrice(minor: number): string {
+  const sign = minor < 0 ? "-" : "";
+  const abs = Math.abs(minor);
+  return `${sign}$${Math.floor(abs / 100).toLocaleString("en-US")}.${String(abs % 100).padStart(2, "0")}`;
+}
