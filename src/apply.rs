@@ -196,7 +196,10 @@ impl Applier {
             ..Applied::default()
         };
         if !ids.is_empty() {
-            let desired = rows(tx.query(&self.stmts.desired, &[&self.currency, &ids]).await?)?;
+            let desired = rows(
+                tx.query(&self.stmts.desired, &[&self.currency, &ids])
+                    .await?,
+            )?;
             let current = rows(tx.query(&self.stmts.current, &[&ids]).await?)?;
             let changes = diff(&desired, &current);
             let mut up = Upserts::default();

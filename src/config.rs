@@ -147,7 +147,10 @@ impl Default for Revalidate {
         Revalidate {
             urls: Vec::new(),
             secret: String::new(),
-            tags: vec!["product:{productId}".into(), "store:{storeId}:products".into()],
+            tags: vec![
+                "product:{productId}".into(),
+                "store:{storeId}:products".into(),
+            ],
             inventory_tags: vec!["inventory:{productId}".into()],
             max_batch_tags: 500,
             window_ms: 10,
@@ -295,12 +298,8 @@ impl Config {
             return Ok(DEFAULT_SUMMARY_QUERY.to_string());
         }
         let path = PathBuf::from(&self.tables.summary_query_file);
-        std::fs::read_to_string(&path).map_err(|e| {
-            bad(format!(
-                "tables.summary_query_file {}: {e}",
-                path.display()
-            ))
-        })
+        std::fs::read_to_string(&path)
+            .map_err(|e| bad(format!("tables.summary_query_file {}: {e}", path.display())))
     }
 
     pub fn heartbeat(&self) -> Duration {
@@ -417,8 +416,8 @@ mod tests {
     #[test]
     fn shipped_config_file_parses_and_matches_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_PATH);
-        let cfg = Config::load_with_env(Some(&path), env(&[("DATABASE_URL", "postgres://x/y")]))
-            .unwrap();
+        let cfg =
+            Config::load_with_env(Some(&path), env(&[("DATABASE_URL", "postgres://x/y")])).unwrap();
         let def = Config::default();
         assert_eq!(cfg.slot, def.slot);
         assert_eq!(cfg.tables.sources, def.tables.sources);

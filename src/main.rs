@@ -29,7 +29,13 @@ struct Cli {
     config: Option<PathBuf>,
 
     /// Log format
-    #[arg(long, global = true, value_enum, env = "CDC_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "CDC_LOG_FORMAT",
+        default_value = "text"
+    )]
     log_format: LogFormat,
 
     #[command(subcommand)]
@@ -60,6 +66,20 @@ enum Command {
     /// When another instance holds the slot, this one waits as a standby and takes over
     /// when the slot is free.
     Run,
+    /// Revalidate cache tags by hand: the operator's manual trigger.
+    ///
+    /// Sends the tags of each --product (product:, inventory: and its store's listing, as
+    /// configured) and of each --store (the listing tag) to every endpoint in
+    /// CDC_REVALIDATE_URLS right away, and prints each endpoint's answer. Exits 1 when an
+    /// endpoint did not accept them.
+    Revalidate {
+        /// A product id (repeatable)
+        #[arg(long = "product", value_name = "ID")]
+        products: Vec<String>,
+        /// A store id (repeatable)
+        #[arg(long = "store", value_name = "ID")]
+        stores: Vec<String>,
+    },
 }
 
 #[tokio::main]
@@ -86,6 +106,17 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             run(cfg).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Revalidate { products, stores } => {
+            if products.is_empty() && stores.is_empty() {
+                anyhow::bail!("name at least one --product ID or --store ID");
+            }
+            let ok = cdc_worker::deliver::revalidate_now(&cfg, &products, &stores).await?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
     }
 }
 
@@ -101,6 +132,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             }
         });
     }
+    tokio::spawn(cdc_worker::monitor::run(
+        cfg.clone(),
+        db.clone(),
+        metrics.clone(),
+    ));
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;

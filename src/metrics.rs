@@ -74,9 +74,7 @@ impl Metrics {
             revalidate_latency: Histogram::new(latency_buckets()),
             changes: Family::default(),
             rows_written: Counter::default(),
-            batch_size: Histogram::new(
-                [1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0].into_iter(),
-            ),
+            batch_size: Histogram::new([1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0]),
             outbox_pending: Gauge::default(),
             outbox_oldest_age: FloatGauge::default(),
             revalidate_requests: Family::default(),
@@ -195,7 +193,8 @@ impl Metrics {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_micros() as i64;
-            self.last_applied_commit.fetch_max(micros, Ordering::Relaxed);
+            self.last_applied_commit
+                .fetch_max(micros, Ordering::Relaxed);
         }
         for t in [commit, oldest].into_iter().flatten() {
             self.apply_latency

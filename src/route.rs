@@ -18,6 +18,10 @@ pub enum Route<'a> {
     All(String),
 }
 
+/// The table and operation of a row change, for the changes counter (`None` for
+/// messages that are not row changes of a source table).
+pub type Counted<'r> = Option<(&'r str, Op)>;
+
 /// Which table and operation a change was, for the changes counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -79,7 +83,7 @@ impl Router {
     pub fn route<'m>(
         &mut self,
         msg: &'m LogicalMessage,
-    ) -> Result<(Route<'m>, Option<(&str, Op)>), RouteError> {
+    ) -> Result<(Route<'m>, Counted<'_>), RouteError> {
         let (rel, op, route) = match msg {
             LogicalMessage::Relation(rel) => {
                 self.learn(rel)?;
@@ -122,7 +126,10 @@ impl Router {
                 }
                 let first = self.known(relation_ids[0])?;
                 let reason = format!("TRUNCATE of {}", tables.join(", "));
-                return Ok((Route::All(reason), Some((first.table.as_str(), Op::Truncate))));
+                return Ok((
+                    Route::All(reason),
+                    Some((first.table.as_str(), Op::Truncate)),
+                ));
             }
             _ => return Ok((Route::None, None)),
         };
@@ -141,12 +148,15 @@ impl Router {
     fn learn(&mut self, rel: &Relation) -> Result<(), RouteError> {
         let product_col = if rel.namespace == self.schema {
             match self.sources.get(&rel.name) {
-                Some(column) => Some(rel.column_index(column).ok_or_else(|| {
-                    RouteError::MissingColumn {
-                        table: rel.name.clone(),
-                        column: column.clone(),
-                    }
-                })?),
+                Some(column) => {
+                    Some(
+                        rel.column_index(column)
+                            .ok_or_else(|| RouteError::MissingColumn {
+                                table: rel.name.clone(),
+                                column: column.clone(),
+                            })?,
+                    )
+                }
                 None => None,
             }
         } else {
@@ -180,10 +190,12 @@ impl Known {
         };
         let get = |t: Option<&'m TupleData>| -> Result<Option<&'m str>, RouteError> {
             match t.and_then(|t| t.get(col)) {
-                Some(v @ Value::Text(_)) => v.as_str().map(Some).ok_or_else(|| RouteError::NotText {
-                    table: self.table.clone(),
-                    column: format!("#{col}"),
-                }),
+                Some(v @ Value::Text(_)) => {
+                    v.as_str().map(Some).ok_or_else(|| RouteError::NotText {
+                        table: self.table.clone(),
+                        column: format!("#{col}"),
+                    })
+                }
                 // Null (a key-only old tuple without this column), unchanged TOAST (an id is
                 // never toasted in practice; the new tuple or the old one still names it).
                 _ => Ok(None),

@@ -113,10 +113,21 @@ async fn session(ctx: &Context) -> anyhow::Result<()> {
     });
 
     let heartbeat = tokio::spawn(heartbeat(ctx.db.clone(), cfg.heartbeat()));
+    // Delivery runs beside the stream and never holds it up: Next.js being down only
+    // lets tags wait in the outbox.
+    let deliverers =
+        crate::deliver::spawn(cfg, &ctx.db, ctx.metrics.clone(), ctx.outbox_notify.clone());
     let result = stream_loop(ctx, &mut stream, &batch_tx, &mut done_rx, start).await;
     heartbeat.abort();
     drop(batch_tx);
     let _ = apply_task.await;
+    if result.is_ok() && !deliverers.is_empty() {
+        // A moment for the tags of the last batch; whatever is left waits in the outbox.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for d in deliverers {
+        d.abort();
+    }
     match result {
         Ok(acked) => {
             // Let the final acknowledgement reach the server before closing.
@@ -252,7 +263,12 @@ async fn apply_batch(
         Some(_) => {
             let started = Instant::now();
             let a = applier.apply_all(batch.lsn, commit, |_| {}).await?;
-            tracing::info!(products = a.products, written = a.rows_written(), seconds = started.elapsed().as_secs_f64(), "recomputed every product");
+            tracing::info!(
+                products = a.products,
+                written = a.rows_written(),
+                seconds = started.elapsed().as_secs_f64(),
+                "recomputed every product"
+            );
             a
         }
         None => {
@@ -285,7 +301,10 @@ async fn wait_for_leadership(ctx: &Context, applier: &Applier) -> anyhow::Result
     loop {
         let got: bool = applier
             .client()
-            .query_one("SELECT pg_try_advisory_lock($1::int4, $2::int4)", &[&LEADER_LOCK_CLASS, &key])
+            .query_one(
+                "SELECT pg_try_advisory_lock($1::int4, $2::int4)",
+                &[&LEADER_LOCK_CLASS, &key],
+            )
             .await?
             .get(0);
         if got {
@@ -338,7 +357,10 @@ async fn heartbeat(db: Database, every: Duration) {
         }
         if let Some(c) = &client {
             if let Err(e) = c
-                .execute("SELECT pg_logical_emit_message(true, 'cdc_worker.heartbeat', '')", &[])
+                .execute(
+                    "SELECT pg_logical_emit_message(true, 'cdc_worker.heartbeat', '')",
+                    &[],
+                )
                 .await
             {
                 tracing::debug!(error = %e, "heartbeat failed");

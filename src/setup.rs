@@ -166,8 +166,7 @@ async fn check(client: &Client, cfg: &Config) -> anyhow::Result<Plan> {
         .await?
         .get(0);
     if exists {
-        let have: BTreeSet<(String, String)> =
-            pubs.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let have: BTreeSet<(String, String)> = pubs.iter().map(|r| (r.get(0), r.get(1))).collect();
         let want: BTreeSet<(String, String)> = cfg
             .tables
             .sources

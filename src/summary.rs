@@ -80,7 +80,10 @@ impl Field {
 }
 
 /// The fields on which `a` and `b` disagree.
-pub fn differing_fields<'a>(a: &'a SummaryRow, b: &'a SummaryRow) -> impl Iterator<Item = Field> + 'a {
+pub fn differing_fields<'a>(
+    a: &'a SummaryRow,
+    b: &'a SummaryRow,
+) -> impl Iterator<Item = Field> + 'a {
     let (a, b) = (a, b);
     Field::ALL.into_iter().filter(move |f| f.differs(a, b))
 }
@@ -102,10 +105,8 @@ pub enum Change<'a> {
 /// same set of product ids. Equal rows produce nothing: a no-op source update must not
 /// write the summary or revalidate anything.
 pub fn diff<'a>(desired: &'a [SummaryRow], current: &'a [SummaryRow]) -> Vec<Change<'a>> {
-    let mut current_by_id: HashMap<&str, &SummaryRow> = current
-        .iter()
-        .map(|r| (r.product_id.as_str(), r))
-        .collect();
+    let mut current_by_id: HashMap<&str, &SummaryRow> =
+        current.iter().map(|r| (r.product_id.as_str(), r)).collect();
     let mut changes = Vec::new();
     for new in desired {
         match current_by_id.remove(new.product_id.as_str()) {
@@ -167,6 +168,39 @@ impl TagTemplates {
     }
 }
 
+impl TagTemplates {
+    /// Every tag of a product, for a manual revalidation; store tags only when the store
+    /// is known.
+    pub fn product_tags(
+        &self,
+        product_id: &str,
+        store_id: Option<&str>,
+        out: &mut BTreeSet<String>,
+    ) {
+        for t in self.always.iter().chain(&self.inventory) {
+            let tag = t.replace("{productId}", product_id);
+            match store_id {
+                Some(store) => {
+                    out.insert(tag.replace("{storeId}", store));
+                }
+                None if !t.contains("{storeId}") => {
+                    out.insert(tag);
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// The tags of a store listing: templates that name a store but no product.
+    pub fn store_tags(&self, store_id: &str, out: &mut BTreeSet<String>) {
+        for t in self.always.iter().chain(&self.inventory) {
+            if t.contains("{storeId}") && !t.contains("{productId}") {
+                out.insert(t.replace("{storeId}", store_id));
+            }
+        }
+    }
+}
+
 /// `"name"` with embedded quotes doubled: table and column names come from config.
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -195,7 +229,10 @@ mod tests {
 
     fn templates() -> TagTemplates {
         TagTemplates {
-            always: vec!["product:{productId}".into(), "store:{storeId}:products".into()],
+            always: vec![
+                "product:{productId}".into(),
+                "store:{storeId}:products".into(),
+            ],
             inventory: vec!["inventory:{productId}".into()],
         }
     }

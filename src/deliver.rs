@@ -1,0 +1,414 @@
+//! Deliver: drains the outbox to every configured Next.js endpoint. Each endpoint has its
+//! own task and its own cursor, so one instance being down neither blocks nor repeats the
+//! others; the replication stream never waits for any of them. Tags are coalesced
+//! (deduplicated, bounded per request), signed, retried with backoff and jitter on
+//! transient failures, and recorded as failed (never dropped) on a definite refusal.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use hmac::{Hmac, Mac};
+use rand::Rng;
+use sha2::Sha256;
+use tokio::sync::Notify;
+use tokio_postgres::Client;
+
+use crate::config::Config;
+use crate::db::Database;
+use crate::metrics::Metrics;
+use crate::summary::quote_ident;
+
+/// How often an endpoint task looks at the outbox without being woken, to pick up tags
+/// enqueued by other processes (`reconcile --fix`).
+const POLL: Duration = Duration::from_millis(500);
+
+/// `x-cdc-signature` for `body` at `t_ms`: `t=<ms>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
+pub fn signature(secret: &str, t_ms: u128, body: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
+    mac.update(format!("{t_ms}.{body}").as_bytes());
+    format!("t={t_ms},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// How a POST ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered,
+    /// Worth retrying: connection error, timeout, 429, 5xx.
+    Retry(String),
+    /// The endpoint refused these tags for good (another 4xx).
+    Refused(u16, String),
+}
+
+/// POSTs one signed batch of tags.
+pub async fn post(http: &reqwest::Client, url: &str, secret: &str, tags: &[String]) -> Outcome {
+    let body = serde_json::json!({ "tags": tags, "source": "cdc-worker" }).to_string();
+    let now_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    let sent = http
+        .post(url)
+        .header("content-type", "application/json")
+        .header("x-cdc-signature", signature(secret, now_ms, &body))
+        .body(body)
+        .send()
+        .await;
+    match sent {
+        Err(e) => Outcome::Retry(format!("{e}")),
+        Ok(resp) => {
+            let status = resp.status();
+            if status.is_success() {
+                return Outcome::Delivered;
+            }
+            let text: String = resp
+                .text()
+                .await
+                .unwrap_or_default()
+                .chars()
+                .take(500)
+                .collect();
+            if status.as_u16() == 429 || status.is_server_error() {
+                Outcome::Retry(format!("HTTP {status}: {text}"))
+            } else {
+                Outcome::Refused(status.as_u16(), text)
+            }
+        }
+    }
+}
+
+/// Exponential backoff with full jitter, capped.
+pub fn backoff(attempt: u32) -> Duration {
+    let base_ms = 200u64.saturating_mul(1 << attempt.min(8)).min(30_000);
+    Duration::from_millis(rand::thread_rng().gen_range(base_ms / 2..=base_ms))
+}
+
+/// The endpoint as shown in logs and metric labels: no query string (it may hold a token).
+pub fn endpoint_label(url: &str) -> String {
+    url.split(['?', '#']).next().unwrap_or(url).to_string()
+}
+
+pub fn http_client(cfg: &Config) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_millis(cfg.revalidate.timeout_ms))
+        .user_agent(concat!("cdc-worker/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("building the HTTP client")
+}
+
+/// Spawns one delivery task per endpoint; they run until aborted.
+pub fn spawn(
+    cfg: &Config,
+    db: &Database,
+    metrics: Arc<Metrics>,
+    notify: Arc<Notify>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let http = http_client(cfg);
+    cfg.revalidate
+        .urls
+        .iter()
+        .map(|url| {
+            let endpoint = Endpoint {
+                url: url.clone(),
+                label: endpoint_label(url),
+                all_urls: cfg.revalidate.urls.clone(),
+                secret: cfg.revalidate.secret.clone(),
+                schema: quote_ident(&cfg.schema),
+                max_tags: cfg.revalidate.max_batch_tags,
+                window: Duration::from_millis(cfg.revalidate.window_ms),
+                http: http.clone(),
+                metrics: metrics.clone(),
+                notify: notify.clone(),
+            };
+            let db = db.clone();
+            tokio::spawn(async move { endpoint.run(db).await })
+        })
+        .collect()
+}
+
+struct Endpoint {
+    url: String,
+    label: String,
+    all_urls: Vec<String>,
+    secret: String,
+    schema: String,
+    max_tags: usize,
+    window: Duration,
+    http: reqwest::Client,
+    metrics: Arc<Metrics>,
+    notify: Arc<Notify>,
+}
+
+/// One coalesced request: the distinct tags of outbox rows up to `last_id`.
+struct Pending {
+    last_id: i64,
+    tags: Vec<String>,
+    commit_times: Vec<SystemTime>,
+}
+
+impl Endpoint {
+    /// Reconnects to the database on failure; never returns.
+    async fn run(&self, db: Database) {
+        let mut attempt = 0;
+        loop {
+            match db.connect("cdc-worker/deliver").await {
+                Ok(client) => {
+                    attempt = 0;
+                    if let Err(e) = self.serve(&client).await {
+                        tracing::warn!(endpoint = %self.label, error = %format!("{e:#}"), "delivery interrupted; resuming");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(endpoint = %self.label, error = %e, "deliverer cannot reach the database");
+                }
+            }
+            tokio::time::sleep(backoff(attempt)).await;
+            attempt += 1;
+        }
+    }
+
+    async fn serve(&self, client: &Client) -> anyhow::Result<()> {
+        let s = &self.schema;
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {s}.outbox_cursor (endpoint, delivered_id) VALUES ($1, 0) \
+                     ON CONFLICT (endpoint) DO NOTHING"
+                ),
+                &[&self.url],
+            )
+            .await?;
+        let mut cursor: i64 = client
+            .query_one(
+                &format!("SELECT delivered_id FROM {s}.outbox_cursor WHERE endpoint = $1"),
+                &[&self.url],
+            )
+            .await?
+            .get(0);
+        let fetch = client
+            .prepare(&format!(
+                "SELECT id, tag, commit_time FROM {s}.outbox WHERE id > $1 ORDER BY id LIMIT $2"
+            ))
+            .await?;
+        let advance = client
+            .prepare(&format!(
+                "UPDATE {s}.outbox_cursor SET delivered_id = $2, updated_at = now() WHERE endpoint = $1"
+            ))
+            .await?;
+        let record_failure = client
+            .prepare(&format!(
+                "INSERT INTO {s}.outbox_failed (endpoint, tags, status, response) VALUES ($1, $2, $3, $4)"
+            ))
+            .await?;
+        // Rows every configured endpoint has received are done.
+        let trim = client
+            .prepare(&format!(
+                "DELETE FROM {s}.outbox WHERE id <= (SELECT min(delivered_id) FROM {s}.outbox_cursor \
+                 WHERE endpoint = ANY($1)) AND (SELECT count(*) FROM {s}.outbox_cursor \
+                 WHERE endpoint = ANY($1)) = cardinality($1)"
+            ))
+            .await?;
+        let mut last_trim = Instant::now();
+        loop {
+            let Some(pending) = self.next_batch(client, &fetch, cursor).await? else {
+                // Nothing to send: sleep until woken by apply or the poll interval.
+                let _ = tokio::time::timeout(POLL, self.notify.notified()).await;
+                // Let the rest of a burst arrive, so one request carries it.
+                tokio::time::sleep(self.window).await;
+                continue;
+            };
+            self.deliver(client, &pending, &record_failure).await?;
+            client
+                .execute(&advance, &[&self.url, &pending.last_id])
+                .await?;
+            cursor = pending.last_id;
+            if last_trim.elapsed() >= Duration::from_secs(1) {
+                client.execute(&trim, &[&self.all_urls]).await?;
+                last_trim = Instant::now();
+            }
+        }
+    }
+
+    /// Reads outbox rows after the cursor, in id order, until `max_tags` distinct tags.
+    async fn next_batch(
+        &self,
+        client: &Client,
+        fetch: &tokio_postgres::Statement,
+        cursor: i64,
+    ) -> anyhow::Result<Option<Pending>> {
+        let rows = client
+            .query(fetch, &[&cursor, &((self.max_tags * 4) as i64)])
+            .await?;
+        let mut seen = BTreeSet::new();
+        let mut pending = Pending {
+            last_id: cursor,
+            tags: Vec::new(),
+            commit_times: Vec::new(),
+        };
+        for row in &rows {
+            let tag: String = row.get(1);
+            if !seen.contains(&tag) {
+                if seen.len() == self.max_tags {
+                    break;
+                }
+                seen.insert(tag.clone());
+                pending.tags.push(tag);
+            }
+            pending.last_id = row.get(0);
+            if let Some(t) = row.get::<_, Option<SystemTime>>(2) {
+                pending.commit_times.push(t);
+            }
+        }
+        Ok((pending.last_id > cursor).then_some(pending))
+    }
+
+    /// Sends until the endpoint accepts or definitely refuses; retries forever otherwise,
+    /// because a tag must not be lost while the endpoint is merely down.
+    async fn deliver(
+        &self,
+        client: &Client,
+        pending: &Pending,
+        record_failure: &tokio_postgres::Statement,
+    ) -> anyhow::Result<()> {
+        let mut attempt = 0;
+        loop {
+            match post(&self.http, &self.url, &self.secret, &pending.tags).await {
+                Outcome::Delivered => {
+                    self.metrics.record_request(&self.label, "ok");
+                    let now = SystemTime::now();
+                    for t in &pending.commit_times {
+                        self.metrics
+                            .revalidate_latency
+                            .observe(now.duration_since(*t).unwrap_or_default().as_secs_f64());
+                    }
+                    if attempt > 0 {
+                        tracing::info!(endpoint = %self.label, attempts = attempt + 1, "endpoint is back; delivered");
+                    }
+                    tracing::debug!(endpoint = %self.label, tags = pending.tags.len(), "revalidated");
+                    return Ok(());
+                }
+                Outcome::Retry(why) => {
+                    self.metrics.record_request(&self.label, "retry");
+                    let wait = backoff(attempt);
+                    if attempt == 0 || attempt % 10 == 0 {
+                        tracing::warn!(endpoint = %self.label, error = %why, retry_in = ?wait, attempt = attempt + 1,
+                            "revalidation failed; tags stay in the outbox and are retried");
+                    }
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                Outcome::Refused(status, body) => {
+                    self.metrics.record_request(&self.label, "failed");
+                    tracing::error!(endpoint = %self.label, status, response = %body, tags = pending.tags.len(),
+                        "endpoint refused the revalidation; tags recorded in outbox_failed (check the secret and the route handler)");
+                    client
+                        .execute(
+                            record_failure,
+                            &[&self.url, &pending.tags, &i32::from(status), &body],
+                        )
+                        .await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// `cdc-worker revalidate`: the operator's manual trigger. Sends the tags of the given
+/// products and stores to every endpoint at once (with a few retries) and reports each
+/// result, instead of going through the outbox, so the operator sees what happened.
+pub async fn revalidate_now(
+    cfg: &Config,
+    products: &[String],
+    stores: &[String],
+) -> anyhow::Result<bool> {
+    if cfg.revalidate.urls.is_empty() {
+        return Err(crate::error::definite(
+            "no revalidation endpoints: set CDC_REVALIDATE_URLS (and CDC_REVALIDATE_SECRET)",
+        ));
+    }
+    let mut tags = BTreeSet::new();
+    if !products.is_empty() {
+        let db = Database::parse(&cfg.database_url)?;
+        let client = db.connect("cdc-worker/revalidate").await?;
+        let summary = crate::summary::qualified(&cfg.tables.schema, &cfg.tables.summary);
+        let rows = client
+            .query(
+                &format!("SELECT \"productId\", \"storeId\" FROM {summary} WHERE \"productId\" = ANY($1)"),
+                &[&products],
+            )
+            .await?;
+        let templates = crate::summary::TagTemplates::from_config(cfg);
+        for id in products {
+            let store = rows
+                .iter()
+                .find(|r| r.get::<_, &str>(0) == id)
+                .map(|r| r.get::<_, String>(1));
+            if store.is_none() {
+                tracing::warn!(product = %id, "no summary row: its store tag is unknown and is not sent");
+            }
+            templates.product_tags(id, store.as_deref(), &mut tags);
+        }
+    }
+    for store in stores {
+        crate::summary::TagTemplates::from_config(cfg).store_tags(store, &mut tags);
+    }
+    let tags: Vec<String> = tags.into_iter().collect();
+    let http = http_client(cfg);
+    let mut all_ok = true;
+    for url in &cfg.revalidate.urls {
+        let label = endpoint_label(url);
+        let mut attempt = 0;
+        let result = loop {
+            match post(&http, url, &cfg.revalidate.secret, &tags).await {
+                Outcome::Retry(why) if attempt < 4 => {
+                    tracing::warn!(endpoint = %label, error = %why, "retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+                other => break other,
+            }
+        };
+        match result {
+            Outcome::Delivered => println!("{label}: revalidated {}", tags.join(" ")),
+            Outcome::Retry(why) => {
+                all_ok = false;
+                println!("{label}: FAILED after retries: {why}");
+            }
+            Outcome::Refused(status, body) => {
+                all_ok = false;
+                println!("{label}: REFUSED with HTTP {status}: {body}");
+            }
+        }
+    }
+    Ok(all_ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_matches_a_known_vector() {
+        // Computed independently: printf '1700000000000.{"tags":["a"]}' | openssl dgst -sha256 -hmac s3cret
+        assert_eq!(
+            signature("s3cret", 1_700_000_000_000, r#"{"tags":["a"]}"#),
+            "t=1700000000000,v1=8e0af4502aead9e5944c54e6365b3813f6fd3af01aad97b5bcc8f80ac9d32cd7"
+        );
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert!(backoff(0) <= Duration::from_millis(200));
+        assert!(backoff(3) >= Duration::from_millis(800));
+        assert!(backoff(30) <= Duration::from_secs(30));
+    }
+
+    #[test]
+    fn label_drops_query() {
+        assert_eq!(
+            endpoint_label("http://a:3000/api/revalidate?token=x"),
+            "http://a:3000/api/revalidate"
+        );
+    }
+}

@@ -1,0 +1,101 @@
+//! Monitor: polls what only the database knows (WAL lag in bytes, the slot's wal_status
+//! and safe_wal_size, the outbox backlog, the last reconcile result) into the metrics,
+//! and warns as the slot's safety degrades.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::db::Database;
+use crate::metrics::Metrics;
+use crate::summary::quote_ident;
+
+const EVERY: Duration = Duration::from_secs(2);
+
+/// Runs until aborted; database errors are logged at debug and retried.
+pub async fn run(cfg: Config, db: Database, metrics: Arc<Metrics>) {
+    let mut last_status = String::new();
+    loop {
+        match db.connect("cdc-worker/monitor").await {
+            Ok(client) => loop {
+                match poll(&client, &cfg, &metrics, &mut last_status).await {
+                    Ok(()) => tokio::time::sleep(EVERY).await,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "monitor query failed");
+                        break;
+                    }
+                }
+            },
+            Err(e) => tracing::debug!(error = %e, "monitor cannot connect"),
+        }
+        tokio::time::sleep(EVERY).await;
+    }
+}
+
+async fn poll(
+    client: &tokio_postgres::Client,
+    cfg: &Config,
+    metrics: &Metrics,
+    last_status: &mut String,
+) -> Result<(), tokio_postgres::Error> {
+    let s = quote_ident(&cfg.schema);
+    if let Some(row) = client
+        .query_opt(
+            "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::int8, wal_status::text, \
+                    safe_wal_size::int8 \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&cfg.slot],
+        )
+        .await?
+    {
+        metrics
+            .lag_bytes
+            .set(row.get::<_, Option<i64>>(0).unwrap_or(0));
+        let status: String = row.get::<_, Option<String>>(1).unwrap_or_default();
+        metrics.set_slot_status(&status);
+        metrics
+            .slot_safe_wal_size
+            .set(row.get::<_, Option<i64>>(2).unwrap_or(-1));
+        if status != *last_status {
+            match status.as_str() {
+                "reserved" => {}
+                "extended" => {
+                    tracing::warn!(slot = %cfg.slot, "slot wal_status is 'extended': its WAL exceeds max_wal_size and is kept only because of the slot")
+                }
+                "unreserved" => {
+                    tracing::error!(slot = %cfg.slot, "slot wal_status is 'unreserved': WAL it needs will be removed at the next checkpoint; the slot is about to be lost")
+                }
+                "lost" => tracing::error!(slot = %cfg.slot, "slot wal_status is 'lost'"),
+                _ => {}
+            }
+            *last_status = status;
+        }
+    }
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT count(*)::int8, extract(epoch FROM now() - min(enqueued_at))::float8 \
+                 FROM {s}.outbox WHERE id > coalesce((SELECT min(delivered_id) FROM {s}.outbox_cursor \
+                 WHERE endpoint = ANY($1)), 0)"
+            ),
+            &[&cfg.revalidate.urls],
+        )
+        .await?;
+    metrics.outbox_pending.set(row.get(0));
+    metrics
+        .outbox_oldest_age
+        .set(row.get::<_, Option<f64>>(1).unwrap_or(0.0));
+    // The history table appears with the first reconcile run.
+    if let Ok(Some(row)) = client
+        .query_opt(
+            &format!(
+                "SELECT discrepancies::int8 FROM {s}.reconcile_history ORDER BY id DESC LIMIT 1"
+            ),
+            &[],
+        )
+        .await
+    {
+        metrics.reconcile_discrepancies.set(row.get(0));
+    }
+    Ok(())
+}
