@@ -176,6 +176,11 @@ impl Applier {
         })
     }
 
+    /// Stop enqueueing cache tags (initial backfill: nothing can have cached them yet).
+    pub fn without_tags(&mut self) {
+        self.enqueue_tags = false;
+    }
+
     pub fn client(&self) -> &Client {
         &self.client
     }

@@ -31,6 +31,9 @@ pub struct Config {
     pub schema: String,
     /// Currency whose Price row becomes ProductSummary.price (`CDC_CURRENCY`).
     pub currency: String,
+    /// When Postgres invalidates the slot (max_slot_wal_keep_size), recreate it and
+    /// recompute every product instead of stopping.
+    pub recover_lost_slot: bool,
     pub tables: Tables,
     pub batch: Batch,
     pub revalidate: Revalidate,
@@ -104,6 +107,7 @@ impl Default for Config {
             publication: "cdc_worker".into(),
             schema: "cdc_worker".into(),
             currency: "USD".into(),
+            recover_lost_slot: true,
             tables: Tables::default(),
             batch: Batch::default(),
             revalidate: Revalidate::default(),

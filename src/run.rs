@@ -46,7 +46,7 @@ pub async fn run(ctx: &Context) -> anyhow::Result<()> {
         ctx.metrics.set_streaming(false);
         match result {
             Ok(()) => return Ok(()),
-            Err(e) if is_transient(&e) => {
+            Err(e) if is_transient(&e) || slot_lost_while_streaming(&e) => {
                 if started.elapsed() > Duration::from_secs(30) {
                     backoff = Duration::from_millis(500);
                 }
@@ -69,13 +69,13 @@ async fn session(ctx: &Context) -> anyhow::Result<()> {
     if !wait_for_leadership(ctx, &applier).await? {
         return Ok(());
     }
+    check_slot(ctx, applier.client()).await?;
     let start = match read_checkpoint(applier.client(), &cfg.schema, &cfg.slot).await {
         Ok(Some(lsn)) => lsn,
         Ok(None) => return Err(definite(not_set_up(cfg))),
         Err(e) if is_undefined_table(&e) => return Err(definite(not_set_up(cfg))),
         Err(e) => return Err(e),
     };
-    check_slot(applier.client(), cfg).await?;
 
     let repl_cfg = ctx
         .db
@@ -324,7 +324,8 @@ async fn wait_for_leadership(ctx: &Context, applier: &Applier) -> anyhow::Result
     }
 }
 
-async fn check_slot(client: &tokio_postgres::Client, cfg: &Config) -> anyhow::Result<()> {
+async fn check_slot(ctx: &Context, client: &tokio_postgres::Client) -> anyhow::Result<()> {
+    let cfg = &ctx.cfg;
     let row = client
         .query_opt(
             "SELECT wal_status::text FROM pg_replication_slots WHERE slot_name = $1",
@@ -336,11 +337,21 @@ async fn check_slot(client: &tokio_postgres::Client, cfg: &Config) -> anyhow::Re
             "replication slot {} does not exist. Fix: run `cdc-worker setup` (it creates the slot and backfills)",
             cfg.slot
         ))),
-        Some(r) if r.get::<_, Option<String>>(0).as_deref() == Some("lost") => Err(definite(format!(
-            "replication slot {} is lost: Postgres removed WAL it still needed (max_slot_wal_keep_size). \
-             Fix: SELECT pg_drop_replication_slot('{}'); then `cdc-worker setup` recreates and backfills",
-            cfg.slot, cfg.slot
-        ))),
+        Some(r) if r.get::<_, Option<String>>(0).as_deref() == Some("lost") => {
+            if !cfg.recover_lost_slot {
+                return Err(definite(format!(
+                    "replication slot {} is lost: Postgres removed WAL it still needed (max_slot_wal_keep_size). \
+                     Fix: SELECT pg_drop_replication_slot('{}'); then `cdc-worker setup` recreates and backfills \
+                     (or set recover_lost_slot = true to do this automatically)",
+                    cfg.slot, cfg.slot
+                )));
+            }
+            tracing::error!(slot = %cfg.slot, "replication slot is lost (max_slot_wal_keep_size removed WAL it needed); recreating it and recomputing every product");
+            crate::setup::recreate_lost_slot(&ctx.db, cfg).await?;
+            ctx.metrics.slot_recreated.inc();
+            tracing::info!(slot = %cfg.slot, "slot recreated and summary re-backfilled");
+            Ok(())
+        }
         Some(_) => Ok(()),
     }
 }
@@ -381,4 +392,12 @@ fn is_undefined_table(e: &anyhow::Error) -> bool {
     e.downcast_ref::<tokio_postgres::Error>()
         .and_then(|e| e.code())
         .is_some_and(|c| c.code() == "42P01" || c.code() == "3F000")
+}
+
+/// The walsender's error when the slot was invalidated under a running stream; the next
+/// session start finds the slot lost and recovers it.
+fn slot_lost_while_streaming(e: &anyhow::Error) -> bool {
+    let text = format!("{e:#}");
+    text.contains("can no longer get changes from replication slot")
+        || text.contains("This slot has been invalidated")
 }

@@ -44,7 +44,8 @@ pub async fn run(cfg: &Config) -> anyhow::Result<()> {
     let created_slot = ensure_slot(&client, cfg).await?;
     let checkpoint = read_checkpoint(&client, &cfg.schema, &cfg.slot).await?;
     if created_slot || checkpoint.is_none() {
-        backfill(&db, cfg).await?;
+        // No tags: pages could not have cached rows of a summary that did not exist yet.
+        backfill(&db, cfg, false).await?;
     } else {
         tracing::info!(
             slot = %cfg.slot,
@@ -390,9 +391,26 @@ async fn ensure_slot(client: &Client, cfg: &Config) -> anyhow::Result<bool> {
     Ok(true)
 }
 
+/// A lost slot (Postgres removed WAL it needed) cannot be resumed: the changes in the gap
+/// are unknown. Drop it, create it anew, and recompute every product, enqueueing the tags
+/// of whatever differs, so the summary and the pages converge without a manual step.
+pub async fn recreate_lost_slot(db: &Database, cfg: &Config) -> anyhow::Result<()> {
+    let client = db.connect("cdc-worker/recover").await?;
+    client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&cfg.slot])
+        .await
+        .with_context(|| format!("dropping lost slot {}", cfg.slot))?;
+    ensure_slot(&client, cfg).await?;
+    backfill(db, cfg, true).await
+}
+
 /// Recomputes every product and stores the slot's starting point as the checkpoint.
-async fn backfill(db: &Database, cfg: &Config) -> anyhow::Result<()> {
+/// `tags`: enqueue the cache tags of rows that changed.
+async fn backfill(db: &Database, cfg: &Config, tags: bool) -> anyhow::Result<()> {
     let mut applier = Applier::connect(db, cfg, "backfill").await?;
+    if !tags {
+        applier.without_tags();
+    }
     let start: PgLsn = applier
         .client()
         .query_one(
