@@ -1,0 +1,22 @@
+-- Sample data for `make demo`: 5 stores, 200 products, USD and EUR prices, stock in two
+-- warehouses, one or two images. Products 197-200 have no USD price (no summary row).
+INSERT INTO "Product" (id, "storeId", title, description, active, "createdAt", "updatedAt")
+SELECT 'prod-' || g, 'store-' || (1 + g % 5),
+       (ARRAY['Mug', 'Tee', 'Cap', 'Poster', 'Socks', 'Tote'])[1 + g % 6] || ' #' || g,
+       'A fine product', g % 17 <> 0, now(), now()
+FROM generate_series(1, 200) g;
+
+INSERT INTO "Price" (id, "productId", currency, amount)
+SELECT 'price-usd-' || g, 'prod-' || g, 'USD', 500 + (g * 37) % 4500
+FROM generate_series(1, 196) g;
+INSERT INTO "Price" (id, "productId", currency, amount)
+SELECT 'price-eur-' || g, 'prod-' || g, 'EUR', 450 + (g * 31) % 4000
+FROM generate_series(1, 200) g;
+
+INSERT INTO "Inventory" (id, "productId", "locationId", quantity, reserved)
+SELECT 'inv-' || g || '-' || w, 'prod-' || g, 'warehouse-' || w, (g * w * 7) % 40, (g + w) % 3
+FROM generate_series(1, 200) g, generate_series(1, 2) w;
+
+INSERT INTO "ProductImage" (id, "productId", url, position)
+SELECT 'img-' || g || '-' || i, 'prod-' || g, 'https://picsum.photos/seed/' || g || '-' || i || '/400', i
+FROM generate_series(1, 200) g, generate_series(1, 1 + g % 2) i;
