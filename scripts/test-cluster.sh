@@ -10,6 +10,7 @@
 #   scripts/test-cluster.sh info      print KEY=VALUE lines (DATA_DIR, PORT, HOST, URL, SSL_CERT, LOG)
 #   scripts/test-cluster.sh stop-all  stop this cluster and every private cluster of this checkout
 #   scripts/test-cluster.sh clean     stop-all, then delete their directories
+#   scripts/test-cluster.sh default-dir   print the directory used when CDC_TEST_PG_DIR is unset
 #
 # This script is the single definition of the test cluster: the Rust harness
 # (tests/support/mod.rs) shells out to it, so settings live only here.
@@ -160,7 +161,7 @@ CONF
 }
 
 # Drop what earlier test runs left behind: databases named t_* and every replication slot.
-# Only called right after this script started the server, when no test can be using them.
+# Only called right after this script started the shared server, when no test can be using them.
 drop_leftovers() {
     local psql=("$bindir/psql" -X -q -At -h "$sock" -p "$(cat "$portfile")" -U postgres -d postgres)
     as_pg "${psql[@]}" -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots" >/dev/null || true
@@ -189,8 +190,10 @@ start_locked() {
         # 9>&-: the server must not inherit the lock's descriptor, or it would hold the lock forever.
         if as_pg "$bindir/pg_ctl" start -D "$data" -l "$log" -w -t 60 >/dev/null 2>&1 9>&-; then
             say "started on port $port (data $data, log $log)"
-            drop_leftovers
-            return
+            # Only the shared cluster, and only on `start`: a private cluster's (re)start must
+            # keep the databases of the test that restarts it.
+            [[ $cmd == start && $dir == "$default_dir" ]] && drop_leftovers
+            return 0
         fi
         say "start on port $port failed (try $tries):"
         tail -n 5 "$log" >&2 || true
@@ -224,6 +227,7 @@ case "$cmd" in
         with_lock start_locked
         url_for
         ;;
+    default-dir) echo "$default_dir" ;;
     stop)    with_lock stop_dir "$dir" fast ;;
     crash)   with_lock stop_dir "$dir" immediate ;;
     restart)
@@ -258,7 +262,7 @@ case "$cmd" in
         fi
         ;;
     *)
-        sed -n '2,12p' "$0" >&2
+        sed -n '2,13p' "$0" >&2
         exit 2
         ;;
 esac
