@@ -147,7 +147,7 @@ CONF
     return 0
 }
 
-# Drop what earlier test runs left behind: databases named t_* and every replication slot.
+# Drop what earlier test runs left behind: databases and roles named t_*, every replication slot.
 # Only called right after this script started the shared server, when no test can be using them.
 drop_leftovers() {
     local psql=("$bindir/psql" -X -q -At -h "$sock" -p "$(cat "$portfile")" -U postgres -d postgres)
@@ -159,6 +159,11 @@ drop_leftovers() {
         n=$((n + 1))
     done < <(as_pg "${psql[@]}" -c "SELECT datname FROM pg_database WHERE datname LIKE 't\\_%'")
     (( n == 0 )) || say "dropped $n leftover test database(s)"
+    # Roles named after a test database (TestDb::create_role with "<db name>_..." names).
+    while read -r db; do
+        [[ -n $db ]] || continue
+        as_pg "${psql[@]}" -c "DROP ROLE IF EXISTS \"$db\"" >/dev/null 2>&1 || true
+    done < <(as_pg "${psql[@]}" -c "SELECT rolname FROM pg_roles WHERE rolname LIKE 't\\_%'")
 }
 
 # The cluster's settings, rewritten before every start so that a change here reaches

@@ -425,9 +425,11 @@ impl TestDb {
     }
 
     /// Creates (or, if it exists, updates the password of) role `role` with LOGIN REPLICATION
-    /// and returns a URL for it on this database. Roles are cluster-wide: tests that give the
-    /// role different grants at the same time should use different role names. Grants are
-    /// the caller's business.
+    /// and returns a URL for it on this database. Grants are the caller's business.
+    ///
+    /// Roles are cluster-wide and outlive the database: for a name of the test's own, derive
+    /// it from `self.name` (e.g. `format!("{}_worker", db.name)`); roles named `t_*` are
+    /// dropped when the shared cluster next starts.
     pub async fn create_role(&self, role: &str, password: &str) -> String {
         let client = self.client().await;
         let ident = role.replace('"', "\"\"");
