@@ -201,6 +201,9 @@ impl Cluster {
     }
 
     fn script(&self, cmd: &str) {
+        if !self.private && cmd != "start" {
+            panic!("cannot {cmd} the shared cluster, which other tests are using: use Cluster::private");
+        }
         let dir = self.script_dir.as_deref().unwrap_or_else(|| {
             panic!("cannot {cmd} an external server ({DATABASE_URL_ENV}); use Cluster::private")
         });
