@@ -1,0 +1,316 @@
+//! Tests of the test harness itself (tests/support): the cluster, test databases, roles,
+//! TLS, private clusters that restart, and child processes.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::{wait_until, Cluster, WorkerProcess};
+
+async fn count_products(c: &tokio_postgres::Client) -> i64 {
+    c.query_one(r#"SELECT count(*) FROM "Product""#, &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn setting(c: &tokio_postgres::Client, name: &str) -> String {
+    c.query_one("SELECT setting FROM pg_settings WHERE name = $1", &[&name])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn test_db_has_logical_wal_and_the_source_schema() {
+    let db = Cluster::shared().create_db("Schema check!").await;
+    assert!(db.name.starts_with("t_schema_check__"), "{}", db.name);
+    let c = db.client().await;
+    assert_eq!(setting(&c, "wal_level").await, "logical");
+    let current: String = c
+        .query_one("SELECT current_database()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(current, db.name);
+    for table in ["Product", "ProductImage", "Inventory", "Price"] {
+        let found: Option<String> = c
+            .query_one("SELECT to_regclass($1)::text", &[&format!("\"{table}\"")])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(found.is_some(), "table {table} missing");
+    }
+}
+
+#[tokio::test]
+async fn local_cluster_has_the_promised_settings() {
+    let cluster = Cluster::shared();
+    if !cluster.is_local() {
+        eprintln!("skipped: external server");
+        return;
+    }
+    let c = cluster.admin_client("postgres").await;
+    let num = |s: String| s.parse::<u32>().unwrap();
+    assert!(num(setting(&c, "max_replication_slots").await) >= 100);
+    assert!(num(setting(&c, "max_wal_senders").await) >= 100);
+    assert!(num(setting(&c, "max_connections").await) >= 300);
+    assert_eq!(setting(&c, "fsync").await, "off");
+    assert_eq!(setting(&c, "ssl").await, "on");
+    assert_eq!(setting(&c, "password_encryption").await, "scram-sha-256");
+    assert!(cluster.data_dir.join("PG_VERSION").exists());
+    assert_eq!(
+        cluster.admin_url("x"),
+        format!(
+            "postgresql://postgres:cdc-test-password@127.0.0.1:{}/x",
+            cluster.port
+        )
+    );
+}
+
+#[tokio::test]
+async fn two_test_dbs_are_distinct() {
+    let cluster = Cluster::shared();
+    let a = cluster.create_db("distinct").await;
+    let b = cluster.create_db("distinct").await;
+    assert_ne!(a.name, b.name);
+    assert_ne!(a.url, b.url);
+    let ca = a.client().await;
+    let cb = b.client().await;
+    ca.execute(
+        r#"INSERT INTO "Product" ("id", "storeId", "title") VALUES ('p1', 's1', 'only in a')"#,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (count_products(&ca).await, count_products(&cb).await),
+        (1, 0)
+    );
+}
+
+#[tokio::test]
+async fn test_db_is_dropped_with_its_slots() {
+    let cluster = Cluster::shared();
+    let db = cluster.create_db("dropped").await;
+    let name = db.name.clone();
+    db.client()
+        .await
+        .execute(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&format!("{name}_slot")],
+        )
+        .await
+        .unwrap();
+    drop(db);
+    let admin = cluster.admin_client("postgres").await;
+    let left: i64 = admin
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_database WHERE datname = $1) \
+                  + (SELECT count(*) FROM pg_replication_slots WHERE database = $1)",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "database {name} or its slot survived the drop");
+}
+
+#[tokio::test]
+async fn created_role_logs_in_with_its_password_and_can_replicate() {
+    let db = Cluster::shared().create_db("role").await;
+    let role = format!("{}_worker", db.name);
+    let url = db.create_role(&role, "s3cret p@ss'word").await;
+    assert!(url.contains(&db.name));
+    // Creating it again (e.g. a rerun) updates it instead of failing.
+    let url = db.create_role(&role, "s3cret p@ss'word").await;
+    let c = support::connect(&url).await;
+    let (user, is_super, can_repl): (String, bool, bool) = {
+        let r = c
+            .query_one(
+                "SELECT current_user::text, rolsuper, rolreplication FROM pg_roles \
+                 WHERE rolname = current_user",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!(
+        (user.as_str(), is_super, can_repl),
+        (role.as_str(), false, true)
+    );
+    // REPLICATION is enough to create a logical slot (dropped with the database).
+    c.execute(
+        "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+        &[&format!("{}_s", db.name)],
+    )
+    .await
+    .unwrap();
+    // A wrong password is refused (scram-sha-256 on TCP, not trust).
+    let bad = url.replace("s3cret", "wrong");
+    assert!(tokio_postgres::connect(&bad, tokio_postgres::NoTls)
+        .await
+        .is_err());
+}
+
+fn tls_connector(root_pem: &Path) -> tokio_postgres_rustls::MakeRustlsConnect {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(root_pem).unwrap();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_postgres_rustls::MakeRustlsConnect::new(config)
+}
+
+#[tokio::test]
+async fn tls_with_sslmode_require() {
+    let cluster = Cluster::shared();
+    let Some(cert) = &cluster.ssl_cert else {
+        eprintln!("skipped: external server, certificate unknown");
+        return;
+    };
+    let db = cluster.create_db("tls").await;
+    let url = format!("{}?sslmode=require", db.url);
+    // From Rust, with rustls trusting the cluster's self-signed certificate (so this also
+    // proves the certificate names 127.0.0.1).
+    let (client, conn) = tokio_postgres::connect(&url, tls_connector(cert))
+        .await
+        .expect("TLS connection");
+    tokio::spawn(conn);
+    let (ssl, version): (bool, String) = {
+        let r = client
+            .query_one(
+                "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert!(ssl);
+    assert!(version.starts_with("TLS"), "{version}");
+    // And from libpq, the way a user would, when psql is installed.
+    match Command::new("psql")
+        .args([
+            &url,
+            "-XAtc",
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        ])
+        .output()
+    {
+        Ok(out) => {
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "t");
+        }
+        Err(e) => eprintln!("psql check skipped: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn private_cluster_survives_restart_and_crash() {
+    let cluster = Cluster::private("restart test");
+    assert_ne!(cluster.port, Cluster::shared().port);
+    let db = cluster.create_db("restart").await;
+    let c = db.client().await;
+    c.execute(
+        r#"INSERT INTO "Product" ("id", "storeId", "title") VALUES ('p1', 's1', 'kept')"#,
+        &[],
+    )
+    .await
+    .unwrap();
+    let port = cluster.port;
+
+    cluster.restart();
+    // The old session is gone; a new one on the same port sees the committed row.
+    assert!(c.query_one("SELECT 1", &[]).await.is_err());
+    let c = db.client().await;
+    assert_eq!(count_products(&c).await, 1);
+
+    cluster.stop();
+    assert!(tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .is_err());
+    cluster.start();
+    let c = db.client().await;
+    c.execute(
+        r#"INSERT INTO "Product" ("id", "storeId", "title") VALUES ('p2', 's1', 'kept too')"#,
+        &[],
+    )
+    .await
+    .unwrap();
+
+    cluster.crash();
+    cluster.start();
+    let c = db.client().await;
+    assert_eq!(count_products(&c).await, 2);
+    assert_eq!(cluster.port, port);
+}
+
+#[tokio::test]
+async fn worker_process_signals_and_logs() {
+    let sh = Path::new("/bin/sh");
+    let script = "echo started; trap 'echo got TERM; exit 7' TERM; while :; do sleep 0.05; done";
+    let mut p = WorkerProcess::spawn_program("sh-term", sh, &["-c", script], &[("X", "1")]);
+    p.wait_for_log(Duration::from_secs(10), "started").await;
+    assert!(p.is_running());
+    p.sigterm();
+    let status = p.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(7));
+    assert!(p.log().contains("got TERM"), "{}", p.log());
+    assert!(p.log_path.starts_with(env!("CARGO_TARGET_TMPDIR")));
+
+    let mut p = WorkerProcess::spawn_program(
+        "sh-kill",
+        sh,
+        &["-c", "echo $X; sleep 30"],
+        &[("X", "env-ok")],
+    );
+    p.wait_for_log(Duration::from_secs(10), "env-ok").await;
+    p.kill9();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(p.wait_exit(Duration::from_secs(1)).signal(), Some(9));
+
+    // The real binary is built and runs (`--help` succeeds both for the stub and for clap).
+    assert!(support::worker_bin().exists());
+    let mut w = WorkerProcess::spawn("worker-help", &["--help"], &[]);
+    assert!(
+        w.wait_exit(Duration::from_secs(30)).success(),
+        "{}",
+        w.log()
+    );
+}
+
+#[tokio::test]
+async fn wait_until_polls_until_true() {
+    let start = std::time::Instant::now();
+    wait_until(Duration::from_secs(5), "time passes", || async move {
+        start.elapsed() > Duration::from_millis(120)
+    })
+    .await;
+}
+
+#[tokio::test]
+#[should_panic(expected = "waiting until the impossible happens")]
+async fn wait_until_panics_with_what_on_timeout() {
+    wait_until(
+        Duration::from_millis(200),
+        "the impossible happens",
+        || async { false },
+    )
+    .await;
+}

@@ -1,0 +1,760 @@
+//! Integration-test harness: a Postgres cluster per test run, a fresh database per test,
+//! and a handle on the `cdc-worker` binary as a child process.
+//!
+//! Use it from a `tests/*.rs` file with `mod support;`.
+//!
+//! The local cluster is defined once, in `scripts/test-cluster.sh`; this module shells out to
+//! it. Set `CDC_TEST_DATABASE_URL` (a `postgresql://` URL of a superuser on a server with
+//! `wal_level=logical`) to run the tests against an existing server instead.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::fs::{self, File};
+use std::future::Future;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio_postgres::NoTls;
+
+/// The reference source schema (the shop's tables) loaded into every test database.
+pub const SOURCE_SCHEMA_SQL: &str = include_str!("../../sql/source_schema.sql");
+
+/// Environment variable naming an existing server to test against instead of a local cluster.
+pub const DATABASE_URL_ENV: &str = "CDC_TEST_DATABASE_URL";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn next_id() -> u32 {
+    COUNTER.fetch_add(1, Ordering::Relaxed)
+}
+
+fn manifest_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn cluster_script() -> PathBuf {
+    manifest_dir().join("scripts/test-cluster.sh")
+}
+
+/// Runs `scripts/test-cluster.sh <args>` (with `CDC_TEST_PG_DIR` when `dir` is given) and
+/// returns its stdout; panics with its stderr on failure.
+fn run_script(dir: Option<&Path>, args: &[&str]) -> String {
+    let mut cmd = Command::new("bash");
+    cmd.arg(cluster_script()).args(args).stdin(Stdio::null());
+    if let Some(dir) = dir {
+        cmd.env("CDC_TEST_PG_DIR", dir);
+    }
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", cluster_script().display()));
+    if !out.status.success() {
+        panic!(
+            "scripts/test-cluster.sh {} failed ({}):\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8(out.stdout).expect("script output is UTF-8")
+}
+
+/// Splits a `postgresql://user:pw@host:port/db?params` URL into (prefix up to and including
+/// the `/` before the database, query string including `?` or empty).
+fn split_url(url: &str) -> (String, String) {
+    let scheme_end = url
+        .find("://")
+        .unwrap_or_else(|| panic!("{DATABASE_URL_ENV} must be a postgresql:// URL"))
+        + 3;
+    let rest = &url[scheme_end..];
+    let (before_query, query) = match rest.find('?') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let authority = match before_query.find('/') {
+        Some(i) => &before_query[..i],
+        None => before_query,
+    };
+    (
+        format!("{}{}/", &url[..scheme_end], authority),
+        query.to_string(),
+    )
+}
+
+/// A Postgres server the tests can use: the shared one or a private one.
+pub struct Cluster {
+    pub port: u16,
+    pub host: String,
+    /// PGDATA of a local cluster; empty for an external server (`CDC_TEST_DATABASE_URL`).
+    pub data_dir: PathBuf,
+    /// The server's self-signed certificate (a usable root for `sslmode=verify-full`), for a
+    /// local cluster.
+    pub ssl_cert: Option<PathBuf>,
+    /// The server log of a local cluster.
+    pub log_file: Option<PathBuf>,
+    /// `postgresql://postgres:PASSWORD@127.0.0.1:PORT/` (ends before the database name).
+    url_prefix: String,
+    /// `?...` query parameters of an external URL, or empty.
+    url_query: String,
+    /// `CDC_TEST_PG_DIR` of a local cluster (None for external).
+    script_dir: Option<PathBuf>,
+    private: bool,
+}
+
+impl Cluster {
+    /// The shared cluster for this test run: the server of `CDC_TEST_DATABASE_URL` if set,
+    /// else the local cluster of `scripts/test-cluster.sh`, started (or reused) on first use.
+    /// Several test processes may call this at once (the script serializes them with a file
+    /// lock). The cluster is left running at exit; `make test` stops it.
+    pub fn shared() -> &'static Cluster {
+        static SHARED: OnceLock<Cluster> = OnceLock::new();
+        SHARED.get_or_init(|| match std::env::var(DATABASE_URL_ENV) {
+            Ok(url) if !url.trim().is_empty() => Cluster::external(url.trim()),
+            _ => Cluster::local(None, false),
+        })
+    }
+
+    /// A private local cluster that a test may stop, crash and restart. Stopped and deleted
+    /// on drop (kept if the test panicked, for its log). Always local, even when
+    /// `CDC_TEST_DATABASE_URL` is set.
+    pub fn private(name: &str) -> Cluster {
+        let shared_dir = Self::default_dir();
+        let dir = PathBuf::from(format!("{}-private", shared_dir.display())).join(format!(
+            "{}-{}-{}",
+            sanitize(name, 30),
+            std::process::id(),
+            next_id()
+        ));
+        Cluster::local(Some(dir), true)
+    }
+
+    /// The directory `scripts/test-cluster.sh` uses when `CDC_TEST_PG_DIR` is unset.
+    fn default_dir() -> PathBuf {
+        PathBuf::from(run_script(None, &["default-dir"]).trim())
+    }
+
+    fn local(dir: Option<PathBuf>, private: bool) -> Cluster {
+        let t = Instant::now();
+        run_script(dir.as_deref(), &["start"]);
+        let info = parse_info(&run_script(dir.as_deref(), &["info"]));
+        let port: u16 = info["PORT"].parse().expect("PORT is a number");
+        let host = info["HOST"].clone();
+        let (url_prefix, url_query) = split_url(&info["URL"]);
+        if t.elapsed() > Duration::from_secs(2) {
+            eprintln!(
+                "test cluster {} ready on port {port} in {:?}",
+                info["DATA_DIR"],
+                t.elapsed()
+            );
+        }
+        Cluster {
+            port,
+            host,
+            data_dir: PathBuf::from(&info["DATA_DIR"]),
+            ssl_cert: Some(PathBuf::from(&info["SSL_CERT"])),
+            log_file: Some(PathBuf::from(&info["LOG"])),
+            url_prefix,
+            url_query,
+            script_dir: dir.or_else(|| {
+                Some(
+                    Path::new(&info["DATA_DIR"])
+                        .parent()
+                        .expect("DATA_DIR has a parent")
+                        .to_path_buf(),
+                )
+            }),
+            private,
+        }
+    }
+
+    fn external(url: &str) -> Cluster {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .unwrap_or_else(|e| panic!("{DATABASE_URL_ENV} is not a valid URL: {e}"));
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            #[cfg(unix)]
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".to_string(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let (url_prefix, url_query) = split_url(url);
+        Cluster {
+            port,
+            host,
+            data_dir: PathBuf::new(),
+            ssl_cert: None,
+            log_file: None,
+            url_prefix,
+            url_query,
+            script_dir: None,
+            private: false,
+        }
+    }
+
+    /// Whether this is a local cluster that the harness controls (it can be restarted).
+    pub fn is_local(&self) -> bool {
+        self.script_dir.is_some()
+    }
+
+    fn script(&self, cmd: &str) {
+        if !self.private && cmd != "start" {
+            panic!("cannot {cmd} the shared cluster, which other tests are using: use Cluster::private");
+        }
+        let dir = self.script_dir.as_deref().unwrap_or_else(|| {
+            panic!("cannot {cmd} an external server ({DATABASE_URL_ENV}); use Cluster::private")
+        });
+        run_script(Some(dir), &[cmd]);
+    }
+
+    /// Stops the server (`pg_ctl stop -m fast`) and starts it again on the same port.
+    pub fn restart(&self) {
+        self.script("restart");
+    }
+
+    /// Stops the server cleanly (`pg_ctl stop -m fast`): clients are disconnected.
+    pub fn stop(&self) {
+        self.script("stop");
+    }
+
+    /// Kills the server without a shutdown checkpoint (`pg_ctl stop -m immediate`), as a
+    /// crash would; `start` then runs crash recovery.
+    pub fn crash(&self) {
+        self.script("crash");
+    }
+
+    /// Starts the server again (same port, same data).
+    pub fn start(&self) {
+        self.script("start");
+    }
+
+    /// The superuser (`postgres`, with password) URL of database `db` on this server.
+    pub fn admin_url(&self, db: &str) -> String {
+        format!("{}{}{}", self.url_prefix, db, self.url_query)
+    }
+
+    /// A URL for `user`/`password` on database `db`, with this server's host, port and
+    /// query parameters.
+    pub fn url_for(&self, user: &str, password: &str, db: &str) -> String {
+        build_url(&self.url_prefix, &self.url_query, user, password, db)
+    }
+
+    /// A superuser client on database `db`; the connection task is spawned on the current
+    /// tokio runtime.
+    pub async fn admin_client(&self, db: &str) -> tokio_postgres::Client {
+        connect(&self.admin_url(db)).await
+    }
+
+    /// A fresh database named after the test (`hint`, sanitized, plus a unique suffix), with
+    /// `sql/source_schema.sql` loaded. Dropped on drop of the `TestDb` unless the test
+    /// panicked or `CDC_TEST_KEEP_DBS` is set.
+    pub async fn create_db(&self, hint: &str) -> TestDb {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let name = format!(
+            "t_{}_{}_{}_{:x}",
+            sanitize(hint, 36),
+            std::process::id(),
+            next_id(),
+            nanos & 0xffff
+        );
+        let admin = self.admin_client("postgres").await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {}", describe(&e)));
+        drop(admin);
+        let url = self.admin_url(&name);
+        let client = connect(&url).await;
+        client
+            .batch_execute(SOURCE_SCHEMA_SQL)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "loading sql/source_schema.sql into {name}: {}",
+                    describe(&e)
+                )
+            });
+        TestDb {
+            name,
+            url,
+            admin_url: self.admin_url("postgres"),
+            cluster_url_prefix: self.url_prefix.clone(),
+            cluster_url_query: self.url_query.clone(),
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !self.private {
+            return;
+        }
+        let Some(dir) = self.script_dir.clone() else {
+            return;
+        };
+        let mut cmd = Command::new("bash");
+        cmd.arg(cluster_script())
+            .arg("stop")
+            .env("CDC_TEST_PG_DIR", &dir)
+            .stdin(Stdio::null());
+        if let Err(e) = cmd.output() {
+            eprintln!("could not stop private cluster {}: {e}", dir.display());
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "keeping private cluster {} (server log: {})",
+                dir.display(),
+                dir.join("server.log").display()
+            );
+        } else {
+            // Files belong to the postgres OS user, but root (or the owner) may delete them.
+            let _ = fs::remove_dir_all(&dir);
+            let _ = fs::remove_file(format!("{}.lock", dir.display()));
+        }
+    }
+}
+
+/// `scheme://user:password@host:port/db?query` from a `split_url` prefix and query.
+fn build_url(prefix: &str, query: &str, user: &str, password: &str, db: &str) -> String {
+    let scheme_end = prefix.find("://").unwrap() + 3;
+    let authority = &prefix[scheme_end..prefix.len() - 1];
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    format!(
+        "{}{}:{}@{}/{}{}",
+        &prefix[..scheme_end],
+        percent_encode(user),
+        percent_encode(password),
+        host_port,
+        db,
+        query
+    )
+}
+
+fn parse_info(s: &str) -> std::collections::HashMap<String, String> {
+    s.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Lowercase ASCII letters, digits and `_`, at most `max` characters.
+fn sanitize(s: &str, max: usize) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    out.truncate(max);
+    if out.is_empty() {
+        out.push('x');
+    }
+    out
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Connects without TLS and spawns the connection task on the current tokio runtime.
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {}: {}", redact(url), describe(&e)));
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            // Expected when a test restarts the server under an open connection.
+            eprintln!("harness connection closed: {e}");
+        }
+    });
+    client
+}
+
+/// An error with the server's message, which `tokio_postgres::Error`'s Display omits.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
+/// The URL with its password replaced by `***`.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// A database of its own for one test, on the shared (or a private) cluster.
+pub struct TestDb {
+    pub name: String,
+    /// Superuser URL of this database.
+    pub url: String,
+    admin_url: String,
+    cluster_url_prefix: String,
+    cluster_url_query: String,
+}
+
+impl TestDb {
+    /// A superuser client on this database; the connection task is spawned on the current
+    /// tokio runtime.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        connect(&self.url).await
+    }
+
+    /// Creates (or, if it exists, updates the password of) role `role` with LOGIN REPLICATION
+    /// and returns a URL for it on this database. Grants are the caller's business.
+    ///
+    /// Roles are cluster-wide and outlive the database: for a name of the test's own, derive
+    /// it from `self.name` (e.g. `format!("{}_worker", db.name)`); roles named `t_*` are
+    /// dropped when the shared cluster next starts.
+    pub async fn create_role(&self, role: &str, password: &str) -> String {
+        let client = self.client().await;
+        let ident = role.replace('"', "\"\"");
+        let lit = password.replace('\'', "''");
+        let create = format!("CREATE ROLE \"{ident}\" LOGIN REPLICATION PASSWORD '{lit}'");
+        let alter = format!("ALTER ROLE \"{ident}\" LOGIN REPLICATION PASSWORD '{lit}'");
+        for attempt in 0..5 {
+            match client.batch_execute(&create).await {
+                Ok(()) => break,
+                Err(e) => {
+                    let code = e.code().map(|c| c.code().to_string());
+                    // 42710 duplicate_object; 23505 unique_violation when two tests race.
+                    if matches!(code.as_deref(), Some("42710") | Some("23505")) {
+                        match client.batch_execute(&alter).await {
+                            Ok(()) => break,
+                            Err(e) if attempt < 4 => {
+                                eprintln!("ALTER ROLE {role}: {e}; retrying");
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                            Err(e) => panic!("ALTER ROLE {role}: {}", describe(&e)),
+                        }
+                    } else {
+                        panic!("CREATE ROLE {role}: {}", describe(&e));
+                    }
+                }
+            }
+        }
+        build_url(
+            &self.cluster_url_prefix,
+            &self.cluster_url_query,
+            role,
+            password,
+            &self.name,
+        )
+    }
+
+    /// Drops the database now (terminating its sessions and dropping its replication slots).
+    async fn drop_now(admin_url: &str, name: &str) -> Result<(), tokio_postgres::Error> {
+        let (client, conn) = tokio_postgres::connect(admin_url, NoTls).await?;
+        tokio::spawn(conn);
+        client
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&name],
+            )
+            .await?;
+        for _ in 0..50 {
+            let dropped = client
+                .query(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                     WHERE database = $1 AND NOT active",
+                    &[&name],
+                )
+                .await;
+            let left: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM pg_replication_slots WHERE database = $1",
+                    &[&name],
+                )
+                .await?
+                .get(0);
+            if dropped.is_ok() && left == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .await
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "keeping database {} of the failed test: {}",
+                self.name,
+                redact(&self.url)
+            );
+            return;
+        }
+        if std::env::var_os("CDC_TEST_KEEP_DBS").is_some() {
+            return;
+        }
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        // A runtime of its own on a thread of its own: drop may run inside the test's runtime.
+        let res = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime")
+                .block_on(async {
+                    tokio::time::timeout(
+                        Duration::from_secs(30),
+                        TestDb::drop_now(&admin_url, &name),
+                    )
+                    .await
+                })
+        })
+        .join();
+        match res {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => eprintln!("could not drop test database {}: {e}", self.name),
+            Ok(Err(_)) => eprintln!("timed out dropping test database {}", self.name),
+            Err(_) => eprintln!("panic while dropping test database {}", self.name),
+        }
+    }
+}
+
+/// Polls `f` every 50 ms until it returns true; panics mentioning `what` after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f().await {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The `cdc-worker` binary cargo built for this test run.
+pub fn worker_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cdc-worker"))
+}
+
+/// Directory for child-process logs: `target/tmp/process-logs`.
+fn log_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("process-logs");
+    fs::create_dir_all(&dir).expect("create log dir");
+    dir
+}
+
+/// A child process (normally `cdc-worker`) whose stdout and stderr go to a log file under
+/// `target/tmp/process-logs/`. Killed (SIGKILL) on drop; if the test panicked, the log path and
+/// its tail are printed.
+pub struct WorkerProcess {
+    child: Child,
+    name: String,
+    pub log_path: PathBuf,
+    exit: Option<ExitStatus>,
+}
+
+impl WorkerProcess {
+    /// Spawns `cdc-worker ARGS` with `envs` added to the environment (`RUST_LOG` defaults to
+    /// `info`, `RUST_BACKTRACE` to 1). `name` labels the log file.
+    pub fn spawn(name: &str, args: &[&str], envs: &[(&str, &str)]) -> WorkerProcess {
+        Self::spawn_program(name, &worker_bin(), args, envs)
+    }
+
+    /// Like [`WorkerProcess::spawn`] for any program.
+    pub fn spawn_program(
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> WorkerProcess {
+        let log_path = log_dir().join(format!(
+            "{}-{}-{}.log",
+            sanitize(name, 60),
+            std::process::id(),
+            next_id()
+        ));
+        let log = File::create(&log_path)
+            .unwrap_or_else(|e| panic!("create {}: {e}", log_path.display()));
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log fd"))
+            .stderr(log);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        if std::env::var_os("RUST_BACKTRACE").is_none() {
+            cmd.env("RUST_BACKTRACE", "1");
+        }
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+        WorkerProcess {
+            child,
+            name: name.to_string(),
+            log_path,
+            exit: None,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        if self.exit.is_some() {
+            return;
+        }
+        // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet (so the
+        // pid cannot have been reused).
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, sig);
+        }
+    }
+
+    /// SIGKILL, then reap it.
+    pub fn kill9(&mut self) {
+        self.signal(libc::SIGKILL);
+        if self.exit.is_none() {
+            self.exit = Some(self.child.wait().expect("wait for killed child"));
+        }
+    }
+
+    /// SIGTERM (graceful shutdown request); does not wait.
+    pub fn sigterm(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// SIGINT; does not wait.
+    pub fn sigint(&self) {
+        self.signal(libc::SIGINT);
+    }
+
+    /// The exit status if it has exited (non-blocking).
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        if self.exit.is_none() {
+            self.exit = self.child.try_wait().expect("try_wait");
+        }
+        self.exit
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.try_exit().is_none()
+    }
+
+    /// Waits up to `timeout` for it to exit; panics (with the log's tail) if it does not.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_exit() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{} (pid {}) did not exit within {timeout:?}; log {}:\n{}",
+                    self.name,
+                    self.pid(),
+                    self.log_path.display(),
+                    self.log_tail(40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything it has written so far (stdout and stderr interleaved).
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = File::open(&self.log_path) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// The last `lines` lines of the log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let mut f = match File::open(&self.log_path) {
+            Ok(f) => f,
+            Err(e) => return format!("(cannot open log: {e})"),
+        };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
+        let mut buf = Vec::new();
+        let _ = f.read_to_end(&mut buf);
+        let text = String::from_utf8_lossy(&buf);
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Waits until the log contains `needle`; panics with the log's tail after `timeout`.
+    pub async fn wait_for_log(&self, timeout: Duration, needle: &str) {
+        let deadline = Instant::now() + timeout;
+        while !self.log().contains(needle) {
+            if Instant::now() >= deadline {
+                panic!(
+                    "{}: no {needle:?} in the log within {timeout:?}; log {}:\n{}",
+                    self.name,
+                    self.log_path.display(),
+                    self.log_tail(40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let was_running = self.exit.is_none();
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- {} (pid {}, {}) log {} (last 40 lines):\n{}\n---",
+                self.name,
+                self.pid(),
+                if was_running {
+                    "killed at test end".to_string()
+                } else {
+                    format!("{:?}", self.exit)
+                },
+                self.log_path.display(),
+                self.log_tail(40)
+            );
+        }
+    }
+}
