@@ -221,7 +221,10 @@ impl Config {
         set(&mut self.schema, "CDC_SCHEMA");
         set(&mut self.currency, "CDC_CURRENCY");
         set(&mut self.revalidate.secret, "CDC_REVALIDATE_SECRET");
-        set(&mut self.metrics.addr, "CDC_METRICS_ADDR");
+        // Empty is meaningful here: it disables the listener.
+        if let Some(addr) = env("CDC_METRICS_ADDR") {
+            self.metrics.addr = addr;
+        }
         if let Some(urls) = env("CDC_REVALIDATE_URLS") {
             self.revalidate.urls = urls
                 .split(',')

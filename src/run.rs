@@ -65,17 +65,23 @@ pub async fn run(ctx: &Context) -> anyhow::Result<()> {
 /// One connection's worth of streaming. Returns Ok on shutdown.
 async fn session(ctx: &Context) -> anyhow::Result<()> {
     let cfg = &ctx.cfg;
-    let mut applier = Applier::connect(&ctx.db, cfg, "apply").await?;
-    if !wait_for_leadership(ctx, &applier).await? {
+    // The apply connection carries the leader lock, so leadership ends with it.
+    let client = ctx
+        .db
+        .connect("cdc-worker/apply")
+        .await
+        .with_context(|| format!("connecting to {}", ctx.db.display()))?;
+    if !wait_for_leadership(ctx, &client).await? {
         return Ok(());
     }
-    check_slot(ctx, applier.client()).await?;
-    let start = match read_checkpoint(applier.client(), &cfg.schema, &cfg.slot).await {
+    check_slot(ctx, &client).await?;
+    let start = match read_checkpoint(&client, &cfg.schema, &cfg.slot).await {
         Ok(Some(lsn)) => lsn,
         Ok(None) => return Err(definite(not_set_up(cfg))),
         Err(e) if is_undefined_table(&e) => return Err(definite(not_set_up(cfg))),
         Err(e) => return Err(e),
     };
+    let mut applier = Applier::new(client, cfg).await?;
 
     let repl_cfg = ctx
         .db
@@ -294,13 +300,15 @@ async fn apply_batch(
 /// Waits until this instance holds the leader lock (a session advisory lock on the apply
 /// connection, released by Postgres the moment that connection dies). Returns false on
 /// shutdown while waiting.
-async fn wait_for_leadership(ctx: &Context, applier: &Applier) -> anyhow::Result<bool> {
+async fn wait_for_leadership(
+    ctx: &Context,
+    client: &tokio_postgres::Client,
+) -> anyhow::Result<bool> {
     let key = crate::apply::lock_key(&ctx.cfg.slot);
     let mut shutdown = ctx.shutdown.clone();
     let mut logged = false;
     loop {
-        let got: bool = applier
-            .client()
+        let got: bool = client
             .query_one(
                 "SELECT pg_try_advisory_lock($1::int4, $2::int4)",
                 &[&LEADER_LOCK_CLASS, &key],

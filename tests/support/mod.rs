@@ -758,3 +758,70 @@ impl Drop for WorkerProcess {
         }
     }
 }
+
+// ---- Running the worker against a TestDb ----------------------------------------------
+
+impl TestDb {
+    /// The worker's slot and publication for this database. Slots are cluster-wide, so each
+    /// test's worker gets its own, named after its database.
+    pub fn slot(&self) -> String {
+        self.name.to_lowercase()
+    }
+
+    /// The environment that points a worker at this database: its own slot and
+    /// publication, no metrics listener (tests run in parallel), debug logs.
+    pub fn worker_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("DATABASE_URL".into(), self.url.clone()),
+            ("CDC_SLOT".into(), self.slot()),
+            ("CDC_PUBLICATION".into(), self.slot()),
+            ("CDC_METRICS_ADDR".into(), String::new()),
+            ("CDC_LOG".into(), "info,cdc_worker=debug".into()),
+        ]
+    }
+}
+
+/// A worker command that ran to its end.
+pub struct Finished {
+    pub success: bool,
+    pub code: Option<i32>,
+    pub output: String,
+}
+
+impl WorkerProcess {
+    /// Starts `cdc-worker ARGS` against `db`; `extra` overrides the defaults of
+    /// [`TestDb::worker_env`].
+    pub fn start(db: &TestDb, args: &[&str], extra: &[(&str, &str)]) -> WorkerProcess {
+        let mut env = db.worker_env();
+        for (k, v) in extra {
+            env.retain(|(key, _)| key != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        WorkerProcess::spawn(&format!("{}-{}", db.name, args.join("-")), args, &env)
+    }
+
+    /// Runs `cdc-worker ARGS` against `db` to its end (at most two minutes).
+    pub fn run_to_end(db: &TestDb, args: &[&str], extra: &[(&str, &str)]) -> Finished {
+        let mut p = WorkerProcess::start(db, args, extra);
+        let status = p.wait_exit(Duration::from_secs(120));
+        Finished {
+            success: status.success(),
+            code: status.code(),
+            output: p.log(),
+        }
+    }
+
+    /// Everything it has written so far.
+    pub fn output(&self) -> String {
+        self.log()
+    }
+}
+
+/// A TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral port")
+}

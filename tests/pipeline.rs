@@ -1,0 +1,558 @@
+//! The replication pipeline against a real PostgreSQL (wal_level=logical): every kind of
+//! source change reaches ProductSummary, no-op updates write nothing, and the worker
+//! survives kill -9, idles without piling up WAL, and runs as a non-superuser over TLS.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{wait_until, Cluster, TestDb, WorkerProcess};
+use tokio_postgres::Client;
+
+const SUMMARY_QUERY: &str = include_str!("../sql/summary_query.sql");
+
+/// Rows on which the summary table and the summary query disagree (both directions).
+async fn drift(c: &Client) -> i64 {
+    let query = SUMMARY_QUERY
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("$1", "'USD'");
+    let sql = format!(
+        "WITH want AS (SELECT product_id, store_id, title, price, active, inventory_available, \
+         primary_image_url FROM ({query}) q), \
+         have AS (SELECT \"productId\", \"storeId\", title, price, active, \"inventoryAvailable\", \
+         \"primaryImageUrl\" FROM \"ProductSummary\") \
+         SELECT (SELECT count(*) FROM (SELECT * FROM want EXCEPT SELECT * FROM have) a) + \
+                (SELECT count(*) FROM (SELECT * FROM have EXCEPT SELECT * FROM want) b)"
+    );
+    c.query_one(&sql, &[]).await.unwrap().get(0)
+}
+
+async fn wait_converged(c: &Client, what: &str) {
+    wait_until(Duration::from_secs(10), what, || async {
+        drift(c).await == 0
+    })
+    .await;
+}
+
+/// A database with a few products, set up, and a running worker.
+async fn started(hint: &str, products: i32) -> (TestDb, Client, WorkerProcess) {
+    let db = Cluster::shared().create_db(hint).await;
+    let c = db.client().await;
+    seed(&c, 1, products).await;
+    let setup = WorkerProcess::run_to_end(&db, &["setup"], &[]);
+    assert!(setup.success, "setup failed:\n{}", setup.output);
+    let w = WorkerProcess::start(&db, &["run"], &[]);
+    (db, c, w)
+}
+
+/// Products p{from}..=p{to} in stores s{n % 3}, each with a USD price, two inventory rows
+/// and an image.
+async fn seed(c: &Client, from: i32, to: i32) {
+    c.batch_execute(&format!(
+        "INSERT INTO \"Product\"(id, \"storeId\", title) SELECT 'p'||g, 's'||(g % 3), 'Product '||g FROM generate_series({from},{to}) g;
+         INSERT INTO \"Price\"(id, \"productId\", currency, amount) SELECT 'usd'||g, 'p'||g, 'USD', 100*g FROM generate_series({from},{to}) g;
+         INSERT INTO \"Inventory\"(id, \"productId\", \"locationId\", quantity, reserved) SELECT 'inv'||g||'-'||l, 'p'||g, 'l'||l, 10, 3 FROM generate_series({from},{to}) g, generate_series(1,2) l;
+         INSERT INTO \"ProductImage\"(id, \"productId\", url, position) SELECT 'img'||g, 'p'||g, 'https://cdn/'||g||'.jpg', 1 FROM generate_series({from},{to}) g;"
+    ))
+    .await
+    .unwrap();
+}
+
+async fn summary_of(c: &Client, product: &str) -> Option<tokio_postgres::Row> {
+    c.query_opt(
+        "SELECT \"storeId\", title, price, active, \"inventoryAvailable\", \"primaryImageUrl\", \"updatedAt\", id \
+         FROM \"ProductSummary\" WHERE \"productId\" = $1",
+        &[&product],
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn setup_backfills_and_is_idempotent() {
+    let db = Cluster::shared().create_db("setup_backfill").await;
+    let c = db.client().await;
+    seed(&c, 1, 250).await;
+    // A product without a USD price has no row.
+    c.batch_execute("DELETE FROM \"Price\" WHERE \"productId\" = 'p7'")
+        .await
+        .unwrap();
+    let first = WorkerProcess::run_to_end(&db, &["setup"], &[]);
+    assert!(first.success, "{}", first.output);
+    assert!(first.output.contains("backfill done"), "{}", first.output);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM \"ProductSummary\"", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 249);
+    assert_eq!(drift(&c).await, 0);
+    let row = summary_of(&c, "p1").await.unwrap();
+    assert_eq!(row.get::<_, i32>(4), 14, "2 x (10 - 3)");
+    let id: String = row.get(7);
+    assert!(id.starts_with('c') && id.len() == 25, "cuid-like id: {id}");
+
+    let second = WorkerProcess::run_to_end(&db, &["setup"], &[]);
+    assert!(second.success, "{}", second.output);
+    assert!(
+        second.output.contains("no backfill needed"),
+        "{}",
+        second.output
+    );
+    let identity: String = c
+        .query_one(
+            "SELECT relreplident::text FROM pg_class WHERE relname = 'Inventory'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(identity, "f", "child tables get REPLICA IDENTITY FULL");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_kind_of_change_reaches_the_summary() {
+    let (_db, c, _w) = started("every_change", 30).await;
+
+    // Inventory: insert, update, delete.
+    c.batch_execute("UPDATE \"Inventory\" SET quantity = 50 WHERE id = 'inv1-1'")
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(5), "inventory update", || async {
+        summary_of(&c, "p1").await.unwrap().get::<_, i32>(4) == 47 + 7
+    })
+    .await;
+    c.batch_execute(
+        "INSERT INTO \"Inventory\" VALUES ('inv1-3', 'p1', 'l3', 5, 10); \
+         DELETE FROM \"Inventory\" WHERE id = 'inv2-1';",
+    )
+    .await
+    .unwrap();
+    wait_converged(
+        &c,
+        "inventory insert (negative availability counts 0) and delete",
+    )
+    .await;
+    assert_eq!(summary_of(&c, "p2").await.unwrap().get::<_, i32>(4), 7);
+
+    // Price: other currency has no effect; USD removed drops the row; USD added adds it.
+    let before = summary_of(&c, "p3")
+        .await
+        .unwrap()
+        .get::<_, chrono_free::Ts>(6);
+    c.batch_execute("INSERT INTO \"Price\" VALUES ('eur3', 'p3', 'EUR', 1)")
+        .await
+        .unwrap();
+    c.batch_execute("DELETE FROM \"Price\" WHERE id = 'usd4'")
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(5), "USD price removed", || async {
+        summary_of(&c, "p4").await.is_none()
+    })
+    .await;
+    assert_eq!(
+        summary_of(&c, "p3")
+            .await
+            .unwrap()
+            .get::<_, chrono_free::Ts>(6),
+        before,
+        "a price in another currency must not touch the row"
+    );
+    c.batch_execute("INSERT INTO \"Price\" VALUES ('usd4b', 'p4', 'USD', 999)")
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(5), "USD price added", || async {
+        summary_of(&c, "p4")
+            .await
+            .is_some_and(|r| r.get::<_, i32>(2) == 999)
+    })
+    .await;
+
+    // Product: update, move to another store, insert, delete with cascades.
+    c.batch_execute(
+        "UPDATE \"Product\" SET title = 'Renamed', active = false WHERE id = 'p5'; \
+         UPDATE \"Product\" SET \"storeId\" = 'elsewhere' WHERE id = 'p6'; \
+         INSERT INTO \"Product\"(id, \"storeId\", title) VALUES ('new1', 's1', 'New'); \
+         INSERT INTO \"Price\" VALUES ('usdnew1', 'new1', 'USD', 5); \
+         DELETE FROM \"Product\" WHERE id = 'p8';",
+    )
+    .await
+    .unwrap();
+    wait_converged(&c, "product changes").await;
+    assert_eq!(
+        summary_of(&c, "p6").await.unwrap().get::<_, String>(0),
+        "elsewhere"
+    );
+    assert!(summary_of(&c, "p8").await.is_none());
+    let new1 = summary_of(&c, "new1").await.unwrap();
+    assert_eq!((new1.get::<_, i32>(2), new1.get::<_, i32>(4)), (5, 0));
+    assert_eq!(new1.get::<_, Option<String>>(5), None);
+
+    // Images: the lowest position wins, ties by id; deleting it falls back.
+    c.batch_execute(
+        "INSERT INTO \"ProductImage\" VALUES ('a-first', 'p9', 'https://cdn/first.jpg', 0), \
+                                             ('b-tie', 'p9', 'https://cdn/tie.jpg', 0)",
+    )
+    .await
+    .unwrap();
+    wait_until(Duration::from_secs(5), "image added", || async {
+        summary_of(&c, "p9")
+            .await
+            .unwrap()
+            .get::<_, Option<String>>(5)
+            .as_deref()
+            == Some("https://cdn/first.jpg")
+    })
+    .await;
+    c.batch_execute("DELETE FROM \"ProductImage\" WHERE id = 'a-first'")
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(5), "image deleted", || async {
+        summary_of(&c, "p9")
+            .await
+            .unwrap()
+            .get::<_, Option<String>>(5)
+            .as_deref()
+            == Some("https://cdn/tie.jpg")
+    })
+    .await;
+
+    // A child row moved to another product recomputes both.
+    c.batch_execute("UPDATE \"Inventory\" SET \"productId\" = 'p11', \"locationId\" = 'moved' WHERE id = 'inv10-1'")
+        .await
+        .unwrap();
+    wait_converged(&c, "inventory row moved between products").await;
+    assert_eq!(drift(&c).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn noop_update_writes_nothing() {
+    let (_db, c, _w) = started("noop", 5).await;
+    let before = summary_of(&c, "p1").await.unwrap();
+    c.batch_execute(
+        "UPDATE \"Product\" SET title = title WHERE id = 'p1'; \
+         UPDATE \"Inventory\" SET quantity = quantity WHERE \"productId\" = 'p1'; \
+         UPDATE \"Price\" SET amount = amount WHERE \"productId\" = 'p1'",
+    )
+    .await
+    .unwrap();
+    // A later real change proves the no-op transaction has been processed.
+    c.batch_execute("UPDATE \"Product\" SET title = 'changed' WHERE id = 'p2'")
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(5), "later change applied", || async {
+        summary_of(&c, "p2").await.unwrap().get::<_, String>(1) == "changed"
+    })
+    .await;
+    let after = summary_of(&c, "p1").await.unwrap();
+    assert_eq!(
+        before.get::<_, chrono_free::Ts>(6),
+        after.get::<_, chrono_free::Ts>(6),
+        "updatedAt must not move on a no-op update"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn truncate_schema_change_toast_and_big_transactions() {
+    let (_db, c, _w) = started("truncate_etc", 400).await;
+
+    // A large TOASTed description, then an update of another column of that product:
+    // the description arrives as "unchanged TOAST" and must not matter.
+    c.batch_execute(
+        "UPDATE \"Product\" SET description = (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 20000) g) WHERE id = 'p1'",
+    )
+    .await
+    .unwrap();
+    c.batch_execute("UPDATE \"Product\" SET title = 'toasted' WHERE id = 'p1'")
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(5),
+        "update beside a TOASTed column",
+        || async { summary_of(&c, "p1").await.unwrap().get::<_, String>(1) == "toasted" },
+    )
+    .await;
+
+    // A column added while streaming: pgoutput sends a new Relation message.
+    c.batch_execute(
+        "ALTER TABLE \"Inventory\" ADD COLUMN note text; \
+         UPDATE \"Inventory\" SET quantity = 100, note = 'x' WHERE id = 'inv2-1'",
+    )
+    .await
+    .unwrap();
+    wait_until(
+        Duration::from_secs(5),
+        "change after ALTER TABLE",
+        || async { summary_of(&c, "p2").await.unwrap().get::<_, i32>(4) == 97 + 7 },
+    )
+    .await;
+
+    // One transaction touching hundreds of products.
+    c.batch_execute("UPDATE \"Inventory\" SET reserved = 0")
+        .await
+        .unwrap();
+    wait_converged(&c, "transaction over 400 products").await;
+    assert_eq!(summary_of(&c, "p300").await.unwrap().get::<_, i32>(4), 20);
+
+    // TRUNCATE of a source table recomputes everything.
+    c.batch_execute("TRUNCATE \"Inventory\"").await.unwrap();
+    wait_converged(&c, "TRUNCATE Inventory").await;
+    assert_eq!(summary_of(&c, "p3").await.unwrap().get::<_, i32>(4), 0);
+    c.batch_execute("TRUNCATE \"Product\" CASCADE")
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "TRUNCATE Product empties the summary",
+        || async {
+            c.query_one("SELECT count(*) FROM \"ProductSummary\"", &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                == 0
+        },
+    )
+    .await;
+}
+
+/// The slot's confirmed LSN, and the checkpoint stored with the summary.
+async fn slot_and_checkpoint(c: &Client, slot: &str) -> (u64, u64) {
+    let row = c
+        .query_one(
+            "SELECT (confirmed_flush_lsn - '0/0')::int8, \
+                    (SELECT (lsn - '0/0')::int8 FROM cdc_worker.checkpoint WHERE slot_name = $1) \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap();
+    (row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_during_a_burst_loses_nothing() {
+    let (db, c, mut w) = started("kill9", 500).await;
+    let writer_db = db.client().await;
+    let burst = tokio::spawn(async move {
+        for i in 0..3000 {
+            let p = format!("p{}", 1 + (i * 7) % 500);
+            writer_db
+                .execute(
+                    "UPDATE \"Inventory\" SET quantity = quantity + 1 WHERE \"productId\" = $1 AND \"locationId\" = 'l1'",
+                    &[&p],
+                )
+                .await
+                .unwrap();
+        }
+    });
+    // Watch the invariant while the burst runs, and kill the worker in the middle of it.
+    let mut killed = false;
+    let started_at = Instant::now();
+    while !burst.is_finished() {
+        let (confirmed, checkpoint) = slot_and_checkpoint(&c, &db.slot()).await;
+        assert!(
+            confirmed <= checkpoint,
+            "slot confirmed {confirmed:X} passed the stored checkpoint {checkpoint:X}"
+        );
+        if !killed && started_at.elapsed() > Duration::from_millis(700) {
+            w.kill9();
+            killed = true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    burst.await.unwrap();
+    assert!(killed, "the burst ended before the kill");
+    let _w2 = WorkerProcess::start(&db, &["run"], &[]);
+    wait_converged(&c, "summary equals source after kill -9 and restart").await;
+    let (confirmed, checkpoint) = slot_and_checkpoint(&c, &db.slot()).await;
+    assert!(confirmed <= checkpoint);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_published_tables_do_not_pile_up_wal() {
+    let (db, c, _w) = started("idle", 5).await;
+    c.batch_execute("CREATE TABLE unrelated (id serial primary key, v text)")
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        c.batch_execute(
+            "INSERT INTO unrelated (v) SELECT md5(g::text) FROM generate_series(1, 2000) g",
+        )
+        .await
+        .unwrap();
+    }
+    let head: i64 = c
+        .query_one("SELECT (pg_current_wal_lsn() - '0/0')::int8", &[])
+        .await
+        .unwrap()
+        .get(0);
+    wait_until(
+        Duration::from_secs(20),
+        "slot confirmed LSN reaches the WAL head written by other tables",
+        || async { slot_and_checkpoint(&c, &db.slot()).await.0 >= head as u64 },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_the_batch_and_exits_0() {
+    let (db, c, mut w) = started("sigterm", 20).await;
+    c.batch_execute("UPDATE \"Price\" SET amount = amount + 1")
+        .await
+        .unwrap();
+    wait_converged(&c, "price update").await;
+    let t = Instant::now();
+    w.sigterm();
+    let status = w.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "exit status {status:?}:\n{}", w.output());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    let (confirmed, checkpoint) = slot_and_checkpoint(&c, &db.slot()).await;
+    assert!(confirmed <= checkpoint);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_as_a_non_superuser_over_tls() {
+    let db = Cluster::shared().create_db("least_privilege").await;
+    let c = db.client().await;
+    seed(&c, 1, 20).await;
+    // What an admin does once (README, "Privileges"): the role, its grants, and the
+    // objects only a table owner may create.
+    let url = db.create_role(&format!("w_{}", db.name), "pw-s3cret").await;
+    let role = format!("w_{}", db.name);
+    c.batch_execute(&format!(
+        "GRANT CREATE ON DATABASE \"{db}\" TO {role};
+         GRANT SELECT ON \"Product\", \"Inventory\", \"Price\", \"ProductImage\" TO {role};
+         GRANT CREATE ON SCHEMA public TO {role};
+         ALTER TABLE \"Inventory\" REPLICA IDENTITY FULL;
+         ALTER TABLE \"Price\" REPLICA IDENTITY FULL;
+         ALTER TABLE \"ProductImage\" REPLICA IDENTITY FULL;
+         CREATE PUBLICATION {slot} FOR TABLE \"Product\", \"Inventory\", \"Price\", \"ProductImage\";",
+        db = db.name,
+        slot = db.slot(),
+    ))
+    .await
+    .unwrap();
+    let tls_url = format!("{url}?sslmode=require");
+    let env = [("DATABASE_URL", tls_url.as_str())];
+    let setup = WorkerProcess::run_to_end(&db, &["setup"], &env);
+    assert!(setup.success, "{}", setup.output);
+    assert!(!setup.output.contains("pw-s3cret"), "password in logs");
+    let w = WorkerProcess::start(&db, &["run"], &env);
+    c.batch_execute("UPDATE \"Inventory\" SET quantity = 1 WHERE id = 'inv1-1'")
+        .await
+        .unwrap();
+    wait_converged(&c, "change applied by the non-superuser worker over TLS").await;
+    let ssl: bool = c
+        .query_one(
+            "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.usename = $1",
+            &[&role],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ssl, "every connection of the worker uses TLS");
+    assert!(!w.output().contains("pw-s3cret"), "password in logs");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_fails_clearly_before_touching_anything() {
+    let db = Cluster::shared().create_db("bad_input").await;
+    let c = db.client().await;
+    c.batch_execute("DROP TABLE \"Price\"").await.unwrap();
+    let out = WorkerProcess::run_to_end(&db, &["setup"], &[]);
+    assert!(!out.success);
+    assert!(
+        out.output.contains("\"public\".\"Price\" does not exist"),
+        "{}",
+        out.output
+    );
+    let slots: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&db.slot()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 0, "nothing created after a failed check");
+
+    // A slot of another plugin under our name.
+    let db2 = Cluster::shared().create_db("bad_slot").await;
+    let c2 = db2.client().await;
+    c2.batch_execute(&format!(
+        "SELECT pg_create_logical_replication_slot('{}', 'test_decoding')",
+        db2.slot()
+    ))
+    .await
+    .unwrap();
+    let out = WorkerProcess::run_to_end(&db2, &["setup"], &[]);
+    assert!(!out.success);
+    assert!(out.output.contains("not pgoutput"), "{}", out.output);
+
+    // A wrong password: a clear error that does not echo it.
+    let wrong = db2.url.replacen("://postgres:", "://postgres:wr0ng-", 1);
+    let out = WorkerProcess::run_to_end(&db2, &["run"], &[("DATABASE_URL", wrong.as_str())]);
+    assert!(!out.success);
+    assert!(!out.output.contains("wr0ng-"), "{}", out.output);
+
+    // run before setup says to run setup.
+    let db3 = Cluster::shared().create_db("not_set_up").await;
+    let out = WorkerProcess::run_to_end(&db3, &["run"], &[]);
+    assert!(!out.success);
+    assert!(out.output.contains("cdc-worker setup"), "{}", out.output);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_takes_over_when_the_leader_dies() {
+    let (db, c, mut leader) = started("standby", 10).await;
+    wait_until(Duration::from_secs(10), "leader streaming", || async {
+        leader.output().contains("streaming")
+    })
+    .await;
+    let standby = WorkerProcess::start(&db, &["run"], &[]);
+    wait_until(Duration::from_secs(10), "standby waiting", || async {
+        standby.output().contains("waiting as standby")
+    })
+    .await;
+    leader.kill9();
+    let t = Instant::now();
+    c.batch_execute("UPDATE \"Product\" SET title = 'after failover' WHERE id = 'p1'")
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "standby applies after the leader died",
+        || async { summary_of(&c, "p1").await.unwrap().get::<_, String>(1) == "after failover" },
+    )
+    .await;
+    eprintln!("failover took {:?}", t.elapsed());
+    assert!(standby.output().contains("took over as leader"));
+}
+
+/// updatedAt is `timestamp(3)`; compare it as text so the test needs no chrono.
+mod chrono_free {
+    use tokio_postgres::types::{FromSql, Type};
+
+    #[derive(Debug, PartialEq, Eq)]
+    pub struct Ts(i64);
+
+    impl<'a> FromSql<'a> for Ts {
+        fn from_sql(
+            _: &Type,
+            raw: &'a [u8],
+        ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+            Ok(Ts(postgres_protocol::types::timestamp_from_sql(raw)?))
+        }
+        fn accepts(ty: &Type) -> bool {
+            *ty == Type::TIMESTAMP
+        }
+    }
+}
