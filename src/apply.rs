@@ -36,7 +36,7 @@ impl Applied {
         self.inserted + self.updated + self.deleted
     }
 
-    fn add(&mut self, o: Applied) {
+    pub fn add(&mut self, o: Applied) {
         self.products += o.products;
         self.inserted += o.inserted;
         self.updated += o.updated;
@@ -47,6 +47,7 @@ impl Applied {
 
 struct Statements {
     lock: Statement,
+    invisible: Statement,
     desired: Statement,
     current: Statement,
     upsert: Statement,
@@ -108,6 +109,9 @@ impl Applier {
     }
 
     pub async fn new(client: Client, cfg: &Config) -> anyhow::Result<Applier> {
+        // The apply statements are short index lookups; JIT compiling them costs more than
+        // it saves (seen in profiles of large batches).
+        client.batch_execute("SET jit = off").await?;
         let summary = qualified(&cfg.tables.schema, &cfg.tables.summary);
         let product = qualified(&cfg.tables.schema, &cfg.tables.product);
         let product_key = crate::summary::quote_ident(&cfg.tables.sources[&cfg.tables.product]);
@@ -124,6 +128,18 @@ impl Applier {
         };
         let stmts = Statements {
             lock: prepare("SELECT pg_advisory_xact_lock($1::int4, $2::int4)".into()).await?,
+            // How many of these (32-bit) xids the current snapshot does not see yet. The
+            // epoch comes from the snapshot's xmax: an xid above xmax's low half belongs to
+            // the previous epoch.
+            invisible: prepare(
+                "WITH s AS (SELECT pg_current_snapshot() AS snap, \
+                 pg_snapshot_xmax(pg_current_snapshot())::text::int8 AS xmax) \
+                 SELECT count(*)::int8 FROM s, unnest($1::int8[]) AS x(xid) \
+                 WHERE NOT pg_visible_in_snapshot((((s.xmax >> 32) - CASE WHEN x.xid > (s.xmax & 4294967295) \
+                 THEN 1 ELSE 0 END) * 4294967296 + x.xid)::text::xid8, s.snap)"
+                    .into(),
+            )
+            .await?,
             desired: prepare(format!("{select} WHERE s.product_id = ANY($2::text[])")).await?,
             current: prepare(format!(
                 "{} WHERE t.\"productId\" = ANY($1::text[])",
@@ -187,15 +203,42 @@ impl Applier {
 
     /// Recomputes `ids` and, when `lsn` is given, moves the checkpoint there, in one
     /// transaction. `commit_time` is the source commit time carried into the outbox.
+    ///
+    /// `xids` are the source transactions that made these products dirty. Postgres streams
+    /// a transaction as soon as its commit record is flushed, a moment before other
+    /// sessions can see its rows; a recompute in that moment would read the old rows and,
+    /// with no later change to the product, keep them. So we first wait until the
+    /// snapshot sees every one of them.
     pub async fn apply(
         &mut self,
         ids: &[String],
+        xids: &[u32],
         lsn: Option<Lsn>,
         commit_time: Option<SystemTime>,
     ) -> anyhow::Result<Applied> {
         let tx = self.client.transaction().await?;
         tx.execute(&self.stmts.lock, &[&APPLY_LOCK_CLASS, &self.lock_key])
             .await?;
+        if !xids.is_empty() {
+            let xids: Vec<i64> = xids.iter().map(|&x| i64::from(x)).collect();
+            let started = std::time::Instant::now();
+            let mut warned = false;
+            loop {
+                let invisible: i64 = tx.query_one(&self.stmts.invisible, &[&xids]).await?.get(0);
+                if invisible == 0 {
+                    break;
+                }
+                if !warned && started.elapsed() > Duration::from_secs(5) {
+                    tracing::warn!(
+                        invisible,
+                        "transactions already streamed are still not visible after 5 s \
+                         (a commit waiting for synchronous replication?); waiting"
+                    );
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
         let mut applied = Applied {
             products: ids.len(),
             ..Applied::default()
@@ -266,6 +309,7 @@ impl Applier {
     /// to `lsn` only with the last page, so a crash midway redoes the whole pass.
     pub async fn apply_all(
         &mut self,
+        xids: &[u32],
         lsn: Option<Lsn>,
         commit_time: Option<SystemTime>,
         mut progress: impl FnMut(usize),
@@ -282,19 +326,14 @@ impl Applier {
                 .collect();
             let last_page = (ids.len() as i64) < self.page_size;
             let page_lsn = if last_page { lsn } else { None };
-            total.add(self.apply(&ids, page_lsn, commit_time).await?);
+            let page_xids = if after.is_empty() { xids } else { &[] };
+            total.add(self.apply(&ids, page_xids, page_lsn, commit_time).await?);
             progress(total.products);
             match ids.last() {
                 Some(last) if !last_page => after = last.clone(),
                 _ => return Ok(total),
             }
         }
-    }
-
-    /// Stores `lsn` as the checkpoint without touching the summary: the idle path, when
-    /// the stream moved past WAL that held nothing for us.
-    pub async fn advance(&mut self, lsn: Lsn) -> anyhow::Result<()> {
-        self.apply(&[], Some(lsn), None).await.map(|_| ())
     }
 }
 

@@ -24,6 +24,9 @@ pub struct Batch {
     pub oldest_commit_micros: Option<i64>,
     /// When the first committed change joined, to bound how long it waits.
     pub first_commit_at: Option<Instant>,
+    /// Transaction ids of the transactions in the batch: apply waits until they are
+    /// visible before it reads the source (see `Applier::apply`).
+    pub xids: Vec<u32>,
     /// Row changes that contributed (for throughput metrics).
     pub changes: u64,
     /// Transactions that contributed.
@@ -41,6 +44,11 @@ impl Batch {
     pub fn mark_all(&mut self, why: String) {
         self.ids.clear();
         self.all.get_or_insert(why);
+    }
+
+    /// A transaction began; its changes follow.
+    pub fn begin(&mut self, xid: u32) {
+        self.xids.push(xid);
     }
 
     /// A transaction ended: everything up to `end_lsn` is in this batch.

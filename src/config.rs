@@ -63,9 +63,13 @@ pub struct Tables {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Batch {
-    /// Most distinct products recomputed in one apply transaction. Under backlog,
-    /// batches grow up to this; it also bounds the worker's memory.
+    /// Most products recomputed in one apply transaction (a larger batch is applied in
+    /// several, the checkpoint moving with the last).
     pub max_products: usize,
+    /// Most distinct dirty products held while apply is busy. Under backlog, batches grow
+    /// up to this, so repeated changes to the same products coalesce; it bounds the
+    /// worker's memory (about 70 bytes per product id).
+    pub max_pending: usize,
     /// Interval of the heartbeat message written to the WAL, so that the slot and the
     /// lag-in-seconds metric advance even while the published tables are idle.
     pub heartbeat_secs: u64,
@@ -141,6 +145,7 @@ impl Default for Batch {
     fn default() -> Self {
         Batch {
             max_products: 20_000,
+            max_pending: 200_000,
             heartbeat_secs: 10,
         }
     }
@@ -266,8 +271,10 @@ impl Config {
                 self.tables.product
             )));
         }
-        if self.batch.max_products == 0 {
-            return Err(bad("batch.max_products must be at least 1"));
+        if self.batch.max_products == 0 || self.batch.max_pending == 0 {
+            return Err(bad(
+                "batch.max_products and batch.max_pending must be at least 1",
+            ));
         }
         if self.batch.heartbeat_secs == 0 {
             return Err(bad("batch.heartbeat_secs must be at least 1"));

@@ -105,9 +105,10 @@ async fn session(ctx: &Context) -> anyhow::Result<()> {
     let (done_tx, mut done_rx) = mpsc::channel::<anyhow::Result<(Applied, Option<Lsn>)>>(1);
     let metrics = ctx.metrics.clone();
     let notify = ctx.outbox_notify.clone();
+    let chunk = cfg.batch.max_products;
     let apply_task = tokio::spawn(async move {
         while let Some(batch) = batch_rx.recv().await {
-            let result = apply_batch(&mut applier, batch, &metrics).await;
+            let result = apply_batch(&mut applier, batch, chunk, &metrics).await;
             if matches!(&result, Ok((a, _)) if a.tags > 0) {
                 notify.notify_one();
             }
@@ -159,7 +160,7 @@ async fn stream_loop(
     done_rx: &mut mpsc::Receiver<anyhow::Result<(Applied, Option<Lsn>)>>,
     start: Lsn,
 ) -> anyhow::Result<Lsn> {
-    let max = ctx.cfg.batch.max_products;
+    let max = ctx.cfg.batch.max_pending;
     let mut shutdown = ctx.shutdown.clone();
     let mut router = Router::new(&ctx.cfg.tables.schema, &ctx.cfg.tables.sources);
     let mut batch = Batch::default();
@@ -212,7 +213,10 @@ async fn stream_loop(
                     return Err(anyhow::Error::new(std::io::Error::other("replication stream ended")));
                 };
                 match event {
-                    ReplicationEvent::Begin { .. } => in_txn = true,
+                    ReplicationEvent::Begin { xid, .. } => {
+                        in_txn = true;
+                        batch.begin(xid);
+                    }
                     ReplicationEvent::Commit { end_lsn, commit_time_micros, .. } => {
                         in_txn = false;
                         batch.commit(end_lsn, commit_time_micros);
@@ -261,6 +265,7 @@ async fn stream_loop(
 async fn apply_batch(
     applier: &mut Applier,
     batch: Batch,
+    chunk: usize,
     metrics: &Metrics,
 ) -> anyhow::Result<(Applied, Option<Lsn>)> {
     let commit = batch.commit_time_micros.map(pg_time);
@@ -268,7 +273,9 @@ async fn apply_batch(
     let applied = match &batch.all {
         Some(_) => {
             let started = Instant::now();
-            let a = applier.apply_all(batch.lsn, commit, |_| {}).await?;
+            let a = applier
+                .apply_all(&batch.xids, batch.lsn, commit, |_| {})
+                .await?;
             tracing::info!(
                 products = a.products,
                 written = a.rows_written(),
@@ -278,8 +285,24 @@ async fn apply_batch(
             a
         }
         None => {
-            let ids: Vec<String> = batch.ids.into_iter().collect();
-            applier.apply(&ids, batch.lsn, commit).await?
+            // Sorted, so each transaction walks the indexes in order.
+            let mut ids: Vec<String> = batch.ids.into_iter().collect();
+            ids.sort_unstable();
+            let chunks = ids.len().div_ceil(chunk).max(1);
+            let mut total = Applied::default();
+            for i in 0..chunks {
+                let part = &ids[(i * chunk).min(ids.len())..((i + 1) * chunk).min(ids.len())];
+                // Visibility is awaited once, before the first read; the checkpoint moves
+                // with the last part only, so a crash in between redoes the whole batch.
+                let xids = if i == 0 && !part.is_empty() {
+                    &batch.xids[..]
+                } else {
+                    &[]
+                };
+                let lsn = if i + 1 == chunks { batch.lsn } else { None };
+                total.add(applier.apply(part, xids, lsn, commit).await?);
+            }
+            total
         }
     };
     metrics.record_applied(commit, oldest);

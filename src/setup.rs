@@ -434,7 +434,7 @@ async fn backfill(db: &Database, cfg: &Config, tags: bool) -> anyhow::Result<()>
     let started = Instant::now();
     let mut last_report = Instant::now();
     let applied = applier
-        .apply_all(Some(Lsn(u64::from(start))), None, |done| {
+        .apply_all(&[], Some(Lsn(u64::from(start))), None, |done| {
             if last_report.elapsed().as_secs() >= 2 {
                 last_report = Instant::now();
                 let pct = if total > 0 {

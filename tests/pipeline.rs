@@ -556,3 +556,69 @@ mod chrono_free {
         }
     }
 }
+
+/// Postgres streams a transaction once its commit record is flushed, a moment before other
+/// sessions can see it. A recompute in that moment reads the old rows and, since no later
+/// change touches the product, would keep them for good. A commit waiting for a
+/// synchronous standby that never answers holds that moment open as long as we like: it is
+/// streamed, yet invisible until its wait is cancelled.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_is_never_read_before_it_is_visible() {
+    let cluster = Cluster::private("visibility");
+    let db = cluster.create_db("visibility").await;
+    let c = db.client().await;
+    seed(&c, 1, 5).await;
+    for sql in [
+        // This session and, through the database default, the worker's commit locally;
+        // only the writer below waits for the standby.
+        "SET synchronous_commit = local".to_string(),
+        "ALTER SYSTEM SET synchronous_standby_names = 'nobody'".to_string(),
+        "SELECT pg_reload_conf()".to_string(),
+        format!(
+            "ALTER DATABASE \"{}\" SET synchronous_commit = local",
+            db.name
+        ),
+    ] {
+        c.batch_execute(&sql).await.unwrap();
+    }
+    let setup = WorkerProcess::run_to_end(&db, &["setup"], &[]);
+    assert!(setup.success, "{}", setup.output);
+    let _w = WorkerProcess::start(&db, &["run"], &[]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // This session waits for the standby after committing locally.
+    let writer = db.client().await;
+    writer
+        .batch_execute("SET synchronous_commit = on")
+        .await
+        .unwrap();
+    let pid: i32 = writer
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let pending = tokio::spawn(async move {
+        // Cancelling the wait gives a warning, not an error: the commit stands.
+        writer
+            .batch_execute("UPDATE \"Inventory\" SET quantity = 500 WHERE id = 'inv1-1'")
+            .await
+    });
+    // Let the worker receive it while it is still invisible.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(summary_of(&c, "p1").await.unwrap().get::<_, i32>(4), 14);
+    c.execute("SELECT pg_cancel_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    pending.await.unwrap().unwrap();
+    wait_until(
+        Duration::from_secs(5),
+        "the change once it became visible",
+        || async { summary_of(&c, "p1").await.unwrap().get::<_, i32>(4) == 497 + 7 },
+    )
+    .await;
+    // Let the harness's own commits (DROP DATABASE) through again.
+    c.batch_execute("ALTER SYSTEM RESET synchronous_standby_names")
+        .await
+        .unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+}
