@@ -13,6 +13,7 @@ pub mod db;
 pub mod error;
 pub mod metrics;
 pub mod pgoutput;
+pub mod reconcile;
 pub mod route;
 pub mod run;
 pub mod setup;
