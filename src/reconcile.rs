@@ -22,8 +22,10 @@
 //!   The daemon stores its checkpoint in the same transaction as the summary rows and
 //!   applies commits in order, so by then every change committed before the differences
 //!   were read has been applied. The ids are read again, and a difference counts only if
-//!   it is still there and unchanged; if it changed (the product is being written right
-//!   now) the fence is repeated, up to [`SETTLE_ROUNDS`] times. If the checkpoint does not
+//!   it is still there and unchanged (both sides), i.e. the daemon had every chance to
+//!   repair it and did not. If it changed (the product is being written right now) the
+//!   fence is repeated, up to [`SETTLE_ROUNDS`] times; a product still changing after
+//!   that is reported as `in_flight`, not as a discrepancy. If the checkpoint does not
 //!   reach the fence within `--settle-timeout` (the daemon is not running, or far behind),
 //!   the differences are counted as they are, a warning says so, the report carries
 //!   `"settled": false`, and later pages do not wait again.
@@ -34,7 +36,7 @@
 //! * **History.** Every run is recorded in `<schema>.reconcile_history`; `--history` shows
 //!   the recent runs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -167,6 +169,9 @@ pub struct Report {
     /// False when the daemon did not pass a fence in time, so differences still in
     /// flight may have been counted.
     pub settled: bool,
+    /// Products that differed but whose rows were still changing after every fence
+    /// (written right now, and applied by the daemon meanwhile): not discrepancies.
+    pub in_flight: u64,
     pub duration_seconds: f64,
     pub store: Option<String>,
     /// Up to 10 of the discrepancies, for a first look.
@@ -201,6 +206,7 @@ impl Report {
             fixed: fix.then_some(0),
             unfixed: fix.then_some(0),
             settled: true,
+            in_flight: 0,
             duration_seconds: 0.0,
             store,
             sample: Vec::new(),
@@ -355,7 +361,8 @@ pub async fn run(db: &Database, cfg: &Config, opts: &Options) -> anyhow::Result<
         let page = result?;
         report.checked += page.checked;
         if !page.differing.is_empty() {
-            let found = checker.persistent(page.differing).await?;
+            let (found, in_flight) = checker.persistent(page.differing).await?;
+            report.in_flight += in_flight;
             for d in &found {
                 report.count(d);
             }
@@ -399,6 +406,7 @@ pub async fn run(db: &Database, cfg: &Config, opts: &Options) -> anyhow::Result<
         fields = %serde_json::to_string(&report.fields).unwrap_or_default(),
         fixed = ?report.fixed,
         settled = report.settled,
+        in_flight = report.in_flight,
         seconds = report.duration_seconds,
         store = ?report.store,
         "reconcile finished"
@@ -428,7 +436,7 @@ async fn fix(
             "repaired"
         );
     }
-    let left = checker.persistent(ids).await?;
+    let (left, _) = checker.persistent(ids).await?;
     for d in &left {
         tracing::warn!(product_id = %d.product_id, "still differs after the repair");
     }
@@ -723,23 +731,42 @@ impl Checker {
         &self.client
     }
 
-    /// The discrepancies among `ids` that persist once the daemon has applied everything
-    /// committed before they were read (see the module doc).
-    async fn persistent(&mut self, ids: Vec<String>) -> anyhow::Result<Vec<Discrepancy>> {
-        let mut found = self.detail(&ids).await?;
+    /// The discrepancies among `ids` that persist, unchanged, once the daemon has applied
+    /// everything committed before they were read (see the module doc), and how many
+    /// products were still changing after [`SETTLE_ROUNDS`] fences (in flight, not counted).
+    async fn persistent(&mut self, ids: Vec<String>) -> anyhow::Result<(Vec<Discrepancy>, u64)> {
+        let mut pending = self.detail(&ids).await?;
+        let mut confirmed = Vec::new();
         for _ in 0..SETTLE_ROUNDS {
-            if found.is_empty() || !self.settle().await? {
+            if pending.is_empty() || !self.settle().await? {
+                // Without a daemon to wait for, differences count as they are.
+                confirmed.append(&mut pending);
                 break;
             }
-            let ids: Vec<String> = found.iter().map(|d| d.product_id.clone()).collect();
+            let ids: Vec<String> = pending.iter().map(|d| d.product_id.clone()).collect();
             let again = self.detail(&ids).await?;
-            let stable = again == found;
-            found = again;
-            if stable {
-                break;
+            let before: HashMap<&str, &Discrepancy> =
+                pending.iter().map(|d| (d.product_id.as_str(), d)).collect();
+            let mut changing = Vec::new();
+            for d in again {
+                if before.get(d.product_id.as_str()) == Some(&&d) {
+                    confirmed.push(d);
+                } else {
+                    tracing::debug!(product_id = %d.product_id, "still changing after a fence");
+                    changing.push(d);
+                }
             }
+            pending = changing;
         }
-        Ok(found)
+        let in_flight = pending.len() as u64;
+        if in_flight > 0 {
+            tracing::info!(
+                products = in_flight,
+                "rows still changing after {SETTLE_ROUNDS} fences are being written right now: counted as in flight, not as discrepancies"
+            );
+        }
+        confirmed.sort_by(|a, b| a.product_id.cmp(&b.product_id));
+        Ok((confirmed, in_flight))
     }
 
     /// Both sides of `ids`, classified with [`diff`]; equal rows are dropped.
@@ -758,7 +785,7 @@ impl Checker {
                 current.push(r);
             }
         }
-        let mut found: Vec<Discrepancy> = diff(&desired, &current)
+        let found: Vec<Discrepancy> = diff(&desired, &current)
             .into_iter()
             .map(|c| match c {
                 Change::Insert(new) => Discrepancy {
@@ -778,8 +805,6 @@ impl Checker {
                 },
             })
             .collect();
-        // Only for comparing rounds; the order means nothing else.
-        found.sort_by(|a, b| a.product_id.cmp(&b.product_id));
         Ok(found)
     }
 
@@ -959,6 +984,13 @@ pub fn report_table(r: &Report, max_rate: f64) -> String {
         let _ = writeln!(
             s,
             "  fixed          {fixed:>10}   still differing {unfixed}"
+        );
+    }
+    if r.in_flight > 0 {
+        let _ = writeln!(
+            s,
+            "  in flight      {:>10}   (still being written after every fence; not counted)",
+            r.in_flight
         );
     }
     if !r.settled {
