@@ -68,7 +68,9 @@ enum Command {
     /// count per column. A difference counts only if it persists once the running daemon
     /// has applied the WAL up to the point where it was seen: reconcile writes a fence
     /// into the WAL (pg_logical_emit_message) and waits until the daemon's checkpoint
-    /// passes it, then reads those products again. When the daemon does not pass the fence
+    /// passes it, then reads those products again: only a difference that is unchanged then
+    /// counts (rows still changing after 3 fences are reported as "in_flight"). When the
+    /// daemon does not pass the fence
     /// within --settle-timeout (it is not running), differences are counted as they are,
     /// with a warning and "settled": false. Each run is recorded in the state schema's
     /// reconcile_history table; --history shows the trend. --fix repairs through the
