@@ -42,3 +42,24 @@ CREATE TABLE IF NOT EXISTS {schema}.outbox_failed (
     response  text,
     failed_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- One row per `cdc-worker reconcile` run, so the discrepancy count is visible as a trend
+-- (`cdc-worker reconcile --history`).
+CREATE TABLE IF NOT EXISTS {schema}.reconcile_history (
+    id            bigserial PRIMARY KEY,
+    started_at    timestamptz NOT NULL,
+    finished_at   timestamptz NOT NULL DEFAULT now(),
+    checked       bigint NOT NULL,
+    discrepancies bigint NOT NULL,
+    missing       bigint NOT NULL,
+    orphaned      bigint NOT NULL,
+    different     bigint NOT NULL,
+    -- column name -> products on which it differed
+    fields        jsonb NOT NULL,
+    -- discrepancies repaired with --fix; null without --fix
+    fixed         bigint,
+    -- --store, or null for all stores
+    store         text,
+    -- false when the daemon did not pass a WAL fence in time
+    settled       boolean NOT NULL DEFAULT true
+);

@@ -15,6 +15,7 @@ pub mod error;
 pub mod metrics;
 pub mod monitor;
 pub mod pgoutput;
+pub mod reconcile;
 pub mod route;
 pub mod run;
 pub mod setup;

@@ -66,6 +66,25 @@ enum Command {
     /// When another instance holds the slot, this one waits as a standby and takes over
     /// when the slot is free.
     Run,
+    /// Compare ProductSummary with the summary query; count, record and optionally repair drift.
+    ///
+    /// Walks every product (or one store's) in keyset pages and compares the table with
+    /// the summary query in SQL, page by page: missing rows (in the source, not in the
+    /// table), orphan rows (in the table, not in the source) and rows that differ, with a
+    /// count per column. A difference counts only if it persists once the running daemon
+    /// has applied the WAL up to the point where it was seen: reconcile writes a fence
+    /// into the WAL (pg_logical_emit_message) and waits until the daemon's checkpoint
+    /// passes it, then reads those products again: only a difference that is unchanged then
+    /// counts (rows still changing after 3 fences are reported as "in_flight"). When the
+    /// daemon does not pass the fence within --settle-timeout (it is not running), differences are counted as they are,
+    /// with a warning and "settled": false. Each run is recorded in the state schema's
+    /// reconcile_history table; --history shows the trend. --fix repairs through the
+    /// daemon's apply path, which also enqueues the cache tags of the repaired rows.
+    ///
+    /// Exit codes (for cron): 0 when discrepancies / checked <= --max-rate (with --fix:
+    /// when every discrepancy was repaired), 1 above it (with --fix: some remain), 2 on
+    /// error (including "run `cdc-worker setup` first").
+    Reconcile(cdc_worker::reconcile::Args),
     /// Revalidate cache tags by hand: the operator's manual trigger.
     ///
     /// Sends the tags of each --product (product:, inventory: and its store's listing, as
@@ -106,6 +125,9 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             run(cfg).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Reconcile(args) => Ok(ExitCode::from(
+            cdc_worker::reconcile::main(&cfg, args).await?,
+        )),
         Command::Revalidate { products, stores } => {
             if products.is_empty() && stores.is_empty() {
                 anyhow::bail!("name at least one --product ID or --store ID");
