@@ -34,7 +34,7 @@ echo "# loaded $N products and ran setup in $(echo "$(now) - $t0" | bc) s"
 # Bring the worker's checkpoint to a marker, stop it, and create the second slot there,
 # so both slots start at the same point of the WAL.
 mark=$(psqlv -c "SELECT pg_logical_emit_message(true, 'bench', 'start')")
-(cd "$ROOT" && exec "$BIN" run) >"$WORK/worker0.log" 2>&1 & WORKER_PID=$!
+(cd "$ROOT" && exec "$BIN" ${WORKER_ARGS:-} run) >"$WORK/worker0.log" 2>&1 & WORKER_PID=$!
 until [ "$(psqlv -c "SELECT coalesce((SELECT lsn >= '$mark' FROM cdc_worker.checkpoint), false)")" = t ]; do sleep 0.2; done
 kill -TERM $WORKER_PID; wait $WORKER_PID || true; WORKER_PID=
 start_lsn=$(psqlv -c "SELECT lsn FROM pg_create_logical_replication_slot('bench_recv', 'pgoutput')")
@@ -57,7 +57,9 @@ psqlq -c CHECKPOINT
 # (a) the worker, from process start until its checkpoint (applied) and the slot's
 # confirmed_flush_lsn (acknowledged) reach the end LSN.
 pg0=$(pg_cpu); t0=$(now)
-(cd "$ROOT" && exec "$BIN" run) >"$WORK/worker.log" 2>&1 & WORKER_PID=$!
+(cd "$ROOT" && exec "$BIN" ${WORKER_ARGS:-} run) >"$WORK/worker.log" 2>&1 & WORKER_PID=$!
+# PERF=1: sample the whole machine (call graphs) during the drain, report per process.
+if [ "${PERF:-0}" = 1 ]; then perf record -a -g -F 499 -o "$WORK/perf.data" >/dev/null 2>&1 & PERF_PID=$!; fi
 applied_s= ; acked_s= ; rss=0
 while :; do
     rss=$(awk '/VmHWM/{print $2}' "/proc/$WORKER_PID/status")
@@ -77,6 +79,10 @@ rss=$(awk '/VmHWM/{print $2}' "/proc/$WORKER_PID/status")
 backends=$(psqlv -F ' ' -c "SELECT pid, coalesce(nullif(application_name, ''), backend_type) FROM pg_stat_activity WHERE application_name LIKE 'cdc-worker%' OR backend_type = 'walsender'" \
     | while read -r pid name; do printf '%s=%.1fs ' "$name" "$(proc_cpu "$pid")"; done)
 pg_worker=$(echo "$(pg_cpu) - $pg0" | bc)
+if [ -n "${PERF_PID:-}" ]; then
+    kill -INT "$PERF_PID"; wait "$PERF_PID" || true
+    psqlv -F ' ' -c "SELECT pid, coalesce(nullif(application_name, ''), backend_type) FROM pg_stat_activity" >"$WORK/pids"
+fi
 kill -TERM $WORKER_PID; wait $WORKER_PID || true; WORKER_PID=
 batches=$(grep -c 'applied batch' "$WORK/worker.log" || true)
 
@@ -98,5 +104,14 @@ printf 'ratio worker(applied)/pg_recvlogical = %.2f ; worker(confirmed)/pg_recvl
     "$(echo "$applied_s / $recv_s" | bc -l)" "$(echo "$acked_s / $recv_s" | bc -l)"
 echo "summary rows differing from the summary query: $diff"
 echo "(worker log: $batches 'applied batch' debug lines; set CDC_LOG=info,cdc_worker=debug to see them)"
+if [ -n "${PERF_PID:-}" ]; then
+    set +e +o pipefail
+    cp "$WORK/perf.data" "${PERF_OUT:-/tmp/backlog.perf.data}" && cp "$WORK/pids" "${PERF_OUT:-/tmp/backlog.perf.data}.pids"
+    echo; echo "perf: share of samples by process (postgres backends named from pg_stat_activity), then top symbols"
+    perf report -i "$WORK/perf.data" --no-children --sort pid --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -8 \
+        | while read -r pct pidcomm; do pid=${pidcomm%%:*}; printf '  %-8s %-28s %s\n' "$pct" "$pidcomm" "$(awk -v p="$pid" '$1==p{print $2}' "$WORK/pids")"; done
+    perf report -i "$WORK/perf.data" --no-children --sort pid,dso,symbol --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -${PERF_TOP:-40}
+    echo "perf data: ${PERF_OUT:-/tmp/backlog.perf.data} (perf report -i ... --sort pid,symbol)"
+fi
 [ "${SHOW_LOG:-0}" = 1 ] && tail -20 "$WORK/worker.log"
 exit 0

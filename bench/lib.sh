@@ -95,5 +95,5 @@ SQL
 }
 
 machine() {
-    echo "nproc=$(nproc); mem=$(free -g | awk '/Mem:/{print $2" GiB"}'); cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'); $(date -u +%FT%TZ); $("$PGBIN/postgres" --version); worker $(git -C "$ROOT" rev-parse --short HEAD)"
+    echo "nproc=$(nproc); mem=$(free -g | awk '/Mem:/{print $2" GiB"}'); cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'); $(date -u +%FT%TZ); $("$PGBIN/postgres" --version); worker $(git -C "$ROOT" rev-parse --short HEAD); loadavg $(cut -d" " -f1-3 /proc/loadavg)"
 }
