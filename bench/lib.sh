@@ -1,0 +1,99 @@
+# Shared helpers for the bench/*.sh scripts: a throw-away Postgres 15 cluster on a free
+# loopback port, the reference schema with generated data, and the worker binary.
+# Sourced, not run. Everything lives under $WORK (a fresh /tmp dir) and is removed on exit
+# unless KEEP=1.
+
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+BIN=${CDC_BIN:-$ROOT/target/release/cdc-worker}
+WORK=$(mktemp -d /tmp/cdcbench.XXXXXX)
+chmod 755 "$WORK"
+PGDATA_DIR=$WORK/data
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+export DATABASE_URL="postgresql://postgres@127.0.0.1:$PORT/bench"
+# An empty CDC_METRICS_ADDR does not disable metrics (empty env values are ignored), so
+# give the metrics endpoint its own free port rather than the shared default 9187.
+export CDC_METRICS_ADDR=127.0.0.1:$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+export PGHOST=127.0.0.1 PGPORT=$PORT PGUSER=postgres PGDATABASE=bench
+
+# Postgres refuses to run as root: run its binaries as the postgres OS user then.
+as_pg() {
+    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+psqlq() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 "$@"; }
+psqlv() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -tA "$@"; }
+
+start_cluster() {
+    [ -x "$BIN" ] || { echo "build the worker first: cargo build --release" >&2; exit 1; }
+    if [ "$(id -u)" = 0 ]; then chown postgres "$WORK"; fi
+    as_pg "$PGBIN/initdb" -D "$PGDATA_DIR" -A trust -U postgres --no-sync >/dev/null
+    as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$WORK/postgres.log" -w start -o \
+        "-p $PORT -k $WORK -c listen_addresses=127.0.0.1 -c wal_level=logical \
+         -c track_commit_timestamp=on -c max_wal_size=8GB -c shared_buffers=1GB \
+         -c max_connections=50 -c max_replication_slots=10 -c max_wal_senders=10 \
+         ${PG_EXTRA_OPTS:-}" >/dev/null
+    trap stop_cluster EXIT
+    "$PGBIN/createdb" bench
+    echo "# cluster: port $PORT, data $PGDATA_DIR"
+}
+
+WORKER_PID=
+stop_cluster() {
+    set +e
+    [ -n "$WORKER_PID" ] && kill "$WORKER_PID" 2>/dev/null && wait "$WORKER_PID" 2>/dev/null
+    [ -n "${RECEIVER_PID:-}" ] && kill "$RECEIVER_PID" 2>/dev/null
+    as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -m immediate stop >/dev/null 2>&1
+    if [ "${KEEP:-0}" = 1 ]; then echo "# kept $WORK"; else rm -rf "$WORK"; fi
+}
+
+# load_data PRODUCTS [STORES]: reference schema (sql/source_schema.sql) plus PRODUCTS
+# products over STORES stores, each with a USD and an EUR price, 2 inventory rows and 1-3
+# images. Ids are text, as Prisma makes them.
+load_data() {
+    local n=$1 stores=${2:-100}
+    psqlq -f "$ROOT/sql/source_schema.sql"
+    psqlq <<SQL
+INSERT INTO "Product" ("id","storeId","title","description","active","updatedAt")
+SELECT 'p' || lpad(g::text, 7, '0'), 's' || (g % $stores + 1), 'Product ' || md5(g::text),
+       'Description of product ' || g, g % 10 <> 0, now()
+FROM generate_series(1, $n) g;
+INSERT INTO "Price" ("id","productId","currency","amount")
+SELECT 'pr' || c || g, 'p' || lpad(g::text, 7, '0'), c, 100 + g % 9000
+FROM generate_series(1, $n) g, unnest(ARRAY['USD','EUR']) c;
+INSERT INTO "Inventory" ("id","productId","locationId","quantity","reserved")
+SELECT 'inv' || l || '-' || g, 'p' || lpad(g::text, 7, '0'), 'loc' || l, 10 + (g * l) % 50, g % 3
+FROM generate_series(1, $n) g, generate_series(1, 2) l;
+INSERT INTO "ProductImage" ("id","productId","url","position")
+SELECT 'img' || k || '-' || g, 'p' || lpad(g::text, 7, '0'),
+       'https://cdn.example.com/p' || g || '/' || k || '.jpg', k
+FROM generate_series(1, $n) g, generate_series(1, 3) k WHERE k <= 1 + g % 3;
+VACUUM ANALYZE;
+SQL
+}
+
+# Runs `cdc-worker setup` quietly (publication, slot, state schema, summary, backfill).
+worker_setup() {
+    (cd "$ROOT" && CDC_LOG=warn "$BIN" setup) >"$WORK/setup.log" 2>&1 \
+        || { cat "$WORK/setup.log"; exit 1; }
+}
+
+# Rows where ProductSummary and the summary query (sql/summary_query.sql, $1 = 'USD')
+# disagree, counted both ways (must be 0).
+summary_diff() {
+    local q
+    q=$(grep -v '^ *--' "$ROOT/sql/summary_query.sql" | sed "s/\\\$1/'USD'/g")
+    psqlv <<SQL
+WITH want AS ($q),
+have AS (SELECT "productId", "storeId", "title", "price", "active", "inventoryAvailable",
+                "primaryImageUrl" FROM "ProductSummary")
+SELECT (SELECT count(*) FROM (SELECT * FROM want EXCEPT SELECT * FROM have) a)
+     + (SELECT count(*) FROM (SELECT * FROM have EXCEPT SELECT * FROM want) b);
+SQL
+}
+
+machine() {
+    echo "nproc=$(nproc); mem=$(free -g | awk '/Mem:/{print $2" GiB"}'); cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'); $(date -u +%FT%TZ); $("$PGBIN/postgres" --version); worker $(git -C "$ROOT" rev-parse --short HEAD); loadavg $(cut -d" " -f1-3 /proc/loadavg)"
+}
