@@ -825,3 +825,56 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("binding an ephemeral port")
 }
+
+// ---- Source data and the summary it should produce ------------------------------------
+
+const SUMMARY_QUERY: &str = include_str!("../../sql/summary_query.sql");
+
+/// Rows on which the summary table and the summary query disagree (both directions).
+pub async fn drift(c: &tokio_postgres::Client) -> i64 {
+    let query = SUMMARY_QUERY
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("$1", "'USD'");
+    let sql = format!(
+        "WITH want AS (SELECT product_id, store_id, title, price, active, inventory_available, \
+         primary_image_url FROM ({query}) q), \
+         have AS (SELECT \"productId\", \"storeId\", title, price, active, \"inventoryAvailable\", \
+         \"primaryImageUrl\" FROM \"ProductSummary\") \
+         SELECT (SELECT count(*) FROM (SELECT * FROM want EXCEPT SELECT * FROM have) a) + \
+                (SELECT count(*) FROM (SELECT * FROM have EXCEPT SELECT * FROM want) b)"
+    );
+    c.query_one(&sql, &[]).await.unwrap().get(0)
+}
+
+pub async fn wait_converged(c: &tokio_postgres::Client, what: &str) {
+    wait_until(Duration::from_secs(10), what, || async {
+        drift(c).await == 0
+    })
+    .await;
+}
+
+/// Products p{from}..=p{to} in stores s{n % 3}, each with a USD price, two inventory rows
+/// and an image.
+pub async fn seed(c: &tokio_postgres::Client, from: i32, to: i32) {
+    c.batch_execute(&format!(
+        "INSERT INTO \"Product\"(id, \"storeId\", title) SELECT 'p'||g, 's'||(g % 3), 'Product '||g FROM generate_series({from},{to}) g;
+         INSERT INTO \"Price\"(id, \"productId\", currency, amount) SELECT 'usd'||g, 'p'||g, 'USD', 100*g FROM generate_series({from},{to}) g;
+         INSERT INTO \"Inventory\"(id, \"productId\", \"locationId\", quantity, reserved) SELECT 'inv'||g||'-'||l, 'p'||g, 'l'||l, 10, 3 FROM generate_series({from},{to}) g, generate_series(1,2) l;
+         INSERT INTO \"ProductImage\"(id, \"productId\", url, position) SELECT 'img'||g, 'p'||g, 'https://cdn/'||g||'.jpg', 1 FROM generate_series({from},{to}) g;"
+    ))
+    .await
+    .unwrap();
+}
+
+pub async fn summary_of(c: &tokio_postgres::Client, product: &str) -> Option<tokio_postgres::Row> {
+    c.query_opt(
+        "SELECT \"storeId\", title, price, active, \"inventoryAvailable\", \"primaryImageUrl\", \"updatedAt\", id \
+         FROM \"ProductSummary\" WHERE \"productId\" = $1",
+        &[&product],
+    )
+    .await
+    .unwrap()
+}
