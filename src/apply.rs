@@ -119,12 +119,7 @@ impl Applier {
         let select = summary_select(cfg)?;
         let prepare = |sql: String| {
             let client = &client;
-            async move {
-                client
-                    .prepare(&sql)
-                    .await
-                    .with_context(|| format!("preparing: {sql}"))
-            }
+            async move { crate::db::prepare(client, &sql).await }
         };
         let stmts = Statements {
             lock: prepare("SELECT pg_advisory_xact_lock($1::int4, $2::int4)".into()).await?,

@@ -332,6 +332,16 @@ impl ServerCertVerifier for ChainOnly {
     }
 }
 
+/// Prepares `sql`, naming the statement in the error: a failure here usually means a
+/// table, column or the summary query does not match the database.
+pub async fn prepare(client: &Client, sql: &str) -> anyhow::Result<tokio_postgres::Statement> {
+    use anyhow::Context as _;
+    client
+        .prepare(sql)
+        .await
+        .with_context(|| format!("preparing: {sql}"))
+}
+
 /// Replaces the password of a Postgres URL with `***`, for messages about a URL we could
 /// not even parse.
 pub fn redact_url(url: &str) -> String {

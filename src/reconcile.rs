@@ -540,10 +540,7 @@ impl Pager {
                 )
             }
         };
-        let stmt = client
-            .prepare(&sql)
-            .await
-            .with_context(|| format!("preparing: {sql}"))?;
+        let stmt = crate::db::prepare(&client, &sql).await?;
         Ok(Pager {
             client,
             stmt,
@@ -626,12 +623,7 @@ impl Comparer {
     async fn new(client: Client, cfg: &Config) -> anyhow::Result<Comparer> {
         let prepare = |sql: String| {
             let client = &client;
-            async move {
-                client
-                    .prepare(&sql)
-                    .await
-                    .with_context(|| format!("preparing: {sql}"))
-            }
+            async move { crate::db::prepare(client, &sql).await }
         };
         let bounded = prepare(compare_sql(
             cfg,
@@ -712,10 +704,7 @@ impl Checker {
             summary_select(cfg)?,
             table_select(cfg)
         );
-        let detail = client
-            .prepare(&sql)
-            .await
-            .with_context(|| format!("preparing: {sql}"))?;
+        let detail = crate::db::prepare(&client, &sql).await?;
         Ok(Checker {
             client,
             detail,
