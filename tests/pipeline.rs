@@ -573,3 +573,57 @@ async fn a_change_is_never_read_before_it_is_visible() {
         .unwrap();
     c.batch_execute("SELECT pg_reload_conf()").await.unwrap();
 }
+
+/// sslmode=verify-full checks the server certificate against sslrootcert and the host
+/// name, on the query connection and the replication connection alike.
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_full_checks_the_certificate_on_both_connections() {
+    let cluster = Cluster::shared();
+    let Some(cert) = cluster.ssl_cert.clone() else {
+        // An external server given by CDC_TEST_DATABASE_URL: its CA is not known here.
+        eprintln!("no local cluster certificate; verify-full is tested on the local cluster only");
+        return;
+    };
+    let (db, c, _w) = started("verify_full", 5).await;
+    drop(_w);
+    // The test certificate names localhost. (pgwire-replication refuses verify-full with an
+    // IP address for a host; managed Postgres is reached by name anyway.)
+    let good = format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        db.url.replacen("@127.0.0.1:", "@localhost:", 1),
+        cert.display()
+    );
+    assert_ne!(
+        good,
+        format!(
+            "{}?sslmode=verify-full&sslrootcert={}",
+            db.url,
+            cert.display()
+        )
+    );
+    let w = WorkerProcess::start(&db, &["run"], &[("DATABASE_URL", &good)]);
+    w.wait_for_log(Duration::from_secs(20), "streaming").await;
+    c.batch_execute("UPDATE \"Product\" SET title = 'verified' WHERE id = 'p1'")
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(5),
+        "change applied over verify-full",
+        || async { summary_of(&c, "p1").await.unwrap().get::<_, String>(1) == "verified" },
+    )
+    .await;
+    drop(w);
+
+    // Against the public roots instead of the test CA, the certificate is refused.
+    let untrusted = format!(
+        "{}?sslmode=verify-full",
+        db.url.replacen("@127.0.0.1:", "@localhost:", 1)
+    );
+    let out = WorkerProcess::run_to_end(&db, &["setup"], &[("DATABASE_URL", &untrusted)]);
+    assert!(!out.success, "{}", out.output);
+    assert!(
+        out.output.to_lowercase().contains("certificate"),
+        "the error should name the certificate:\n{}",
+        out.output
+    );
+}
