@@ -152,10 +152,15 @@ impl TagTemplates {
         };
         let mut render = |templates: &[String], store: &str| {
             for t in templates {
-                out.insert(
-                    t.replace("{productId}", &row.product_id)
-                        .replace("{storeId}", store),
-                );
+                let tag = t
+                    .replace("{productId}", &row.product_id)
+                    .replace("{storeId}", store);
+                // Next.js ignores such a tag without a word; say so here instead.
+                if tag.len() > 256 || tag.contains(',') {
+                    tracing::warn!(%tag, "cache tag longer than 256 characters or with a comma: Next.js would ignore it; not sent");
+                    continue;
+                }
+                out.insert(tag);
             }
         };
         render(&self.always, &row.store_id);
@@ -312,6 +317,25 @@ mod tests {
         );
         assert!(!tags.contains("inventory:p"));
         assert!(tags.contains("product:p"));
+    }
+
+    #[test]
+    fn unusable_tags_are_not_sent() {
+        let mut long = row("p", "s1", 5);
+        long.product_id = "x".repeat(300);
+        let mut tags = BTreeSet::new();
+        templates().tags_of(&Change::Insert(&long), &mut tags);
+        assert_eq!(
+            tags.into_iter().collect::<Vec<_>>(),
+            vec!["store:s1:products"]
+        );
+        let comma = row("a,b", "s1", 5);
+        let mut tags = BTreeSet::new();
+        templates().tags_of(&Change::Insert(&comma), &mut tags);
+        assert_eq!(
+            tags.into_iter().collect::<Vec<_>>(),
+            vec!["store:s1:products"]
+        );
     }
 
     #[test]
