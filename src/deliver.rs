@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use hmac::{Hmac, Mac};
 use rand::Rng;
 use sha2::Sha256;
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use tokio_postgres::Client;
 
 use crate::config::Config;
@@ -101,7 +101,7 @@ pub fn spawn(
     cfg: &Config,
     db: &Database,
     metrics: Arc<Metrics>,
-    notify: Arc<Notify>,
+    enqueued: &watch::Sender<u64>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let http = http_client(cfg);
     cfg.revalidate
@@ -118,7 +118,7 @@ pub fn spawn(
                 window: Duration::from_millis(cfg.revalidate.window_ms),
                 http: http.clone(),
                 metrics: metrics.clone(),
-                notify: notify.clone(),
+                enqueued: enqueued.subscribe(),
             };
             let db = db.clone();
             tokio::spawn(async move { endpoint.run(db).await })
@@ -136,7 +136,9 @@ struct Endpoint {
     window: Duration,
     http: reqwest::Client,
     metrics: Arc<Metrics>,
-    notify: Arc<Notify>,
+    /// Bumped by apply whenever it enqueued tags. A watch, not a Notify: each endpoint
+    /// sees every bump even if it was busy sending when it happened.
+    enqueued: watch::Receiver<u64>,
 }
 
 /// One coalesced request: the distinct tags of outbox rows up to `last_id`.
@@ -148,7 +150,7 @@ struct Pending {
 
 impl Endpoint {
     /// Reconnects to the database on failure; never returns.
-    async fn run(&self, db: Database) {
+    async fn run(mut self, db: Database) {
         let mut attempt = 0;
         loop {
             match db.connect("cdc-worker/deliver").await {
@@ -167,7 +169,7 @@ impl Endpoint {
         }
     }
 
-    async fn serve(&self, client: &Client) -> anyhow::Result<()> {
+    async fn serve(&mut self, client: &Client) -> anyhow::Result<()> {
         let s = &self.schema;
         client
             .execute(
@@ -212,7 +214,7 @@ impl Endpoint {
         loop {
             let Some(pending) = self.next_batch(client, &fetch, cursor).await? else {
                 // Nothing to send: sleep until woken by apply or the poll interval.
-                let _ = tokio::time::timeout(POLL, self.notify.notified()).await;
+                let _ = tokio::time::timeout(POLL, self.enqueued.changed()).await;
                 // Let the rest of a burst arrive, so one request carries it.
                 tokio::time::sleep(self.window).await;
                 continue;

@@ -169,7 +169,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         db,
         metrics,
         shutdown: stop_rx,
-        outbox_notify: Arc::new(tokio::sync::Notify::new()),
+        outbox_enqueued: Arc::new(watch::channel(0).0),
     };
     cdc_worker::run::run(&ctx).await
 }

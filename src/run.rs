@@ -32,8 +32,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Becomes true on SIGTERM/SIGINT.
     pub shutdown: watch::Receiver<bool>,
-    /// Wakes the deliverer after a batch enqueued tags.
-    pub outbox_notify: Arc<tokio::sync::Notify>,
+    /// Bumped after a batch enqueued tags, to wake the deliverers.
+    pub outbox_enqueued: Arc<watch::Sender<u64>>,
 }
 
 /// Runs sessions until shutdown, retrying transient failures with backoff.
@@ -104,13 +104,13 @@ async fn session(ctx: &Context) -> anyhow::Result<()> {
     let (batch_tx, mut batch_rx) = mpsc::channel::<Batch>(1);
     let (done_tx, mut done_rx) = mpsc::channel::<anyhow::Result<(Applied, Option<Lsn>)>>(1);
     let metrics = ctx.metrics.clone();
-    let notify = ctx.outbox_notify.clone();
+    let enqueued = ctx.outbox_enqueued.clone();
     let chunk = cfg.batch.max_products;
     let apply_task = tokio::spawn(async move {
         while let Some(batch) = batch_rx.recv().await {
             let result = apply_batch(&mut applier, batch, chunk, &metrics).await;
             if matches!(&result, Ok((a, _)) if a.tags > 0) {
-                notify.notify_one();
+                enqueued.send_modify(|n| *n += 1);
             }
             let failed = result.is_err();
             if done_tx.send(result).await.is_err() || failed {
@@ -122,8 +122,7 @@ async fn session(ctx: &Context) -> anyhow::Result<()> {
     let heartbeat = tokio::spawn(heartbeat(ctx.db.clone(), cfg.heartbeat()));
     // Delivery runs beside the stream and never holds it up: Next.js being down only
     // lets tags wait in the outbox.
-    let deliverers =
-        crate::deliver::spawn(cfg, &ctx.db, ctx.metrics.clone(), ctx.outbox_notify.clone());
+    let deliverers = crate::deliver::spawn(cfg, &ctx.db, ctx.metrics.clone(), &ctx.outbox_enqueued);
     let result = stream_loop(ctx, &mut stream, &batch_tx, &mut done_rx, start).await;
     heartbeat.abort();
     drop(batch_tx);
