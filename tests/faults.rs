@@ -517,3 +517,55 @@ async fn a_refused_revalidation_is_kept_not_retried() {
         .iter()
         .any(|(t, _)| t == "product:p1"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_endpoint_down_neither_blocks_nor_repeats_the_other() {
+    let up = receiver().await;
+    let down = receiver().await;
+    down.mode.store(FAIL_500, Ordering::SeqCst);
+    let (db, c) = prepared(Cluster::shared(), "fault_fanout", 10).await;
+    let urls = format!("{},{}", up.url, down.url);
+    let _w = WorkerProcess::start(
+        &db,
+        &["run"],
+        &[
+            ("CDC_REVALIDATE_URLS", &urls),
+            ("CDC_REVALIDATE_SECRET", SECRET),
+        ],
+    );
+    for i in 1..=5 {
+        c.batch_execute(&format!(
+            "UPDATE \"Product\" SET title = 'v{i}' WHERE id = 'p{i}'"
+        ))
+        .await
+        .unwrap();
+    }
+    wait_until(
+        Duration::from_secs(10),
+        "the healthy endpoint gets every tag",
+        || async {
+            let got = up.received.lock().unwrap();
+            (1..=5).all(|i| got.iter().any(|(t, _)| *t == format!("product:p{i}")))
+        },
+    )
+    .await;
+    assert!(down.received.lock().unwrap().is_empty());
+    down.mode.store(OK, Ordering::SeqCst);
+    wait_until(
+        Duration::from_secs(20),
+        "the recovered endpoint catches up",
+        || async {
+            let got = down.received.lock().unwrap();
+            (1..=5).all(|i| got.iter().any(|(t, _)| *t == format!("product:p{i}")))
+        },
+    )
+    .await;
+    let got = up.received.lock().unwrap();
+    for i in 1..=5 {
+        let n = got
+            .iter()
+            .filter(|(t, _)| *t == format!("product:p{i}"))
+            .count();
+        assert_eq!(n, 1, "product:p{i} sent {n} times to the healthy endpoint");
+    }
+}
