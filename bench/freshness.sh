@@ -105,9 +105,12 @@ SQL
         printf '%6s %8.0f %8s | %8s %8s %8s | %8s %8s %8s | %s/%s %s\n' "$rate" "$tps" "$n" "$s50" "$s99" "$smax" "$e50" "$e99" "$emax" "$ns" "$ne" "$stale"
     done
 done
+sleep 2   # the worker is idle now: every change must have reached the summary
 echo
+echo "after the run: summary rows differing from the summary query: $(summary_diff) of $N"
 echo "pgbench: -c $CLIENTS -j 2 -M prepared -T $SECS, 4/5 Inventory and 1/5 Price single-row updates over $N products"
 echo "stale = first summary write after the source commit still showed the old value (the apply read"
-echo "        the source before that commit was visible to it); such a change waits for the product's next change"
+echo "        the source before that commit was visible to it), or, when that write's apply transaction took its"
+echo "        snapshot before the commit and committed after it, the next apply catches up (then it is still measured)"
 echo "worker errors/warnings: $(grep -cE 'WARN|ERROR' "$WORK/worker.log" || true)"
 exit 0

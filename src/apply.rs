@@ -8,9 +8,11 @@ use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
+use futures_util::TryStreamExt;
 use pgwire_replication::Lsn;
 use tokio_postgres::types::PgLsn;
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, RowStream, Statement};
 
 use crate::config::Config;
 use crate::db::Database;
@@ -240,10 +242,14 @@ impl Applier {
         };
         if !ids.is_empty() {
             let desired = rows(
-                tx.query(&self.stmts.desired, &[&self.currency, &ids])
-                    .await?,
-            )?;
-            let current = rows(tx.query(&self.stmts.current, &[&ids]).await?)?;
+                tx.query_raw(
+                    &self.stmts.desired,
+                    [&self.currency as &(dyn ToSql + Sync), &ids],
+                )
+                .await?,
+            )
+            .await?;
+            let current = rows(tx.query_raw(&self.stmts.current, [&ids]).await?).await?;
             let changes = diff(&desired, &current);
             let mut up = Upserts::default();
             let mut deletes = Vec::new();
@@ -346,10 +352,15 @@ pub async fn read_checkpoint(
     Ok(row.map(|r| Lsn(u64::from(r.get::<_, PgLsn>(0)))))
 }
 
-fn rows(rows: Vec<tokio_postgres::Row>) -> anyhow::Result<Vec<SummaryRow>> {
-    rows.iter()
-        .map(|r| SummaryRow::from_row(r).context("reading a summary row"))
-        .collect()
+/// Converts rows as they arrive, so a large batch never holds both the wire rows and
+/// their `SummaryRow` copies (the wire rows were the largest item of the peak heap).
+async fn rows(stream: RowStream) -> anyhow::Result<Vec<SummaryRow>> {
+    futures_util::pin_mut!(stream);
+    let mut out = Vec::new();
+    while let Some(row) = stream.try_next().await? {
+        out.push(SummaryRow::from_row(&row).context("reading a summary row")?);
+    }
+    Ok(out)
 }
 
 /// Column arrays for the set-based upsert (one statement per batch, not one per row).
