@@ -1,13 +1,12 @@
-//! Batch: dirty product ids coalesce across transactions until apply is free, or a size
-//! bound is hit. Under backlog apply stays busy, so batches grow and the cost follows the
-//! number of distinct products rather than the number of changes.
+//! Batch: dirty product ids coalesce across transactions until apply is free, or the
+//! `max_pending` bound is hit. Under backlog apply stays busy, so batches grow and the
+//! cost follows the number of distinct products rather than the number of changes.
 
 use std::collections::HashSet;
-use std::time::Instant;
 
 use pgwire_replication::Lsn;
 
-/// The work of one apply transaction.
+/// The work handed to apply at once (applied in parts of `max_products`).
 #[derive(Debug, Default)]
 pub struct Batch {
     /// Products to recompute.
@@ -22,8 +21,6 @@ pub struct Batch {
     pub commit_time_micros: Option<i64>,
     /// Commit time of the oldest transaction in the batch.
     pub oldest_commit_micros: Option<i64>,
-    /// When the first committed change joined, to bound how long it waits.
-    pub first_commit_at: Option<Instant>,
     /// Transaction ids of the transactions in the batch: apply waits until they are
     /// visible before it reads the source (see `Applier::apply`).
     pub xids: Vec<u32>,
@@ -56,7 +53,6 @@ impl Batch {
         self.lsn = Some(end_lsn);
         self.commit_time_micros = Some(commit_time_micros);
         self.oldest_commit_micros.get_or_insert(commit_time_micros);
-        self.first_commit_at.get_or_insert_with(Instant::now);
         self.transactions += 1;
     }
 
