@@ -53,8 +53,8 @@ pub struct Metrics {
     last_applied_commit: AtomicI64,
     /// Whether the stream is running (readyz).
     streaming: AtomicBool,
-    /// Readiness threshold for lag_seconds.
-    ready_max_lag: AtomicU64,
+    /// /readyz fails above this lag.
+    ready_max_lag: Duration,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -65,7 +65,9 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
 }
 
 impl Metrics {
-    pub fn new() -> Arc<Metrics> {
+    /// `heartbeat`: the WAL heartbeat interval; an idle but healthy worker's lag stays
+    /// below it, so readiness allows three of them (at least 30 s).
+    pub fn new(heartbeat: Duration) -> Arc<Metrics> {
         let mut registry = Registry::default();
         let m = Metrics {
             lag_bytes: Gauge::default(),
@@ -85,7 +87,7 @@ impl Metrics {
             slot_recreated: Counter::default(),
             last_applied_commit: AtomicI64::new(0),
             streaming: AtomicBool::new(false),
-            ready_max_lag: AtomicU64::new(30),
+            ready_max_lag: (heartbeat * 3).max(Duration::from_secs(30)),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -216,16 +218,12 @@ impl Metrics {
         self.leader.set(i64::from(on));
     }
 
-    pub fn set_ready_max_lag(&self, secs: u64) {
-        self.ready_max_lag.store(secs, Ordering::Relaxed);
-    }
-
     /// Streaming, and the newest applied commit is recent (heartbeats keep it so).
     pub fn is_ready(&self) -> Result<(), String> {
         if !self.streaming.load(Ordering::Relaxed) {
             return Err("not streaming (standby, starting, or reconnecting)".into());
         }
-        let max = Duration::from_secs(self.ready_max_lag.load(Ordering::Relaxed));
+        let max = self.ready_max_lag;
         match self.applied_age() {
             Some(age) if age > max => Err(format!(
                 "lag {:.1}s exceeds {}s",
