@@ -75,6 +75,14 @@ impl Database {
                 _ => kept.push(pair),
             }
         }
+        if let Some(path) = &root_cert {
+            if let Err(e) = std::fs::metadata(path) {
+                anyhow::bail!(
+                    "DATABASE_URL {shown}: sslrootcert={} cannot be read ({e})",
+                    path.display()
+                );
+            }
+        }
         let rebuilt = if kept.is_empty() {
             base.to_string()
         } else {
@@ -417,12 +425,26 @@ mod tests {
 
     #[test]
     fn verify_full_with_root_cert() {
-        let db =
-            Database::parse("postgres://u:p@h/d?sslmode=verify-full&sslrootcert=/etc/ca%20x.pem")
-                .unwrap();
+        let dir = std::env::temp_dir().join(format!("cdcw-ca {}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("ca.pem"), "").unwrap();
+        let url = format!(
+            "postgres://u:p@h/d?sslmode=verify-full&sslrootcert={}/ca.pem",
+            dir.display().to_string().replace(' ', "%20")
+        );
+        let db = Database::parse(&url).unwrap();
         assert_eq!(db.ssl, SslMode::VerifyFull);
-        assert_eq!(db.root_cert, Some(PathBuf::from("/etc/ca x.pem")));
+        assert_eq!(db.root_cert, Some(dir.join("ca.pem")));
         assert!(db.replication("s", "p").tls.mode.verifies_hostname());
+        let missing =
+            Database::parse("postgres://u:p@h/d?sslmode=verify-full&sslrootcert=/nope.pem")
+                .err()
+                .unwrap()
+                .to_string();
+        assert!(
+            missing.contains("sslrootcert=/nope.pem cannot be read"),
+            "{missing}"
+        );
     }
 
     #[test]
