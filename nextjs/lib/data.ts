@@ -38,16 +38,8 @@ const select = {
   updatedAt: true,
 } as const;
 
-type Row = {
-  productId: string;
-  storeId: string;
-  title: string;
-  price: number;
-  active: boolean;
-  inventoryAvailable: number;
-  primaryImageUrl: string | null;
-  updatedAt: Date;
-};
+/** A row as Prisma returns it: the same fields, with updatedAt still a Date. */
+type Row = Omit<ProductSummary, "updatedAt"> & { updatedAt: Date };
 
 function toSummary(r: Row): ProductSummary {
   return { ...r, updatedAt: r.updatedAt.toISOString() };
