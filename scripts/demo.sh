@@ -3,6 +3,7 @@
 # live traffic, the worker keeping ProductSummary fresh, and the example storefront being
 # revalidated. Ctrl-C stops everything. DEMO_STOREFRONT=0 skips the Next.js part.
 set -euo pipefail
+set -m # background jobs get their own process groups (see cleanup)
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 PORT=${DEMO_PG_PORT:-55433}
@@ -18,7 +19,9 @@ PSQL=(psql -X -q -h 127.0.0.1 -p "$PORT" -U postgres)
 pids=()
 cleanup() {
   echo; echo "demo: stopping"
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # Each background job leads its own process group (set -m below): kill the groups, so
+  # children such as next start's server process go too.
+  for p in "${pids[@]}"; do kill -- "-$p" 2>/dev/null || kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   as_pg "$PGBIN/pg_ctl" -D "$DIR/data" -m fast stop >/dev/null 2>&1 || true
 }

@@ -44,7 +44,12 @@ struct NextServer {
 
 impl Drop for NextServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // `next start` runs the server in a child process: kill the whole group, or that
+        // child outlives the test.
+        // SAFETY: kill(2) on the process group of our own, not yet reaped, child.
+        unsafe {
+            libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL);
+        }
         let _ = self.child.wait();
     }
 }
@@ -55,7 +60,9 @@ fn start_next(database_url: &str) -> NextServer {
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("next-{port}.log")),
     )
     .unwrap();
+    use std::os::unix::process::CommandExt;
     let child = Command::new("npx")
+        .process_group(0)
         .args(["next", "start", "-p", &port.to_string(), "-H", "127.0.0.1"])
         .current_dir(nextjs_dir())
         .env("DATABASE_URL", database_url)
