@@ -1,7 +1,7 @@
-//! Apply: one transaction per batch recomputes the summary rows of the dirty products
-//! from the source tables, writes only the rows that really changed, deletes rows whose
-//! product is gone, enqueues the cache tags of what changed, and stores the checkpoint,
-//! all atomically. Replaying a batch therefore writes nothing new, which turns the
+//! Apply: one transaction per batch (per `max_products` of a large one) recomputes the
+//! summary rows of the dirty products from the source tables, writes only the rows that
+//! really changed, deletes rows whose product is gone, enqueues the cache tags of what
+//! changed, and stores the checkpoint, all atomically. Replaying a batch therefore writes nothing new, which turns the
 //! slot's at-least-once delivery into exactly-once effects.
 
 use std::collections::BTreeSet;
@@ -198,15 +198,41 @@ impl Applier {
         &self.client
     }
 
-    /// Recomputes `ids` and, when `lsn` is given, moves the checkpoint there, in one
-    /// transaction. `commit_time` is the source commit time carried into the outbox.
+    /// Recomputes `ids` and, when `lsn` is given, moves the checkpoint there. Up to
+    /// `batch.max_products` ids take one transaction; more are applied in parts, sorted so
+    /// each part walks the indexes in order, and the checkpoint moves with the last part
+    /// only, so a crash in between redoes them all. `commit_time` is the source commit
+    /// time carried into the outbox.
     ///
     /// `xids` are the source transactions that made these products dirty. Postgres streams
     /// a transaction as soon as its commit record is flushed, a moment before other
     /// sessions can see its rows; a recompute in that moment would read the old rows and,
-    /// with no later change to the product, keep them. So we first wait until the
+    /// with no later change to the product, keep them. So the first part waits until the
     /// snapshot sees every one of them.
     pub async fn apply(
+        &mut self,
+        ids: &mut [String],
+        xids: &[u32],
+        lsn: Option<Lsn>,
+        commit_time: Option<SystemTime>,
+    ) -> anyhow::Result<Applied> {
+        let part_size = self.page_size as usize;
+        if ids.len() <= part_size {
+            return self.apply_part(ids, xids, lsn, commit_time).await;
+        }
+        ids.sort_unstable();
+        let parts = ids.len().div_ceil(part_size);
+        let mut total = Applied::default();
+        for (i, part) in ids.chunks(part_size).enumerate() {
+            let xids = if i == 0 { xids } else { &[] };
+            let lsn = if i + 1 == parts { lsn } else { None };
+            total.add(self.apply_part(part, xids, lsn, commit_time).await?);
+        }
+        Ok(total)
+    }
+
+    /// One apply transaction (see [`Applier::apply`]).
+    async fn apply_part(
         &mut self,
         ids: &[String],
         xids: &[u32],
@@ -216,25 +242,8 @@ impl Applier {
         let tx = self.client.transaction().await?;
         tx.execute(&self.stmts.lock, &[&APPLY_LOCK_CLASS, &self.lock_key])
             .await?;
-        if !xids.is_empty() {
-            let xids: Vec<i64> = xids.iter().map(|&x| i64::from(x)).collect();
-            let started = std::time::Instant::now();
-            let mut warned = false;
-            loop {
-                let invisible: i64 = tx.query_one(&self.stmts.invisible, &[&xids]).await?.get(0);
-                if invisible == 0 {
-                    break;
-                }
-                if !warned && started.elapsed() > Duration::from_secs(5) {
-                    tracing::warn!(
-                        invisible,
-                        "transactions already streamed are still not visible after 5 s \
-                         (a commit waiting for synchronous replication?); waiting"
-                    );
-                    warned = true;
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+        if !ids.is_empty() && !xids.is_empty() {
+            wait_visible(&tx, &self.stmts.invisible, xids).await?;
         }
         let mut applied = Applied {
             products: ids.len(),
@@ -318,7 +327,7 @@ impl Applier {
         let mut total = Applied::default();
         let mut after = String::new();
         loop {
-            let ids: Vec<String> = self
+            let mut ids: Vec<String> = self
                 .client
                 .query(&self.stmts.page, &[&after, &self.page_size])
                 .await?
@@ -328,13 +337,42 @@ impl Applier {
             let last_page = (ids.len() as i64) < self.page_size;
             let page_lsn = if last_page { lsn } else { None };
             let page_xids = if after.is_empty() { xids } else { &[] };
-            total.add(self.apply(&ids, page_xids, page_lsn, commit_time).await?);
+            total.add(
+                self.apply(&mut ids, page_xids, page_lsn, commit_time)
+                    .await?,
+            );
             progress(total.products);
             match ids.last() {
                 Some(last) if !last_page => after = last.clone(),
                 _ => return Ok(total),
             }
         }
+    }
+}
+
+/// Waits until the transaction's snapshot sees every one of `xids`.
+async fn wait_visible(
+    tx: &tokio_postgres::Transaction<'_>,
+    invisible: &Statement,
+    xids: &[u32],
+) -> anyhow::Result<()> {
+    let xids: Vec<i64> = xids.iter().map(|&x| i64::from(x)).collect();
+    let started = std::time::Instant::now();
+    let mut warned = false;
+    loop {
+        let pending: i64 = tx.query_one(invisible, &[&xids]).await?.get(0);
+        if pending == 0 {
+            return Ok(());
+        }
+        if !warned && started.elapsed() > Duration::from_secs(5) {
+            tracing::warn!(
+                invisible = pending,
+                "transactions already streamed are still not visible after 5 s \
+                 (a commit waiting for synchronous replication?); waiting"
+            );
+            warned = true;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 

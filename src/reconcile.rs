@@ -367,7 +367,7 @@ pub async fn run(db: &Database, cfg: &Config, opts: &Options) -> anyhow::Result<
                 report.count(d);
             }
             if let Some(applier) = applier.as_mut() {
-                let (fixed, unfixed) = fix(applier, &mut checker, &found, cfg).await?;
+                let (fixed, unfixed) = fix(applier, &mut checker, &found).await?;
                 *report.fixed.get_or_insert(0) += fixed;
                 *report.unfixed.get_or_insert(0) += unfixed;
             }
@@ -420,22 +420,19 @@ async fn fix(
     applier: &mut Applier,
     checker: &mut Checker,
     found: &[Discrepancy],
-    cfg: &Config,
 ) -> anyhow::Result<(u64, u64)> {
-    let ids: Vec<String> = found.iter().map(|d| d.product_id.clone()).collect();
-    for chunk in ids.chunks(cfg.batch.max_products) {
-        let applied = applier
-            .apply(chunk, &[], None, None)
-            .await
-            .context("repairing the summary")?;
-        tracing::debug!(
-            inserted = applied.inserted,
-            updated = applied.updated,
-            deleted = applied.deleted,
-            tags = applied.tags,
-            "repaired"
-        );
-    }
+    let mut ids: Vec<String> = found.iter().map(|d| d.product_id.clone()).collect();
+    let applied = applier
+        .apply(&mut ids, &[], None, None)
+        .await
+        .context("repairing the summary")?;
+    tracing::debug!(
+        inserted = applied.inserted,
+        updated = applied.updated,
+        deleted = applied.deleted,
+        tags = applied.tags,
+        "repaired"
+    );
     let (left, _) = checker.persistent(ids).await?;
     for d in &left {
         tracing::warn!(product_id = %d.product_id, "still differs after the repair");

@@ -102,16 +102,16 @@ async fn session(ctx: &Context) -> anyhow::Result<()> {
     // Apply runs on its own task, one batch at a time; the run loop keeps reading and
     // batching meanwhile, and hands over the next batch when this one is done.
     let (batch_tx, mut batch_rx) = mpsc::channel::<Batch>(1);
-    let (done_tx, mut done_rx) = mpsc::channel::<anyhow::Result<(Applied, Option<Lsn>)>>(1);
+    let (done_tx, mut done_rx) = mpsc::channel::<anyhow::Result<Option<Lsn>>>(1);
     let metrics = ctx.metrics.clone();
     let enqueued = ctx.outbox_enqueued.clone();
-    let chunk = cfg.batch.max_products;
     let apply_task = tokio::spawn(async move {
         while let Some(batch) = batch_rx.recv().await {
-            let result = apply_batch(&mut applier, batch, chunk, &metrics).await;
+            let result = apply_batch(&mut applier, batch, &metrics).await;
             if matches!(&result, Ok((a, _)) if a.tags > 0) {
                 enqueued.send_modify(|n| *n += 1);
             }
+            let result = result.map(|(_, lsn)| lsn);
             let failed = result.is_err();
             if done_tx.send(result).await.is_err() || failed {
                 break;
@@ -156,7 +156,7 @@ async fn stream_loop(
     ctx: &Context,
     stream: &mut ReplicationClient,
     batch_tx: &mpsc::Sender<Batch>,
-    done_rx: &mut mpsc::Receiver<anyhow::Result<(Applied, Option<Lsn>)>>,
+    done_rx: &mut mpsc::Receiver<anyhow::Result<Option<Lsn>>>,
     start: Lsn,
 ) -> anyhow::Result<Lsn> {
     let max = ctx.cfg.batch.max_pending;
@@ -194,8 +194,7 @@ async fn stream_loop(
             biased;
             done = done_rx.recv() => {
                 in_flight = false;
-                let (applied, lsn) = done.ok_or_else(|| anyhow::anyhow!("apply task ended unexpectedly"))??;
-                ctx.metrics.rows_written.inc_by(applied.rows_written() as u64);
+                let lsn = done.ok_or_else(|| anyhow::anyhow!("apply task ended unexpectedly"))??;
                 if let Some(lsn) = lsn {
                     if lsn > acked {
                         acked = lsn;
@@ -261,10 +260,10 @@ async fn stream_loop(
     }
 }
 
+/// Applies one batch; returns what it did and the LSN it stored as the checkpoint.
 async fn apply_batch(
     applier: &mut Applier,
     batch: Batch,
-    chunk: usize,
     metrics: &Metrics,
 ) -> anyhow::Result<(Applied, Option<Lsn>)> {
     let commit = batch.commit_time_micros.map(pg_time);
@@ -284,27 +283,14 @@ async fn apply_batch(
             a
         }
         None => {
-            // Sorted, so each transaction walks the indexes in order.
             let mut ids: Vec<String> = batch.ids.into_iter().collect();
-            ids.sort_unstable();
-            let chunks = ids.len().div_ceil(chunk).max(1);
-            let mut total = Applied::default();
-            for i in 0..chunks {
-                let part = &ids[(i * chunk).min(ids.len())..((i + 1) * chunk).min(ids.len())];
-                // Visibility is awaited once, before the first read; the checkpoint moves
-                // with the last part only, so a crash in between redoes the whole batch.
-                let xids = if i == 0 && !part.is_empty() {
-                    &batch.xids[..]
-                } else {
-                    &[]
-                };
-                let lsn = if i + 1 == chunks { batch.lsn } else { None };
-                total.add(applier.apply(part, xids, lsn, commit).await?);
-            }
-            total
+            applier
+                .apply(&mut ids, &batch.xids, batch.lsn, commit)
+                .await?
         }
     };
     metrics.record_applied(commit, oldest);
+    metrics.rows_written.inc_by(applied.rows_written() as u64);
     tracing::debug!(
         products = applied.products,
         inserted = applied.inserted,

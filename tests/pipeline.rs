@@ -627,3 +627,31 @@ async fn verify_full_checks_the_certificate_on_both_connections() {
         out.output
     );
 }
+
+/// A batch of more products than `batch.max_products` is applied in several transactions;
+/// the checkpoint moves with the last one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_larger_than_max_products_is_applied_in_parts() {
+    let db = Cluster::shared().create_db("parts").await;
+    let c = db.client().await;
+    seed(&c, 1, 400).await;
+    let config =
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.toml", db.name));
+    std::fs::write(&config, "[batch]\nmax_products = 50\n").unwrap();
+    let config = config.display().to_string();
+    let setup = WorkerProcess::run_to_end(&db, &["--config", &config, "setup"], &[]);
+    assert!(setup.success, "{}", setup.output);
+    let w = WorkerProcess::start(&db, &["--config", &config, "run"], &[]);
+    c.batch_execute("UPDATE \"Inventory\" SET reserved = 0")
+        .await
+        .unwrap();
+    wait_converged(&c, "400 products applied in parts of 50").await;
+    let parts = w
+        .output()
+        .lines()
+        .filter(|l| l.contains("applied batch") && l.contains("products=400"))
+        .count();
+    assert_eq!(parts, 1, "one batch of 400 products:\n{}", w.log_tail(20));
+    let (confirmed, checkpoint) = slot_and_checkpoint(&c, &db.slot()).await;
+    assert!(confirmed <= checkpoint);
+}
