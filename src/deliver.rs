@@ -329,6 +329,7 @@ pub async fn revalidate_now(
             "no revalidation endpoints: set CDC_REVALIDATE_URLS (and CDC_REVALIDATE_SECRET)",
         ));
     }
+    let templates = crate::summary::TagTemplates::from_config(cfg);
     let mut tags = BTreeSet::new();
     if !products.is_empty() {
         let db = Database::parse(&cfg.database_url)?;
@@ -340,7 +341,6 @@ pub async fn revalidate_now(
                 &[&products],
             )
             .await?;
-        let templates = crate::summary::TagTemplates::from_config(cfg);
         for id in products {
             let store = rows
                 .iter()
@@ -353,7 +353,7 @@ pub async fn revalidate_now(
         }
     }
     for store in stores {
-        crate::summary::TagTemplates::from_config(cfg).store_tags(store, &mut tags);
+        templates.store_tags(store, &mut tags);
     }
     let tags: Vec<String> = tags.into_iter().collect();
     let http = http_client(cfg);

@@ -273,21 +273,16 @@ mod tests {
         );
     }
 
+    fn update_tags(old: &SummaryRow, new: &SummaryRow) -> Vec<String> {
+        let mut tags = BTreeSet::new();
+        templates().tags_of(&Change::Update { old, new }, &mut tags);
+        tags.into_iter().collect()
+    }
+
     #[test]
     fn move_between_stores_tags_both_stores() {
-        let old = row("p", "s1", 5);
-        let new = row("p", "s2", 5);
-        let mut tags = BTreeSet::new();
-        templates().tags_of(
-            &Change::Update {
-                old: &old,
-                new: &new,
-            },
-            &mut tags,
-        );
-        let tags: Vec<_> = tags.into_iter().collect();
         assert_eq!(
-            tags,
+            update_tags(&row("p", "s1", 5), &row("p", "s2", 5)),
             vec!["product:p", "store:s1:products", "store:s2:products"]
         );
     }
@@ -295,28 +290,13 @@ mod tests {
     #[test]
     fn inventory_tag_only_when_inventory_changed() {
         let old = row("p", "s1", 5);
-        let new = row("p", "s1", 4);
-        let mut tags = BTreeSet::new();
-        templates().tags_of(
-            &Change::Update {
-                old: &old,
-                new: &new,
-            },
-            &mut tags,
-        );
-        assert!(tags.contains("inventory:p"));
+        assert!(update_tags(&old, &row("p", "s1", 4)).contains(&"inventory:p".to_string()));
         let mut retitled = old.clone();
         retitled.title = "New".into();
-        let mut tags = BTreeSet::new();
-        templates().tags_of(
-            &Change::Update {
-                old: &old,
-                new: &retitled,
-            },
-            &mut tags,
+        assert_eq!(
+            update_tags(&old, &retitled),
+            vec!["product:p", "store:s1:products"]
         );
-        assert!(!tags.contains("inventory:p"));
-        assert!(tags.contains("product:p"));
     }
 
     #[test]
