@@ -655,3 +655,27 @@ async fn a_batch_larger_than_max_products_is_applied_in_parts() {
     let (confirmed, checkpoint) = slot_and_checkpoint(&c, &db.slot()).await;
     assert!(confirmed <= checkpoint);
 }
+
+/// A DELETE whose old row lacks the product id (replica identity reset to the primary
+/// key) cannot be routed; the worker recomputes every product instead of stopping.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delete_without_product_id_recomputes_everything() {
+    let (_db, c, w) = started("no_identity", 20).await;
+    c.batch_execute("ALTER TABLE \"Inventory\" REPLICA IDENTITY DEFAULT")
+        .await
+        .unwrap();
+    c.batch_execute("DELETE FROM \"Inventory\" WHERE id = 'inv3-1'")
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(5), "the delete applied", || async {
+        summary_of(&c, "p3").await.unwrap().get::<_, i32>(4) == 7
+    })
+    .await;
+    assert_eq!(drift(&c).await, 0);
+    let log = w.output();
+    assert!(
+        log.contains("recomputing every product") && log.contains("REPLICA IDENTITY FULL"),
+        "the log should say why and how to fix it:\n{}",
+        w.log_tail(20)
+    );
+}
