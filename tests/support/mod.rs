@@ -878,3 +878,25 @@ pub async fn summary_of(c: &tokio_postgres::Client, product: &str) -> Option<tok
     .await
     .unwrap()
 }
+
+/// The directory of the PostgreSQL server binaries the clusters run (as
+/// scripts/test-cluster.sh picks it: $PG_BINDIR, else the newest /usr/lib/postgresql/*/bin).
+pub fn pg_bindir() -> PathBuf {
+    if let Ok(dir) = std::env::var("PG_BINDIR") {
+        return PathBuf::from(dir);
+    }
+    let mut dirs: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let major = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((major, bin))
+        })
+        .collect();
+    dirs.sort();
+    dirs.pop()
+        .map(|(_, bin)| bin)
+        .expect("no PostgreSQL server binaries: set PG_BINDIR")
+}
