@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use pgwire_replication::{ReplicationConfig, TlsConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -145,6 +146,17 @@ impl Database {
     pub async fn connect(&self, application_name: &str) -> Result<Client, tokio_postgres::Error> {
         let mut cfg = self.pg.clone();
         cfg.application_name(application_name);
+        // A network cut without RST must end in an error, not an await that lasts as long
+        // as the kernel's defaults (hours): TCP keepalives and a user timeout on every
+        // query connection, and a bounded connect so a moved host is retried afresh.
+        cfg.keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3)
+            .tcp_user_timeout(Duration::from_secs(30));
+        if cfg.get_connect_timeout().is_none() {
+            cfg.connect_timeout(Duration::from_secs(10));
+        }
         let client = if self.ssl == SslMode::Disable {
             let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
             tokio::spawn(async move {

@@ -128,7 +128,12 @@ async fn session(ctx: &Context) -> anyhow::Result<()> {
     let result = stream_loop(ctx, &mut stream, &batch_tx, &mut done_rx, start).await;
     heartbeat.abort();
     drop(batch_tx);
-    let _ = apply_task.await;
+    if result.is_ok() {
+        let _ = apply_task.await;
+    } else {
+        // Its connection may be the one that went silent: never wait on it.
+        apply_task.abort();
+    }
     if result.is_ok() && !deliverers.is_empty() {
         // A moment for the tags of the last batch; whatever is left waits in the outbox.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -170,6 +175,13 @@ async fn stream_loop(
     let mut acked = start;
     let mut last_idle_advance = Instant::now();
     let mut stopping = false;
+    // The heartbeat puts a message into the stream at least every heartbeat interval, so a
+    // stream silent for three of them is a dead connection (a cut without RST), not an
+    // idle database: end the session and reconnect.
+    // Counted only while the loop is reading the stream (not while a full batch waits for
+    // apply).
+    let silence = ctx.cfg.heartbeat() * 3;
+    let mut heard = tokio::time::Instant::now();
 
     loop {
         // Hand the batch to apply as soon as apply is free: at once when idle (latency),
@@ -196,6 +208,7 @@ async fn stream_loop(
             biased;
             done = done_rx.recv() => {
                 in_flight = false;
+                heard = tokio::time::Instant::now();
                 let lsn = done.ok_or_else(|| anyhow::anyhow!("apply task ended unexpectedly"))??;
                 if let Some(lsn) = lsn {
                     if lsn > acked {
@@ -204,11 +217,19 @@ async fn stream_loop(
                     }
                 }
             }
+            _ = tokio::time::sleep_until(heard + silence), if !stopping && batch.len() < max => {
+                return Err(anyhow::Error::new(std::io::Error::other(format!(
+                    "nothing arrived from Postgres for {}s although a heartbeat is written every {}s: the connection is dead",
+                    silence.as_secs(),
+                    ctx.cfg.heartbeat().as_secs()
+                ))));
+            }
             _ = shutdown.wait_for(|s| *s), if !stopping => {
                 tracing::info!("shutdown requested: finishing the batch in flight");
                 stopping = true;
             }
             event = stream.recv(), if !stopping && batch.len() < max => {
+                heard = tokio::time::Instant::now();
                 let Some(event) = event.context("replication stream")? else {
                     return Err(anyhow::Error::new(std::io::Error::other("replication stream ended")));
                 };

@@ -287,29 +287,39 @@ async fn postgres_restart_mid_stream() {
     );
 }
 
-/// Forwards TCP connections to `target`; `cut()` closes every open one.
+/// Forwards TCP connections to `target`; `cut()` closes every open one, `freeze()` stops
+/// forwarding on every open one without closing anything (a network cut without RST: the
+/// kernel still acknowledges, nothing passes).
 struct Proxy {
     port: u16,
     generation: Arc<tokio::sync::watch::Sender<u64>>,
+    frozen: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 async fn proxy(target: u16) -> Proxy {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (tx, rx) = tokio::sync::watch::channel(0u64);
+    let (freeze_tx, freeze_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         loop {
             let (mut inbound, _) = listener.accept().await.unwrap();
             let mut cut = rx.clone();
             cut.mark_unchanged();
+            let mut frozen = freeze_rx.clone();
             tokio::spawn(async move {
                 let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
                 else {
                     return;
                 };
-                tokio::select! {
-                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                    _ = cut.changed() => {}
+                let froze = tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => false,
+                    _ = cut.changed() => false,
+                    f = frozen.wait_for(|f| *f) => f.is_ok(),
+                };
+                if froze {
+                    // Hold both sockets open, forwarding nothing, until cut.
+                    let _ = cut.changed().await;
                 }
             });
         }
@@ -317,12 +327,17 @@ async fn proxy(target: u16) -> Proxy {
     Proxy {
         port,
         generation: Arc::new(tx),
+        frozen: Arc::new(freeze_tx),
     }
 }
 
 impl Proxy {
     fn cut(&self) {
         self.generation.send_modify(|g| *g += 1);
+    }
+
+    fn freeze(&self) {
+        self.frozen.send_replace(true);
     }
 }
 
@@ -390,6 +405,42 @@ async fn nextjs_endpoint_failing_then_hanging() {
     assert!(pending > 0, "tags wait in the outbox during the outage");
     r.mode.store(OK, Ordering::SeqCst);
     assert_recovered(&db, &c, &r, &last).await;
+}
+
+/// The leader's network goes silent without a RST (the proxy keeps every socket open and
+/// forwards nothing): its backend would hold the leader lock until the server's TCP
+/// keepalive (hours). The leader session's idle timeout ends it, the standby takes over,
+/// ends the stale walsender and streams.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_network_cut_hands_over_within_30s() {
+    let cluster = Cluster::shared();
+    let r = receiver().await;
+    let (db, c) = prepared(cluster, "fault_silent", 20).await;
+    let p = proxy(cluster.port).await;
+    let via_proxy = db
+        .url
+        .replacen(&format!(":{}/", cluster.port), &format!(":{}/", p.port), 1);
+    let leader = start(&db, &r, Some(&via_proxy));
+    leader
+        .wait_for_log(Duration::from_secs(20), "streaming")
+        .await;
+    let standby = start(&db, &r, None);
+    standby
+        .wait_for_log(Duration::from_secs(20), "waiting as standby")
+        .await;
+    let t = Instant::now();
+    p.freeze();
+    standby
+        .wait_for_log(Duration::from_secs(40), "took over as leader")
+        .await;
+    let took = t.elapsed();
+    eprintln!("takeover after a silent network cut: {took:?}");
+    assert!(took < Duration::from_secs(30), "takeover took {took:?}");
+    c.batch_execute("UPDATE \"Product\" SET title = 'after the cut' WHERE id = 'p1'")
+        .await
+        .unwrap();
+    wait_converged(&c, "the new leader streams").await;
+    p.cut();
 }
 
 #[tokio::test(flavor = "multi_thread")]
