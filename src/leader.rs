@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio_postgres::Client;
 
 use crate::config::Config;
+use crate::db::Database;
 use crate::error::definite;
 
 /// Advisory lock class of leadership: the instance holding it streams, others wait.
@@ -46,11 +47,12 @@ pub async fn try_lead(client: &Client, cfg: &Config) -> anyhow::Result<bool> {
 /// waiting. Once leader, the session gets the idle timeouts that end it on the server
 /// when this process is gone.
 pub async fn wait_for_leadership(
+    db: &Database,
     client: &Client,
     cfg: &Config,
     shutdown: &watch::Receiver<bool>,
 ) -> anyhow::Result<bool> {
-    refuse_pooler(client, cfg).await?;
+    refuse_pooler(db, client, cfg).await?;
     let mut shutdown = shutdown.clone();
     let mut logged = false;
     loop {
@@ -91,9 +93,11 @@ async fn hold_only_while_alive(client: &Client, cfg: &Config) -> anyhow::Result<
 }
 
 /// Refuses a transaction-mode pooler between the worker and Postgres. Prisma users often
-/// have one in DATABASE_URL (`pgbouncer=true`); failing that, a backend pid that changes
-/// between statements on one connection gives the pooler away.
-async fn refuse_pooler(client: &Client, cfg: &Config) -> anyhow::Result<()> {
+/// have one in DATABASE_URL (`pgbouncer=true`). Failing that, the pooler gives itself
+/// away by lending one backend to two client connections: a second connection that lands
+/// on this one's backend pid (or a pid that changes between statements) is not a direct
+/// session.
+pub async fn refuse_pooler(db: &Database, client: &Client, cfg: &Config) -> anyhow::Result<()> {
     let fix = "Fix: give the worker a direct connection to Postgres (the database host and \
                port, not the pooler's): the leader lock and the replication slot need a session \
                of their own";
@@ -103,19 +107,30 @@ async fn refuse_pooler(client: &Client, cfg: &Config) -> anyhow::Result<()> {
              lock does not mean leadership. {fix}"
         )));
     }
-    let mut pids = Vec::with_capacity(3);
-    for _ in 0..3 {
-        let pid: i32 = client
-            .query_one("SELECT pg_backend_pid()", &[])
-            .await?
-            .get(0);
-        pids.push(pid);
-    }
-    if pids.windows(2).any(|w| w[0] != w[1]) {
+    let other = db.connect("cdc-worker/pooler-probe").await?;
+    let pids = [
+        backend_pid(client).await?,
+        backend_pid(&other).await?,
+        backend_pid(client).await?,
+    ];
+    if pids[0] == pids[1] || pids[0] != pids[2] {
         return Err(definite(format!(
-            "DATABASE_URL goes through a connection pooler in transaction mode (the backend \
-             changed between statements: pids {pids:?}). {fix}"
+            "DATABASE_URL goes through a connection pooler in transaction mode (two \
+             connections shared backend pid {}, or one connection's pid changed: {pids:?}). {fix}",
+            pids[1]
         )));
     }
     Ok(())
+}
+
+/// Through the simple protocol: a pooler that shares backends would make the named
+/// statements of two connections collide before the pids could be compared.
+async fn backend_pid(client: &Client) -> anyhow::Result<i32> {
+    let rows = client.simple_query("SELECT pg_backend_pid()").await?;
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0)?.parse().ok(),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow::anyhow!("SELECT pg_backend_pid() returned no row"))
 }

@@ -70,7 +70,7 @@ async fn session(ctx: &Context) -> anyhow::Result<()> {
         .connect("cdc-worker/apply")
         .await
         .with_context(|| format!("connecting to {}", ctx.db.display()))?;
-    if !leader::wait_for_leadership(&client, cfg, &ctx.shutdown).await? {
+    if !leader::wait_for_leadership(&ctx.db, &client, cfg, &ctx.shutdown).await? {
         return Ok(());
     }
     slot::ensure_state(&client, cfg).await?;

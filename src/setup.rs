@@ -37,6 +37,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("connecting to {}", db.display()))?;
     tracing::info!(database = %db.display(), "checking the database");
+    crate::leader::refuse_pooler(&db, &client, cfg).await?;
     let plan = check(&client, cfg).await?;
     create(&client, cfg, &plan).await?;
     // The slot and the checkpoint are the leader's to change; a running worker checks them

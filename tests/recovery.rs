@@ -477,3 +477,41 @@ async fn a_serializable_default_does_not_freeze_the_visibility_wait() {
     .await;
     h.finish().await;
 }
+
+/// A slot of our name that belongs to another database is someone else's: the worker
+/// stops with a message and never drops or recreates it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slot_of_another_database_is_never_dropped() {
+    let (db, c, config) = set_up("foreign_slot", 5).await;
+    c.execute("SELECT pg_drop_replication_slot($1)", &[&db.slot()])
+        .await
+        .unwrap();
+    let other = Cluster::shared().admin_client("postgres").await;
+    other
+        .execute(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&db.slot()],
+        )
+        .await
+        .unwrap();
+    let out = WorkerProcess::run_to_end(&db, &["--config", &config, "run"], &[]);
+    let still_there: bool = other
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND database = 'postgres')",
+            &[&db.slot()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    other
+        .execute("SELECT pg_drop_replication_slot($1)", &[&db.slot()])
+        .await
+        .unwrap();
+    assert_eq!(out.code, Some(2), "{}", out.output);
+    assert!(
+        out.output.contains("belongs to database postgres") && out.output.contains("CDC_SLOT"),
+        "{}",
+        out.output
+    );
+    assert!(still_there, "the other database's slot was left alone");
+}

@@ -1,0 +1,135 @@
+//! A transaction-mode pooler (PgBouncer) between the worker and Postgres lends one backend
+//! to whichever client needs it next, so a session advisory lock no longer means
+//! leadership. The worker must refuse it with a message that says what to do, before it
+//! changes anything. Uses a real `pgbouncer` (Debian package `pgbouncer`).
+
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::{free_port, wait_until, Cluster, WorkerProcess};
+
+struct PgBouncer {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts pgbouncer in transaction mode in front of the shared cluster, as the `postgres`
+/// OS user when we are root (it refuses to run as root).
+fn pgbouncer(cluster: &Cluster, user: &str, password: &str) -> PgBouncer {
+    let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("pgbouncer is not installed (Debian: apt-get install pgbouncer)");
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("pgbouncer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    std::fs::write(
+        dir.join("users.txt"),
+        format!("\"{user}\" \"{password}\"\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("pgbouncer.ini"),
+        format!(
+            "[databases]\n* = host=127.0.0.1 port={}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
+             listen_port = {port}\nunix_socket_dir =\nauth_type = plain\nauth_file = {}\n\
+             pool_mode = transaction\nlogfile = {}\nignore_startup_parameters = extra_float_digits\n",
+            cluster.port,
+            dir.join("users.txt").display(),
+            dir.join("pgbouncer.log").display(),
+        ),
+    )
+    .unwrap();
+    let is_root = unsafe { libc::geteuid() } == 0;
+    if is_root {
+        let status = Command::new("chown")
+            .args(["-R", "postgres"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let mut cmd = if is_root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", bin]);
+        c
+    } else {
+        Command::new(bin)
+    };
+    let child = cmd
+        .arg(dir.join("pgbouncer.ini"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting pgbouncer");
+    PgBouncer { child, port }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_pooler_is_refused_before_anything_changes() {
+    let cluster = Cluster::shared();
+    let db = cluster.create_db("pooler").await;
+    let c = db.client().await;
+    support::seed(&c, 1, 3).await;
+    // The worker refuses before it needs any privilege, so a bare login role will do.
+    let role = format!("{}_bouncer", db.name);
+    let direct = db.create_role(&role, "bouncer-pw").await;
+    let bouncer = pgbouncer(cluster, &role, "bouncer-pw");
+    let via_pooler = direct.replacen(
+        &format!(":{}/", cluster.port),
+        &format!(":{}/", bouncer.port),
+        1,
+    );
+    assert_ne!(via_pooler, direct);
+    wait_until(Duration::from_secs(10), "pgbouncer to accept", || async {
+        tokio_postgres::connect(&via_pooler, tokio_postgres::NoTls)
+            .await
+            .is_ok()
+    })
+    .await;
+
+    for (what, url) in [
+        ("through pgbouncer", via_pooler.clone()),
+        (
+            "with Prisma's pgbouncer=true",
+            format!("{direct}?pgbouncer=true"),
+        ),
+    ] {
+        for cmd in ["setup", "run"] {
+            let out = WorkerProcess::run_to_end(&db, &[cmd], &[("DATABASE_URL", &url)]);
+            assert_eq!(out.code, Some(2), "{cmd} {what}:\n{}", out.output);
+            assert!(
+                out.output.contains("connection pooler") || out.output.contains("PgBouncer"),
+                "{cmd} {what} names the problem:\n{}",
+                out.output
+            );
+            assert!(
+                out.output.contains("direct connection"),
+                "and the fix:\n{}",
+                out.output
+            );
+        }
+    }
+    // Nothing was created.
+    let slots: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&db.slot()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 0);
+}
