@@ -503,6 +503,27 @@ async fn a_lost_slot_is_recreated_and_backfilled() {
         status.as_deref() == Some("lost")
     })
     .await;
+    // First a crash right after the lost slot was dropped: the mark written before the
+    // drop makes the next start recreate it and recompute.
+    let mut e = env(&r);
+    e.push(("FAILPOINTS", "slot-dropped=return".to_string()));
+    let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut crashed = WorkerProcess::start(&db, &["run"], &e);
+    assert!(!crashed.wait_exit(Duration::from_secs(60)).success());
+    let slots: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&db.slot()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        slots,
+        0,
+        "crashed after the drop:\n{}",
+        crashed.log_tail(20)
+    );
     let worker = start(&db, &r, None);
     wait_converged(&c, "summary rebuilt after the slot was recreated").await;
     assert!(
