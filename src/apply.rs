@@ -16,7 +16,9 @@ use tokio_postgres::{Client, RowStream, Statement};
 
 use crate::config::Config;
 use crate::db::Database;
-use crate::summary::{diff, qualified, Change, SummaryRow, TagTemplates};
+use crate::error::definite;
+use crate::layout::Layout;
+use crate::summary::{diff, Change, SummaryRow, TagTemplates};
 
 /// Advisory lock class of the apply transaction. Every writer of the summary and the
 /// outbox (the daemon, `reconcile --fix`, `revalidate`) takes it, so that each reads the
@@ -55,7 +57,8 @@ struct Statements {
     delete: Statement,
     enqueue: Statement,
     checkpoint: Statement,
-    page: Statement,
+    first_page: Statement,
+    next_page: Statement,
 }
 
 /// Owns the apply connection and its prepared statements.
@@ -72,24 +75,6 @@ pub struct Applier {
     currency: String,
     lock_key: i32,
     page_size: i64,
-}
-
-/// `SELECT <summary columns> FROM (<summary query>) s` with a filter appended by callers.
-pub fn summary_select(cfg: &Config) -> anyhow::Result<String> {
-    let query = cfg.summary_query()?;
-    Ok(format!(
-        "SELECT s.product_id, s.store_id, s.title, s.price, s.active, s.inventory_available, \
-         s.primary_image_url FROM ({query}) s"
-    ))
-}
-
-/// `SELECT <the same columns> FROM "ProductSummary" t`, with a filter appended by callers.
-pub fn table_select(cfg: &Config) -> String {
-    format!(
-        "SELECT t.\"productId\", t.\"storeId\", t.\"title\", t.\"price\", t.\"active\", \
-         t.\"inventoryAvailable\", t.\"primaryImageUrl\" FROM {} t",
-        qualified(&cfg.tables.schema, &cfg.tables.summary)
-    )
 }
 
 /// Stable 31-bit key of a name, so two workers configured alike pick the same lock.
@@ -116,36 +101,78 @@ impl Applier {
         // The apply statements are short index lookups; JIT compiling them costs more than
         // it saves (seen in profiles of large batches).
         client.batch_execute("SET jit = off").await?;
-        let summary = qualified(&cfg.tables.schema, &cfg.tables.summary);
-        let product = qualified(&cfg.tables.schema, &cfg.tables.product);
-        let product_key = crate::summary::quote_ident(&cfg.tables.sources[&cfg.tables.product]);
+        let layout = Layout::load(&client, cfg).await?;
+        if !layout.summary_exists {
+            return Err(definite(format!(
+                "the summary table {} does not exist. Fix: run `cdc-worker setup` first",
+                layout.summary
+            )));
+        }
+        let Layout {
+            summary,
+            product,
+            product_key,
+            col: c,
+            ..
+        } = &layout;
         let state = crate::summary::quote_ident(&cfg.schema);
-        let select = summary_select(cfg)?;
+        // Without a default on the summary's own id, the worker supplies one ($1).
+        let (id_col, id_val) = if layout.generate_row_id {
+            (format!("{}, ", c.id), "u.rid, ")
+        } else {
+            (String::new(), "")
+        };
+        let set = |col: &str| format!("{col} = EXCLUDED.{col}");
         let prepare = |sql: String| {
             let client = &client;
             async move { crate::db::prepare(client, &sql).await }
         };
         let stmts = Statements {
             lock: prepare("SELECT pg_advisory_xact_lock($1::int4, $2::int4)".into()).await?,
-            desired: prepare(format!("{select} WHERE s.product_id = ANY($2::text[])")).await?,
+            desired: prepare(format!(
+                "{} WHERE s.product_id = ANY({})",
+                layout.summary_select(),
+                layout.ids(2)
+            ))
+            .await?,
             current: prepare(format!(
-                "{} WHERE t.\"productId\" = ANY($1::text[])",
-                table_select(cfg)
+                "{} WHERE t.{} = ANY({})",
+                layout.table_select(),
+                c.product_id,
+                layout.ids(1)
             ))
             .await?,
             upsert: prepare(format!(
-                "INSERT INTO {summary} (\"id\", \"productId\", \"storeId\", \"title\", \"price\", \
-                 \"active\", \"inventoryAvailable\", \"primaryImageUrl\", \"updatedAt\") \
-                 SELECT u.*, (now() AT TIME ZONE 'UTC')::timestamp(3) FROM unnest($1::text[], \
-                 $2::text[], $3::text[], $4::text[], $5::int4[], $6::bool[], $7::int4[], $8::text[]) \
-                 AS u ON CONFLICT (\"productId\") DO UPDATE SET \"storeId\" = EXCLUDED.\"storeId\", \
-                 \"title\" = EXCLUDED.\"title\", \"price\" = EXCLUDED.\"price\", \
-                 \"active\" = EXCLUDED.\"active\", \"inventoryAvailable\" = EXCLUDED.\"inventoryAvailable\", \
-                 \"primaryImageUrl\" = EXCLUDED.\"primaryImageUrl\", \"updatedAt\" = EXCLUDED.\"updatedAt\""
+                "INSERT INTO {summary} ({id_col}{}, {}, {}, {}, {}, {}, {}, {}) \
+                 SELECT {id_val}u.pid::{}, u.sid::{}, u.title, u.price, u.active, u.inv, u.img, {} \
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], \
+                 $6::bool[], $7::int4[], $8::text[]) AS u(rid, pid, sid, title, price, active, inv, img) \
+                 ON CONFLICT ({}) DO UPDATE SET {}, {}, {}, {}, {}, {}, {}",
+                c.product_id,
+                c.store_id,
+                c.title,
+                c.price,
+                c.active,
+                c.inventory_available,
+                c.primary_image_url,
+                c.updated_at,
+                layout.id_type,
+                layout.store_type,
+                layout.now,
+                c.product_id,
+                set(&c.store_id),
+                set(&c.title),
+                set(&c.price),
+                set(&c.active),
+                set(&c.inventory_available),
+                set(&c.primary_image_url),
+                set(&c.updated_at),
             ))
             .await?,
             delete: prepare(format!(
-                "DELETE FROM {summary} WHERE \"productId\" = ANY($1::text[])"
+                "DELETE FROM {summary} WHERE {} = ANY({})",
+                c.product_id,
+                layout.ids(1)
             ))
             .await?,
             enqueue: prepare(format!(
@@ -164,11 +191,22 @@ impl Applier {
             ))
             .await?,
             // Every product id that exists in the source or in the summary, in keyset
-            // pages. Each side is limited before the union so both use their index.
-            page: prepare(format!(
-                "SELECT id FROM ((SELECT {product_key} AS id FROM {product} WHERE {product_key} > $1 \
-                 ORDER BY {product_key} LIMIT $2) UNION (SELECT \"productId\" FROM {summary} \
-                 WHERE \"productId\" > $1 ORDER BY \"productId\" LIMIT $2)) ids ORDER BY id LIMIT $2"
+            // pages in the id type's order. Each side is limited before the union so both
+            // use their index. The first page has no lower bound.
+            first_page: prepare(format!(
+                "SELECT id::text FROM ((SELECT {product_key} AS id FROM {product} \
+                 ORDER BY {product_key} LIMIT $1) UNION (SELECT {pid} FROM {summary} \
+                 ORDER BY {pid} LIMIT $1)) ids ORDER BY id LIMIT $1",
+                pid = c.product_id
+            ))
+            .await?,
+            next_page: prepare(format!(
+                "SELECT id::text FROM ((SELECT {product_key} AS id FROM {product} \
+                 WHERE {product_key} > {after} ORDER BY {product_key} LIMIT $2) UNION \
+                 (SELECT {pid} FROM {summary} WHERE {pid} > {after} ORDER BY {pid} LIMIT $2)) ids \
+                 ORDER BY id LIMIT $2",
+                pid = c.product_id,
+                after = layout.id(1)
             ))
             .await?,
         };
@@ -348,21 +386,27 @@ impl Applier {
         // transaction of this batch would otherwise be missing from the list.
         crate::visibility::wait_visible(&self.client, xids).await?;
         let mut total = Applied::default();
-        let mut after = String::new();
+        let mut after: Option<String> = None;
         loop {
-            let mut ids: Vec<String> = self
-                .client
-                .query(&self.stmts.page, &[&after, &self.page_size])
-                .await?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
+            let rows = match &after {
+                None => {
+                    self.client
+                        .query(&self.stmts.first_page, &[&self.page_size])
+                        .await?
+                }
+                Some(after) => {
+                    self.client
+                        .query(&self.stmts.next_page, &[after, &self.page_size])
+                        .await?
+                }
+            };
+            let mut ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
             let last_page = (ids.len() as i64) < self.page_size;
             let page_lsn = if last_page { lsn } else { None };
             total.add(self.apply(&mut ids, &[], page_lsn, commit_time).await?);
             progress(total.products);
             match ids.last() {
-                Some(last) if !last_page => after = last.clone(),
+                Some(last) if !last_page => after = Some(last.clone()),
                 _ => return Ok(total),
             }
         }

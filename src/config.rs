@@ -58,6 +58,57 @@ pub struct Tables {
     /// Path of a file with the summary query; empty means the built-in
     /// `sql/summary_query.sql` for the reference schema.
     pub summary_query_file: String,
+    /// Column names of the summary table (Prisma's `@map`); the defaults are the model's
+    /// field names.
+    pub summary_columns: SummaryColumns,
+}
+
+/// The summary table's column names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SummaryColumns {
+    pub id: String,
+    pub product_id: String,
+    pub store_id: String,
+    pub title: String,
+    pub price: String,
+    pub active: String,
+    pub inventory_available: String,
+    pub primary_image_url: String,
+    pub updated_at: String,
+}
+
+impl Default for SummaryColumns {
+    fn default() -> Self {
+        SummaryColumns {
+            id: "id".into(),
+            product_id: "productId".into(),
+            store_id: "storeId".into(),
+            title: "title".into(),
+            price: "price".into(),
+            active: "active".into(),
+            inventory_available: "inventoryAvailable".into(),
+            primary_image_url: "primaryImageUrl".into(),
+            updated_at: "updatedAt".into(),
+        }
+    }
+}
+
+impl SummaryColumns {
+    /// (config key, column name) in the table's order.
+    pub fn all(&self) -> [(&'static str, &str); 9] {
+        [
+            ("id", &self.id),
+            ("product_id", &self.product_id),
+            ("store_id", &self.store_id),
+            ("title", &self.title),
+            ("price", &self.price),
+            ("active", &self.active),
+            ("inventory_available", &self.inventory_available),
+            ("primary_image_url", &self.primary_image_url),
+            ("updated_at", &self.updated_at),
+        ]
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -137,6 +188,7 @@ impl Default for Tables {
                 .collect(),
             product: "Product".into(),
             summary_query_file: String::new(),
+            summary_columns: SummaryColumns::default(),
         }
     }
 }
@@ -264,6 +316,19 @@ impl Config {
                 "currency {:?} (CDC_CURRENCY) must be a currency code such as USD",
                 self.currency
             )));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (field, column) in self.tables.summary_columns.all() {
+            if column.is_empty() || column.len() > 63 {
+                return Err(bad(format!(
+                    "tables.summary_columns.{field}: {column:?} is not a column name (1-63 characters)"
+                )));
+            }
+            if !seen.insert(column) {
+                return Err(bad(format!(
+                    "tables.summary_columns: {column:?} is named for two columns"
+                )));
+            }
         }
         if !self.tables.sources.contains_key(&self.tables.product) {
             return Err(bad(format!(

@@ -8,27 +8,14 @@ use anyhow::Context;
 use tokio_postgres::Client;
 
 use crate::apply::Applier;
+use crate::layout::Layout;
 use crate::config::Config;
 use crate::db::Database;
 use crate::error::definite;
 use crate::slot;
 use crate::summary::{qualified, quote_ident};
 
-const SUMMARY_DDL: &str = include_str!("../sql/product_summary.sql");
 const STATE_DDL: &str = include_str!("../sql/state_schema.sql");
-
-/// The summary table's columns as Prisma creates them: (name, type, not null).
-const SUMMARY_COLUMNS: &[(&str, &str, bool)] = &[
-    ("id", "text", true),
-    ("productId", "text", true),
-    ("storeId", "text", true),
-    ("title", "text", true),
-    ("price", "integer", true),
-    ("active", "boolean", true),
-    ("inventoryAvailable", "integer", true),
-    ("primaryImageUrl", "text", false),
-    ("updatedAt", "timestamp without time zone", true),
-];
 
 pub async fn run(cfg: &Config) -> anyhow::Result<()> {
     let db = Database::parse(&cfg.database_url)?;
@@ -69,6 +56,8 @@ pub async fn run(cfg: &Config) -> anyhow::Result<()> {
 #[derive(Debug, Default)]
 struct Plan {
     create_summary: bool,
+    /// `CREATE TABLE` of the summary, for `create_summary`.
+    summary_ddl: String,
     create_publication: bool,
     /// Tables whose replica identity must become FULL.
     replica_full: Vec<String>,
@@ -156,7 +145,10 @@ async fn check(client: &Client, cfg: &Config) -> anyhow::Result<Plan> {
         }
     }
 
-    check_summary_table(client, cfg, &user, &mut plan).await?;
+    // Product id type, the summary query's columns, an existing summary table.
+    let layout = Layout::load(client, cfg).await?;
+    plan.create_summary = !layout.summary_exists;
+    plan.summary_ddl = layout.create_table_sql(cfg);
 
     let pubs = client
         .query(
@@ -205,76 +197,6 @@ async fn check(client: &Client, cfg: &Config) -> anyhow::Result<Plan> {
     Ok(plan)
 }
 
-async fn check_summary_table(
-    client: &Client,
-    cfg: &Config,
-    user: &str,
-    plan: &mut Plan,
-) -> anyhow::Result<()> {
-    let name = qualified(&cfg.tables.schema, &cfg.tables.summary);
-    let cols = client
-        .query(
-            "SELECT a.attname::text, format_type(a.atttypid, NULL), a.attnotnull \
-             FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
-             JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
-            &[&cfg.tables.schema, &cfg.tables.summary],
-        )
-        .await?;
-    if cols.is_empty() {
-        plan.create_summary = true;
-        return Ok(());
-    }
-    for (col, ty, not_null) in SUMMARY_COLUMNS {
-        let found = cols.iter().find(|r| r.get::<_, String>(0) == *col);
-        let Some(found) = found else {
-            return Err(definite(format!(
-                "{name} exists but has no column \"{col}\" ({ty}); it must match the Prisma model \
-                 in sql/product_summary.sql. Fix: migrate the table, or drop it and let setup create it"
-            )));
-        };
-        let (found_ty, found_nn): (String, bool) = (found.get(1), found.get(2));
-        if found_ty != *ty || (*not_null && !found_nn) {
-            return Err(definite(format!(
-                "{name}.\"{col}\" is {found_ty}{} but must be {ty}{}; it must match the Prisma \
-                 model in sql/product_summary.sql",
-                if found_nn { " not null" } else { "" },
-                if *not_null { " not null" } else { "" },
-            )));
-        }
-    }
-    let unique: bool = client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a \
-               ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
-             WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indnatts = 1 \
-               AND a.attname = 'productId')",
-            &[&name],
-        )
-        .await?
-        .get(0);
-    if !unique {
-        return Err(definite(format!(
-            "{name}.\"productId\" has no unique index (Prisma's @unique). Fix: CREATE UNIQUE INDEX \
-             \"ProductSummary_productId_key\" ON {name}(\"productId\")"
-        )));
-    }
-    let privs: bool = client
-        .query_one(
-            "SELECT has_table_privilege(to_regclass($1), 'SELECT, INSERT, UPDATE, DELETE')",
-            &[&name],
-        )
-        .await?
-        .get(0);
-    if !privs {
-        return Err(definite(format!(
-            "role {user} cannot write {name}. Fix: GRANT SELECT, INSERT, UPDATE, DELETE ON {name} TO {}",
-            quote_ident(user)
-        )));
-    }
-    Ok(())
-}
-
 async fn create(client: &Client, cfg: &Config, plan: &Plan) -> anyhow::Result<()> {
     let state = quote_ident(&cfg.schema);
     client
@@ -287,20 +209,9 @@ async fn create(client: &Client, cfg: &Config, plan: &Plan) -> anyhow::Result<()
             )
         })?;
     if plan.create_summary {
-        let ddl = SUMMARY_DDL
-            .replace(
-                "CREATE TABLE \"ProductSummary\"",
-                &format!(
-                    "CREATE TABLE {}",
-                    qualified(&cfg.tables.schema, &cfg.tables.summary)
-                ),
-            )
-            .replace(
-                "ON \"ProductSummary\"",
-                &format!("ON {}", qualified(&cfg.tables.schema, &cfg.tables.summary)),
-            );
+        let ddl = &plan.summary_ddl;
         client
-            .batch_execute(&ddl)
+            .batch_execute(ddl)
             .await
             .context("creating the summary table")?;
         tracing::info!(table = %cfg.tables.summary, "created the summary table");

@@ -5,15 +5,18 @@ use tokio::sync::mpsc;
 use tokio_postgres::{Client, Statement};
 
 use super::Options;
-use crate::apply::{summary_select, table_select};
 use crate::config::Config;
-use crate::summary::{qualified, quote_ident};
+use crate::layout::Layout;
 
 /// A page of products to compare.
 #[derive(Debug)]
 pub(super) enum Page {
-    /// Ids in `(after, upto]`; no `upto` on the last page.
-    Range { after: String, upto: Option<String> },
+    /// Ids in `(after, upto]`, in the id type's order; no `after` on the first page, no
+    /// `upto` on the last.
+    Range {
+        after: Option<String>,
+        upto: Option<String>,
+    },
     /// Exactly these ids (`--store`).
     Ids(Vec<String>),
 }
@@ -34,32 +37,45 @@ pub(super) struct Pager {
 }
 
 impl Pager {
-    pub(super) async fn new(client: Client, cfg: &Config, opts: &Options) -> anyhow::Result<Pager> {
-        let summary = qualified(&cfg.tables.schema, &cfg.tables.summary);
+    pub(super) async fn new(
+        client: Client,
+        cfg: &Config,
+        layout: &Layout,
+        opts: &Options,
+    ) -> anyhow::Result<Pager> {
+        let Layout {
+            summary,
+            product,
+            product_key: key,
+            ..
+        } = layout;
+        let (pid, sid) = (&layout.col.product_id, &layout.col.store_id);
+        // Reconcile plans every statement for its parameters (plan_cache_mode), so the
+        // "no lower bound" case costs nothing on the first page.
+        let after = |col: &str, n: usize| format!("(${n}::text IS NULL OR {col} > {})", layout.id(n));
         let sql = match &opts.store {
             // The page-size-th next id of each side (OFFSET over an index-only scan); the
             // smaller one ends the page, so neither side has more than page_size rows in it.
-            None => {
-                let product = qualified(&cfg.tables.schema, &cfg.tables.product);
-                let key = quote_ident(&cfg.tables.sources[&cfg.tables.product]);
-                format!(
-                    "SELECT least((SELECT {key} FROM {product} WHERE {key} > $1 ORDER BY {key} \
-                     OFFSET $2 LIMIT 1), (SELECT \"productId\" FROM {summary} WHERE \"productId\" > $1 \
-                     ORDER BY \"productId\" OFFSET $2 LIMIT 1))"
-                )
-            }
+            None => format!(
+                "SELECT least((SELECT {key} FROM {product} WHERE {} ORDER BY {key} \
+                 OFFSET $2 LIMIT 1), (SELECT {pid} FROM {summary} WHERE {} \
+                 ORDER BY {pid} OFFSET $2 LIMIT 1))::text",
+                after(key, 1),
+                after(pid, 1)
+            ),
             // The next ids in the store on either side, each side limited before the union.
-            Some(_) => {
-                let query = cfg.summary_query()?;
-                format!(
-                    "SELECT coalesce(array_agg(id ORDER BY id), '{{}}') FROM (SELECT id FROM \
-                     ((SELECT s.product_id AS id FROM ({query}) s WHERE s.product_id > $2 \
-                     AND s.store_id = $4 ORDER BY s.product_id LIMIT $3) UNION \
-                     (SELECT t.\"productId\" FROM {summary} t WHERE t.\"productId\" > $2 \
-                     AND t.\"storeId\" = $4 ORDER BY t.\"productId\" LIMIT $3)) u \
-                     ORDER BY id LIMIT $3) ids"
-                )
-            }
+            Some(_) => format!(
+                "SELECT coalesce(array_agg(id::text ORDER BY id), '{{}}') FROM (SELECT id FROM \
+                 ((SELECT s.product_id AS id FROM ({query}) s WHERE {} \
+                 AND s.store_id = {store} ORDER BY s.product_id LIMIT $3) UNION \
+                 (SELECT t.{pid} FROM {summary} t WHERE {} \
+                 AND t.{sid} = {store} ORDER BY t.{pid} LIMIT $3)) u \
+                 ORDER BY id LIMIT $3) ids",
+                after("s.product_id", 2),
+                after(&format!("t.{pid}"), 2),
+                query = cfg.summary_query()?,
+                store = layout.store(4),
+            ),
         };
         let stmt = crate::db::prepare(&client, &sql).await?;
         Ok(Pager {
@@ -72,7 +88,7 @@ impl Pager {
     }
 
     pub(super) async fn produce(self, tx: mpsc::Sender<Page>) -> anyhow::Result<()> {
-        let mut after = String::new();
+        let mut after: Option<String> = None;
         loop {
             let (page, next) = match &self.store {
                 None => {
@@ -108,7 +124,7 @@ impl Pager {
                 return Ok(());
             }
             match next {
-                Some(n) => after = n,
+                Some(n) => after = Some(n),
                 None => return Ok(()),
             }
         }
@@ -117,22 +133,18 @@ impl Pager {
 
 /// The FULL OUTER JOIN of the summary query and the table over `filter`, reduced to the
 /// number of products compared and the ids that differ.
-pub(super) fn compare_sql(
-    cfg: &Config,
-    source_filter: &str,
-    table_filter: &str,
-) -> anyhow::Result<String> {
-    Ok(format!(
-        "SELECT count(*)::int8, coalesce(array_agg(coalesce(d.product_id, c.\"productId\")) \
-         FILTER (WHERE d.product_id IS NULL OR c.\"productId\" IS NULL OR \
+pub(super) fn compare_sql(layout: &Layout, source_filter: &str, table_filter: &str) -> String {
+    format!(
+        "SELECT count(*)::int8, coalesce(array_agg(coalesce(d.product_id, c.product_id)) \
+         FILTER (WHERE d.product_id IS NULL OR c.product_id IS NULL OR \
          (d.store_id, d.title, d.price, d.active, d.inventory_available, d.primary_image_url) \
-         IS DISTINCT FROM (c.\"storeId\", c.\"title\", c.\"price\", c.\"active\", \
-         c.\"inventoryAvailable\", c.\"primaryImageUrl\")), '{{}}') \
+         IS DISTINCT FROM (c.store_id, c.title, c.price, c.active, \
+         c.inventory_available, c.primary_image_url)), '{{}}') \
          FROM ({} WHERE {source_filter}) d FULL JOIN ({} WHERE {table_filter}) c \
-         ON c.\"productId\" = d.product_id",
-        summary_select(cfg)?,
-        table_select(cfg)
-    ))
+         ON c.product_id = d.product_id",
+        layout.summary_select(),
+        layout.table_select()
+    )
 }
 
 /// Compares pages on its own connection.
@@ -145,28 +157,30 @@ pub(super) struct Comparer {
 }
 
 impl Comparer {
-    pub(super) async fn new(client: Client, cfg: &Config) -> anyhow::Result<Comparer> {
+    pub(super) async fn new(
+        client: Client,
+        cfg: &Config,
+        layout: &Layout,
+    ) -> anyhow::Result<Comparer> {
         let prepare = |sql: String| {
             let client = &client;
             async move { crate::db::prepare(client, &sql).await }
         };
+        let pid = format!("t.{}", layout.col.product_id);
+        let after = |col: &str| format!("($2::text IS NULL OR {col} > {})", layout.id(2));
+        let upto = |col: &str| format!("{col} <= {}", layout.id(3));
         let bounded = prepare(compare_sql(
-            cfg,
-            "s.product_id > $2 AND s.product_id <= $3",
-            "t.\"productId\" > $2 AND t.\"productId\" <= $3",
-        )?)
+            layout,
+            &format!("{} AND {}", after("s.product_id"), upto("s.product_id")),
+            &format!("{} AND {}", after(&pid), upto(&pid)),
+        ))
         .await?;
-        let open = prepare(compare_sql(
-            cfg,
-            "s.product_id > $2",
-            "t.\"productId\" > $2",
-        )?)
-        .await?;
+        let open = prepare(compare_sql(layout, &after("s.product_id"), &after(&pid))).await?;
         let ids = prepare(compare_sql(
-            cfg,
-            "s.product_id = ANY($2::text[])",
-            "t.\"productId\" = ANY($2::text[])",
-        )?)
+            layout,
+            &format!("s.product_id = ANY({})", layout.ids(2)),
+            &format!("{pid} = ANY({})", layout.ids(2)),
+        ))
         .await?;
         Ok(Comparer {
             client,

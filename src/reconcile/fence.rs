@@ -10,7 +10,8 @@ use tokio_postgres::{Client, Statement};
 
 use super::report::Discrepancy;
 use super::SETTLE_ROUNDS;
-use crate::apply::{read_checkpoint, summary_select, table_select};
+use crate::apply::read_checkpoint;
+use crate::layout::Layout;
 use crate::config::Config;
 use crate::summary::{diff, Change, SummaryRow};
 
@@ -31,15 +32,18 @@ impl Checker {
     pub(super) async fn new(
         client: Client,
         cfg: &Config,
+        layout: &Layout,
         timeout: Duration,
     ) -> anyhow::Result<Checker> {
         // Both sides of the ids, in one statement (one snapshot); the last column says
         // which side a row is from.
         let sql = format!(
-            "SELECT d.*, true FROM ({} WHERE s.product_id = ANY($2::text[])) d UNION ALL \
-             SELECT c.*, false FROM ({} WHERE t.\"productId\" = ANY($2::text[])) c",
-            summary_select(cfg)?,
-            table_select(cfg)
+            "SELECT d.*, true FROM ({} WHERE s.product_id = ANY({ids})) d UNION ALL \
+             SELECT c.*, false FROM ({} WHERE t.{} = ANY({ids})) c",
+            layout.summary_select(),
+            layout.table_select(),
+            layout.col.product_id,
+            ids = layout.ids(2),
         );
         let detail = crate::db::prepare(&client, &sql).await?;
         Ok(Checker {

@@ -53,6 +53,7 @@ use crate::apply::Applier;
 use crate::config::Config;
 use crate::db::Database;
 use crate::error::definite;
+use crate::layout::Layout;
 use crate::summary::{qualified, quote_ident};
 
 use compare::{Comparer, Page, PageResult, Pager};
@@ -182,7 +183,8 @@ pub async fn run(db: &Database, cfg: &Config, opts: &Options) -> anyhow::Result<
     let started = Instant::now();
     let client = connect(db, "reconcile").await?;
     check_setup(&client, cfg).await?;
-    let total = estimate_total(&client, cfg, opts.store.as_deref()).await?;
+    let layout = Layout::load(&client, cfg).await?;
+    let total = estimate_total(&client, &layout, opts.store.as_deref()).await?;
     tracing::info!(
         products = total,
         store = opts.store.as_deref().unwrap_or("(all)"),
@@ -194,7 +196,7 @@ pub async fn run(db: &Database, cfg: &Config, opts: &Options) -> anyhow::Result<
     let mut tasks = JoinSet::new();
     let (page_tx, page_rx) = mpsc::channel::<Page>(opts.jobs);
     let (result_tx, mut result_rx) = mpsc::channel::<anyhow::Result<PageResult>>(opts.jobs);
-    let pager = Pager::new(connect(db, "reconcile").await?, cfg, opts).await?;
+    let pager = Pager::new(connect(db, "reconcile").await?, cfg, &layout, opts).await?;
     {
         let result_tx = result_tx.clone();
         tasks.spawn(async move {
@@ -205,7 +207,7 @@ pub async fn run(db: &Database, cfg: &Config, opts: &Options) -> anyhow::Result<
     }
     let page_rx = Arc::new(Mutex::new(page_rx));
     for _ in 0..opts.jobs {
-        let comparer = Comparer::new(connect(db, "reconcile").await?, cfg).await?;
+        let comparer = Comparer::new(connect(db, "reconcile").await?, cfg, &layout).await?;
         let page_rx = page_rx.clone();
         let result_tx = result_tx.clone();
         tasks.spawn(async move {
@@ -222,7 +224,7 @@ pub async fn run(db: &Database, cfg: &Config, opts: &Options) -> anyhow::Result<
     }
     drop(result_tx);
 
-    let mut checker = Checker::new(client, cfg, opts.settle_timeout).await?;
+    let mut checker = Checker::new(client, cfg, &layout, opts.settle_timeout).await?;
     let mut applier = match opts.fix {
         true => Some(Applier::connect(db, cfg, "reconcile-fix").await?),
         false => None,
@@ -351,19 +353,22 @@ async fn check_setup(client: &Client, cfg: &Config) -> anyhow::Result<()> {
 }
 
 /// A cheap product count for the progress line.
-async fn estimate_total(client: &Client, cfg: &Config, store: Option<&str>) -> anyhow::Result<i64> {
+async fn estimate_total(client: &Client, layout: &Layout, store: Option<&str>) -> anyhow::Result<i64> {
     let row = match store {
         None => {
-            let product = qualified(&cfg.tables.schema, &cfg.tables.product);
             client
-                .query_one(&format!("SELECT count(*) FROM {product}"), &[])
+                .query_one(&format!("SELECT count(*) FROM {}", layout.product), &[])
                 .await?
         }
         Some(store) => {
-            let summary = qualified(&cfg.tables.schema, &cfg.tables.summary);
             client
                 .query_one(
-                    &format!("SELECT count(*) FROM {summary} WHERE \"storeId\" = $1"),
+                    &format!(
+                        "SELECT count(*) FROM {} WHERE {} = {}",
+                        layout.summary,
+                        layout.col.store_id,
+                        layout.store(1)
+                    ),
                     &[&store],
                 )
                 .await?
