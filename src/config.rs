@@ -514,4 +514,20 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("slott"), "{err}");
     }
+
+    #[test]
+    fn example_configs_load() {
+        for path in [
+            "config/cdc-worker.toml",
+            "config/examples/prisma/cdc-worker.toml",
+            "config/examples/snake_case/cdc-worker.toml",
+        ] {
+            let cfg = Config::load_with_env(Some(Path::new(path)), |k| {
+                (k == "DATABASE_URL").then(|| "postgresql://u@h/d".to_string())
+            })
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+            cfg.summary_query()
+                .unwrap_or_else(|e| panic!("{path}: {e}"));
+        }
+    }
 }

@@ -202,15 +202,30 @@ impl Layout {
         // (config key, column, accepted typnames, must be not null)
         let text = &["text", "varchar"][..];
         let expected: [(&str, &str, &[&str], bool); 9] = [
-            ("id", &c.id, &["text", "varchar", "int4", "int8", "uuid"], true),
+            (
+                "id",
+                &c.id,
+                &["text", "varchar", "int4", "int8", "uuid"],
+                true,
+            ),
             ("product_id", &c.product_id, &[id_typname], true),
             ("store_id", &c.store_id, &[store_typname], true),
             ("title", &c.title, text, true),
             ("price", &c.price, &["int4"], true),
             ("active", &c.active, &["bool"], true),
-            ("inventory_available", &c.inventory_available, &["int4"], true),
+            (
+                "inventory_available",
+                &c.inventory_available,
+                &["int4"],
+                true,
+            ),
             ("primary_image_url", &c.primary_image_url, text, false),
-            ("updated_at", &c.updated_at, &["timestamp", "timestamptz"], true),
+            (
+                "updated_at",
+                &c.updated_at,
+                &["timestamp", "timestamptz"],
+                true,
+            ),
         ];
         for (key, column, types, not_null) in expected {
             let Some(found) = rows.iter().find(|r| r.get::<_, String>(0) == column) else {

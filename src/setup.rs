@@ -8,10 +8,10 @@ use anyhow::Context;
 use tokio_postgres::Client;
 
 use crate::apply::Applier;
-use crate::layout::Layout;
 use crate::config::Config;
 use crate::db::Database;
 use crate::error::definite;
+use crate::layout::Layout;
 use crate::slot;
 use crate::summary::{qualified, quote_ident};
 

@@ -52,7 +52,8 @@ impl Pager {
         let (pid, sid) = (&layout.col.product_id, &layout.col.store_id);
         // Reconcile plans every statement for its parameters (plan_cache_mode), so the
         // "no lower bound" case costs nothing on the first page.
-        let after = |col: &str, n: usize| format!("(${n}::text IS NULL OR {col} > {})", layout.id(n));
+        let after =
+            |col: &str, n: usize| format!("(${n}::text IS NULL OR {col} > {})", layout.id(n));
         let sql = match &opts.store {
             // The page-size-th next id of each side (OFFSET over an index-only scan); the
             // smaller one ends the page, so neither side has more than page_size rows in it.

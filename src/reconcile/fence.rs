@@ -11,8 +11,8 @@ use tokio_postgres::{Client, Statement};
 use super::report::Discrepancy;
 use super::SETTLE_ROUNDS;
 use crate::apply::read_checkpoint;
-use crate::layout::Layout;
 use crate::config::Config;
+use crate::layout::Layout;
 use crate::summary::{diff, Change, SummaryRow};
 
 /// Reads both sides of given ids, and waits for the daemon through WAL fences.

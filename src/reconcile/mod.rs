@@ -353,7 +353,11 @@ async fn check_setup(client: &Client, cfg: &Config) -> anyhow::Result<()> {
 }
 
 /// A cheap product count for the progress line.
-async fn estimate_total(client: &Client, layout: &Layout, store: Option<&str>) -> anyhow::Result<i64> {
+async fn estimate_total(
+    client: &Client,
+    layout: &Layout,
+    store: Option<&str>,
+) -> anyhow::Result<i64> {
     let row = match store {
         None => {
             client

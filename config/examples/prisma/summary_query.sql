@@ -1,0 +1,1 @@
+../../../sql/summary_query.sql
