@@ -95,6 +95,21 @@ impl Default for SummaryColumns {
 }
 
 impl SummaryColumns {
+    /// Each name through `f` (the quoted names SQL is built from).
+    pub fn map(&self, f: impl Fn(&str) -> String) -> SummaryColumns {
+        SummaryColumns {
+            id: f(&self.id),
+            product_id: f(&self.product_id),
+            store_id: f(&self.store_id),
+            title: f(&self.title),
+            price: f(&self.price),
+            active: f(&self.active),
+            inventory_available: f(&self.inventory_available),
+            primary_image_url: f(&self.primary_image_url),
+            updated_at: f(&self.updated_at),
+        }
+    }
+
     /// (config key, column name) in the table's order.
     pub fn all(&self) -> [(&'static str, &str); 9] {
         [

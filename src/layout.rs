@@ -10,26 +10,12 @@
 use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
-use crate::config::Config;
+use crate::config::{Config, SummaryColumns};
 use crate::error::definite;
 use crate::summary::{qualified, quote_ident};
 
 /// Product and store id types the worker supports (`pg_type.typname`).
 const ID_TYPES: &[&str] = &["text", "varchar", "int4", "int8", "uuid"];
-
-/// The summary table's columns, quoted.
-#[derive(Debug, Clone)]
-pub struct Cols {
-    pub id: String,
-    pub product_id: String,
-    pub store_id: String,
-    pub title: String,
-    pub price: String,
-    pub active: String,
-    pub inventory_available: String,
-    pub primary_image_url: String,
-    pub updated_at: String,
-}
 
 #[derive(Debug, Clone)]
 pub struct Layout {
@@ -38,7 +24,8 @@ pub struct Layout {
     /// The product table, qualified and quoted, and its key column, quoted.
     pub product: String,
     pub product_key: String,
-    pub col: Cols,
+    /// The summary table's column names, quoted.
+    pub col: SummaryColumns,
     /// SQL type of product ids (`bigint`, `uuid`, `text`...), as the product key has it.
     pub id_type: String,
     /// SQL type of store ids, as the summary query returns them.
@@ -63,18 +50,7 @@ impl Layout {
         let id_type = product_key_type(client, cfg, &product, key).await?;
         let query = cfg.summary_query()?;
         let store_type = check_query(client, cfg, &query, &id_type.0).await?;
-        let c = &t.summary_columns;
-        let col = Cols {
-            id: quote_ident(&c.id),
-            product_id: quote_ident(&c.product_id),
-            store_id: quote_ident(&c.store_id),
-            title: quote_ident(&c.title),
-            price: quote_ident(&c.price),
-            active: quote_ident(&c.active),
-            inventory_available: quote_ident(&c.inventory_available),
-            primary_image_url: quote_ident(&c.primary_image_url),
-            updated_at: quote_ident(&c.updated_at),
-        };
+        let col = t.summary_columns.map(quote_ident);
         let mut layout = Layout {
             summary: qualified(&t.schema, &t.summary),
             product,

@@ -407,6 +407,23 @@ async fn nextjs_endpoint_failing_then_hanging() {
     assert_recovered(&db, &c, &r, &last).await;
 }
 
+/// A streaming leader (through `leader_url` if given) and a standby waiting behind it.
+async fn leader_and_standby(
+    db: &TestDb,
+    r: &Receiver,
+    leader_url: Option<&str>,
+) -> (WorkerProcess, WorkerProcess) {
+    let leader = start(db, r, leader_url);
+    leader
+        .wait_for_log(Duration::from_secs(20), "streaming")
+        .await;
+    let standby = start(db, r, None);
+    standby
+        .wait_for_log(Duration::from_secs(20), "waiting as standby")
+        .await;
+    (leader, standby)
+}
+
 /// The leader's network goes silent without a RST (the proxy keeps every socket open and
 /// forwards nothing): its backend would hold the leader lock until the server's TCP
 /// keepalive (hours). The leader session's idle timeout ends it, the standby takes over,
@@ -420,14 +437,7 @@ async fn a_silent_network_cut_hands_over_within_30s() {
     let via_proxy = db
         .url
         .replacen(&format!(":{}/", cluster.port), &format!(":{}/", p.port), 1);
-    let leader = start(&db, &r, Some(&via_proxy));
-    leader
-        .wait_for_log(Duration::from_secs(20), "streaming")
-        .await;
-    let standby = start(&db, &r, None);
-    standby
-        .wait_for_log(Duration::from_secs(20), "waiting as standby")
-        .await;
+    let (_leader, standby) = leader_and_standby(&db, &r, Some(&via_proxy)).await;
     let t = Instant::now();
     p.freeze();
     standby
@@ -447,14 +457,7 @@ async fn a_silent_network_cut_hands_over_within_30s() {
 async fn a_sigterm_leader_hands_over_at_once() {
     let r = receiver().await;
     let (db, c) = prepared(Cluster::shared(), "fault_handover", 20).await;
-    let leader = start(&db, &r, None);
-    leader
-        .wait_for_log(Duration::from_secs(20), "streaming")
-        .await;
-    let standby = start(&db, &r, None);
-    standby
-        .wait_for_log(Duration::from_secs(20), "waiting as standby")
-        .await;
+    let (leader, standby) = leader_and_standby(&db, &r, None).await;
     let t = Instant::now();
     leader.sigterm();
     standby
