@@ -34,6 +34,9 @@ pub struct Config {
     /// When Postgres invalidates the slot (max_slot_wal_keep_size), recreate it and
     /// recompute every product instead of stopping.
     pub recover_lost_slot: bool,
+    /// On Postgres 17+, create the slot with `failover = true`, so that it is synchronized
+    /// to physical standbys (`sync_replication_slots`) and survives a promotion.
+    pub failover_slot: bool,
     pub tables: Tables,
     pub batch: Batch,
     pub revalidate: Revalidate,
@@ -178,6 +181,7 @@ impl Default for Config {
             schema: "cdc_worker".into(),
             currency: "USD".into(),
             recover_lost_slot: true,
+            failover_slot: true,
             tables: Tables::default(),
             batch: Batch::default(),
             revalidate: Revalidate::default(),

@@ -410,18 +410,28 @@ async fn end_stale_walsender(
 
 /// Creates the slot (through SQL, before the recompute reads anything: every change
 /// committed after its consistent point is streamed, everything before it is read by the
-/// recompute, which waits for it to be visible first).
+/// recompute, which waits for it to be visible first). From Postgres 17 on it is a
+/// failover slot (`failover_slot`, on by default), which the server synchronizes to
+/// physical standbys that have `sync_replication_slots` on, so a promoted standby has it.
 pub async fn create(client: &Client, cfg: &Config) -> anyhow::Result<Lsn> {
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int4", &[])
+        .await?
+        .get(0);
+    let failover = cfg.failover_slot && version >= 170_000;
+    let sql = if failover {
+        // (slot_name, plugin, temporary, twophase, failover)
+        "SELECT lsn FROM pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)"
+    } else {
+        "SELECT lsn FROM pg_create_logical_replication_slot($1, 'pgoutput')"
+    };
     let lsn: PgLsn = client
-        .query_one(
-            "SELECT lsn FROM pg_create_logical_replication_slot($1, 'pgoutput')",
-            &[&cfg.slot],
-        )
+        .query_one(sql, &[&cfg.slot])
         .await
         .with_context(|| format!("creating replication slot {}", cfg.slot))?
         .get(0);
     let lsn = Lsn(u64::from(lsn));
-    tracing::info!(slot = %cfg.slot, %lsn, "created the replication slot");
+    tracing::info!(slot = %cfg.slot, %lsn, failover, "created the replication slot");
     Ok(lsn)
 }
 
