@@ -8,17 +8,15 @@ use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use futures_util::TryStreamExt;
 use pgwire_replication::Lsn;
 use tokio_postgres::types::PgLsn;
-use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, RowStream, Statement};
+use tokio_postgres::{Client, Statement};
 
 use crate::config::Config;
 use crate::db::Database;
 use crate::error::definite;
 use crate::layout::Layout;
-use crate::summary::{diff, Change, SummaryRow, TagTemplates};
+use crate::summary::{TagTemplates, Touched};
 
 /// Advisory lock class of the apply transaction. Every writer of the summary and the
 /// outbox (the daemon, `reconcile --fix`, `revalidate`) takes it, so that each reads the
@@ -51,10 +49,7 @@ impl Applied {
 
 struct Statements {
     lock: Statement,
-    desired: Statement,
-    current: Statement,
-    upsert: Statement,
-    delete: Statement,
+    write: Statement,
     enqueue: Statement,
     checkpoint: Statement,
     first_page: Statement,
@@ -116,65 +111,13 @@ impl Applier {
             ..
         } = &layout;
         let state = crate::summary::quote_ident(&cfg.schema);
-        // Without a default on the summary's own id, the worker supplies one ($1).
-        let (id_col, id_val) = if layout.generate_row_id {
-            (format!("{}, ", c.id), "u.rid, ")
-        } else {
-            (String::new(), "")
-        };
-        let set = |col: &str| format!("{col} = EXCLUDED.{col}");
         let prepare = |sql: String| {
             let client = &client;
             async move { crate::db::prepare(client, &sql).await }
         };
         let stmts = Statements {
             lock: prepare("SELECT pg_advisory_xact_lock($1::int4, $2::int4)".into()).await?,
-            desired: prepare(format!(
-                "{} WHERE s.product_id = ANY({})",
-                layout.summary_select(),
-                layout.ids(2)
-            ))
-            .await?,
-            current: prepare(format!(
-                "{} WHERE t.{} = ANY({})",
-                layout.table_select(),
-                c.product_id,
-                layout.ids(1)
-            ))
-            .await?,
-            upsert: prepare(format!(
-                "INSERT INTO {summary} ({id_col}{}, {}, {}, {}, {}, {}, {}, {}) \
-                 SELECT {id_val}u.pid::{}, u.sid::{}, u.title, u.price, u.active, u.inv, u.img, {} \
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], \
-                 $6::bool[], $7::int4[], $8::text[]) AS u(rid, pid, sid, title, price, active, inv, img) \
-                 ON CONFLICT ({}) DO UPDATE SET {}, {}, {}, {}, {}, {}, {}",
-                c.product_id,
-                c.store_id,
-                c.title,
-                c.price,
-                c.active,
-                c.inventory_available,
-                c.primary_image_url,
-                c.updated_at,
-                layout.id_type,
-                layout.store_type,
-                layout.now,
-                c.product_id,
-                set(&c.store_id),
-                set(&c.title),
-                set(&c.price),
-                set(&c.active),
-                set(&c.inventory_available),
-                set(&c.primary_image_url),
-                set(&c.updated_at),
-            ))
-            .await?,
-            delete: prepare(format!(
-                "DELETE FROM {summary} WHERE {} = ANY({})",
-                c.product_id,
-                layout.ids(1)
-            ))
-            .await?,
+            write: prepare(write_sql(&layout)).await?,
             enqueue: prepare(format!(
                 "INSERT INTO {state}.outbox (tag, commit_time) SELECT unnest($1::text[]), $2"
             ))
@@ -305,54 +248,30 @@ impl Applier {
             ..Applied::default()
         };
         if !ids.is_empty() {
-            let desired = rows(
-                tx.query_raw(
-                    &self.stmts.desired,
-                    [&self.currency as &(dyn ToSql + Sync), &ids],
-                )
-                .await?,
-            )
-            .await?;
-            let current = rows(tx.query_raw(&self.stmts.current, [&ids]).await?).await?;
-            let changes = diff(&desired, &current);
-            let mut up = Upserts::default();
-            let mut deletes = Vec::new();
+            // One statement compares, writes and deletes; only the products that changed
+            // come back, with what their tags need.
+            let changed = tx.query(&self.stmts.write, &[&self.currency, &ids]).await?;
             let mut tags = BTreeSet::new();
-            for change in &changes {
-                self.templates.tags_of(change, &mut tags);
-                match change {
-                    Change::Insert(new) => {
-                        applied.inserted += 1;
-                        up.push(new);
-                    }
-                    Change::Update { new, .. } => {
-                        applied.updated += 1;
-                        up.push(new);
-                    }
-                    Change::Delete(old) => {
-                        applied.deleted += 1;
-                        deletes.push(old.product_id.as_str());
-                    }
+            for row in &changed {
+                let (kind, product_id, store_id, old_store, inventory_changed): (
+                    i8,
+                    &str,
+                    &str,
+                    Option<&str>,
+                    bool,
+                ) = (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+                match kind as u8 {
+                    b'i' => applied.inserted += 1,
+                    b'u' => applied.updated += 1,
+                    _ => applied.deleted += 1,
                 }
-            }
-            if !up.product_id.is_empty() {
-                tx.execute(
-                    &self.stmts.upsert,
-                    &[
-                        &up.id,
-                        &up.product_id,
-                        &up.store_id,
-                        &up.title,
-                        &up.price,
-                        &up.active,
-                        &up.inventory,
-                        &up.image,
-                    ],
-                )
-                .await?;
-            }
-            if !deletes.is_empty() {
-                tx.execute(&self.stmts.delete, &[&deletes]).await?;
+                let touched = Touched {
+                    product_id,
+                    store_id,
+                    old_store,
+                    inventory_changed,
+                };
+                self.templates.tags_of(&touched, &mut tags);
             }
             if self.enqueue_tags && !tags.is_empty() {
                 let tags: Vec<String> = tags.into_iter().collect();
@@ -427,72 +346,85 @@ pub async fn read_checkpoint(
     Ok(row.map(|r| Lsn(u64::from(r.get::<_, PgLsn>(0)))))
 }
 
-/// Converts rows as they arrive, so a large batch never holds both the wire rows and
-/// their `SummaryRow` copies (the wire rows were the largest item of the peak heap).
-async fn rows(stream: RowStream) -> anyhow::Result<Vec<SummaryRow>> {
-    futures_util::pin_mut!(stream);
-    let mut out = Vec::new();
-    while let Some(row) = stream.try_next().await? {
-        out.push(SummaryRow::from_row(&row).context("reading a summary row")?);
-    }
-    Ok(out)
-}
-
-/// Column arrays for the set-based upsert (one statement per batch, not one per row).
-#[derive(Default)]
-struct Upserts<'a> {
-    id: Vec<String>,
-    product_id: Vec<&'a str>,
-    store_id: Vec<&'a str>,
-    title: Vec<&'a str>,
-    price: Vec<i32>,
-    active: Vec<bool>,
-    inventory: Vec<i32>,
-    image: Vec<Option<&'a str>>,
-}
-
-impl<'a> Upserts<'a> {
-    fn push(&mut self, r: &'a SummaryRow) {
-        // Only used when the row is new; an existing row keeps its id (ON CONFLICT).
-        self.id.push(new_id());
-        self.product_id.push(&r.product_id);
-        self.store_id.push(&r.store_id);
-        self.title.push(&r.title);
-        self.price.push(r.price);
-        self.active.push(r.active);
-        self.inventory.push(r.inventory_available);
-        self.image.push(r.primary_image_url.as_deref());
-    }
-}
-
-/// A collision-resistant id in the style of Prisma's cuid(): 'c', the time, a counter
-/// and randomness, base36. Prisma sets no database default, so the worker makes ids.
-pub fn new_id() -> String {
-    use rand::Rng;
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let millis = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_millis() as u64;
-    let count = COUNTER.fetch_add(1, Ordering::Relaxed) as u64 % 36u64.pow(4);
-    let random: u64 = rand::thread_rng().gen_range(0..36u64.pow(12));
-    let mut s = String::with_capacity(25);
-    s.push('c');
-    push_base36(&mut s, millis, 8);
-    push_base36(&mut s, count, 4);
-    push_base36(&mut s, random, 12);
-    s
-}
-
-fn push_base36(s: &mut String, mut v: u64, width: usize) {
-    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut buf = vec![b'0'; width];
-    for slot in buf.iter_mut().rev() {
-        *slot = DIGITS[(v % 36) as usize];
-        v /= 36;
-    }
-    s.push_str(std::str::from_utf8(&buf).expect("ascii"));
+/// The set-based apply of one part (`$1` the currency, `$2` the product ids as text):
+/// the summary query's rows (`d`) against the table's (`c`), the rows that differ
+/// upserted, the rows whose product has no summary row any more deleted, all in one
+/// statement and one snapshot. Returns one row per changed product: kind (`i`, `u`, `d`),
+/// product id, store id, old store id, whether its stock changed (for the tags).
+/// Equal rows are not written: a no-op source change writes nothing.
+fn write_sql(layout: &Layout) -> String {
+    let c = &layout.col;
+    const FIELDS: [&str; 6] = [
+        "store_id",
+        "title",
+        "price",
+        "active",
+        "inventory_available",
+        "primary_image_url",
+    ];
+    let fields = |alias: &str| {
+        FIELDS
+            .iter()
+            .map(|f| format!("{alias}.{f}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let sets = [
+        &c.store_id,
+        &c.title,
+        &c.price,
+        &c.active,
+        &c.inventory_available,
+        &c.primary_image_url,
+        &c.updated_at,
+    ]
+    .map(|col| format!("{col} = EXCLUDED.{col}"))
+    .join(", ");
+    // The summary's own id, when the table has no default for it: cuid-like ('c' and 24
+    // hex digits of randomness; Prisma's cuid() runs in the client, not the database).
+    let (id_col, id_val) = if layout.generate_row_id {
+        (
+            format!("{}, ", c.id),
+            "'c' || substr(md5(gen_random_uuid()::text), 1, 24), ",
+        )
+    } else {
+        (String::new(), "")
+    };
+    format!(
+        "WITH d AS (SELECT s.* FROM ({query}) s WHERE s.product_id = ANY({ids})), \
+         c AS (SELECT t.{pid} AS product_id, t.{sid} AS store_id, t.{title} AS title, \
+               t.{price} AS price, t.{active} AS active, t.{inv} AS inventory_available, \
+               t.{img} AS primary_image_url FROM {summary} t WHERE t.{pid} = ANY({ids})), \
+         changed AS (SELECT d.*, c.product_id IS NULL AS is_new, c.store_id AS old_store, \
+               c.inventory_available IS DISTINCT FROM d.inventory_available AS inventory_changed \
+               FROM d LEFT JOIN c ON c.product_id = d.product_id \
+               WHERE c.product_id IS NULL OR ({d_fields}) IS DISTINCT FROM ({c_fields})), \
+         upserted AS (INSERT INTO {summary} ({id_col}{pid}, {sid}, {title}, {price}, {active}, \
+               {inv}, {img}, {updated}) \
+               SELECT {id_val}product_id, store_id, title, price, active, inventory_available, \
+               primary_image_url, {now} FROM changed \
+               ON CONFLICT ({pid}) DO UPDATE SET {sets} RETURNING 1), \
+         deleted AS (DELETE FROM {summary} t WHERE t.{pid} = ANY({ids}) \
+               AND NOT EXISTS (SELECT 1 FROM d WHERE d.product_id = t.{pid}) \
+               RETURNING t.{pid} AS product_id, t.{sid} AS store_id) \
+         SELECT (CASE WHEN is_new THEN 'i' ELSE 'u' END)::\"char\", product_id::text, \
+                store_id::text, old_store::text, inventory_changed FROM changed \
+         UNION ALL SELECT 'd'::\"char\", product_id::text, store_id::text, NULL, true FROM deleted",
+        query = layout.query(),
+        ids = layout.ids(2),
+        summary = layout.summary,
+        pid = c.product_id,
+        sid = c.store_id,
+        title = c.title,
+        price = c.price,
+        active = c.active,
+        inv = c.inventory_available,
+        img = c.primary_image_url,
+        updated = c.updated_at,
+        now = layout.now,
+        d_fields = fields("d"),
+        c_fields = fields("c"),
+    )
 }
 
 /// Converts pgoutput's commit time (µs since 2000-01-01) to wall-clock time.
@@ -509,15 +441,6 @@ pub fn pg_time(micros: i64) -> SystemTime {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ids_look_like_cuids_and_differ() {
-        let a = new_id();
-        let b = new_id();
-        assert_eq!(a.len(), 25);
-        assert!(a.starts_with('c'));
-        assert_ne!(a, b);
-    }
 
     #[test]
     fn lock_key_is_stable() {

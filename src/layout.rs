@@ -84,6 +84,11 @@ impl Layout {
         format!("${n}::text::{}", self.store_type)
     }
 
+    /// The summary query's text.
+    pub fn query(&self) -> &str {
+        &self.query
+    }
+
     /// The summary query as `s`, its seven columns with ids as text; callers append a
     /// `WHERE` on `s.product_id` / `s.store_id` (native types). `$1` is the currency.
     pub fn summary_select(&self) -> String {

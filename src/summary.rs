@@ -122,6 +122,36 @@ pub fn diff<'a>(desired: &'a [SummaryRow], current: &'a [SummaryRow]) -> Vec<Cha
     changes
 }
 
+/// What a summary change means for cache tags: the product, its store (the old one too
+/// when it moved), and whether its stock changed (a new or vanished row counts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Touched<'a> {
+    pub product_id: &'a str,
+    pub store_id: &'a str,
+    pub old_store: Option<&'a str>,
+    pub inventory_changed: bool,
+}
+
+impl<'a> From<&Change<'a>> for Touched<'a> {
+    fn from(change: &Change<'a>) -> Touched<'a> {
+        let (row, old, inventory_changed) = match change {
+            Change::Insert(new) => (*new, None, true),
+            Change::Delete(old) => (*old, None, true),
+            Change::Update { old, new } => (
+                *new,
+                Some(old.store_id.as_str()),
+                old.inventory_available != new.inventory_available,
+            ),
+        };
+        Touched {
+            product_id: &row.product_id,
+            store_id: &row.store_id,
+            old_store: old,
+            inventory_changed,
+        }
+    }
+}
+
 /// Renders the cache tags of summary changes from the configured templates.
 #[derive(Debug, Clone)]
 pub struct TagTemplates {
@@ -140,20 +170,17 @@ impl TagTemplates {
     /// Tags of one change: the row's tags for its store (and for its old store when the
     /// product moved, so the old listing drops it), plus the inventory tags when
     /// inventoryAvailable changed or the row appeared or vanished.
-    pub fn tags_of(&self, change: &Change<'_>, out: &mut BTreeSet<String>) {
-        let (row, old_store, inventory_changed) = match change {
-            Change::Insert(new) => (*new, None, true),
-            Change::Delete(old) => (*old, None, true),
-            Change::Update { old, new } => (
-                *new,
-                (old.store_id != new.store_id).then_some(old.store_id.as_str()),
-                old.inventory_available != new.inventory_available,
-            ),
-        };
+    pub fn tags_of(&self, change: &Touched<'_>, out: &mut BTreeSet<String>) {
+        let Touched {
+            product_id,
+            store_id,
+            old_store,
+            inventory_changed,
+        } = *change;
         let mut render = |templates: &[String], store: &str| {
             for t in templates {
                 let tag = t
-                    .replace("{productId}", &row.product_id)
+                    .replace("{productId}", product_id)
                     .replace("{storeId}", store);
                 // Next.js ignores such a tag without a word; say so here instead.
                 if tag.len() > 256 || tag.contains(',') {
@@ -163,12 +190,12 @@ impl TagTemplates {
                 out.insert(tag);
             }
         };
-        render(&self.always, &row.store_id);
-        if let Some(old_store) = old_store {
+        render(&self.always, store_id);
+        if let Some(old_store) = old_store.filter(|s| *s != store_id) {
             render(&self.always, old_store);
         }
         if inventory_changed {
-            render(&self.inventory, &row.store_id);
+            render(&self.inventory, store_id);
         }
     }
 }
@@ -275,7 +302,7 @@ mod tests {
 
     fn update_tags(old: &SummaryRow, new: &SummaryRow) -> Vec<String> {
         let mut tags = BTreeSet::new();
-        templates().tags_of(&Change::Update { old, new }, &mut tags);
+        templates().tags_of(&(&Change::Update { old, new }).into(), &mut tags);
         tags.into_iter().collect()
     }
 
@@ -304,14 +331,14 @@ mod tests {
         let mut long = row("p", "s1", 5);
         long.product_id = "x".repeat(300);
         let mut tags = BTreeSet::new();
-        templates().tags_of(&Change::Insert(&long), &mut tags);
+        templates().tags_of(&(&Change::Insert(&long)).into(), &mut tags);
         assert_eq!(
             tags.into_iter().collect::<Vec<_>>(),
             vec!["store:s1:products"]
         );
         let comma = row("a,b", "s1", 5);
         let mut tags = BTreeSet::new();
-        templates().tags_of(&Change::Insert(&comma), &mut tags);
+        templates().tags_of(&(&Change::Insert(&comma)).into(), &mut tags);
         assert_eq!(
             tags.into_iter().collect::<Vec<_>>(),
             vec!["store:s1:products"]
