@@ -427,6 +427,37 @@ async fn a_held_commit_at_xid_epoch_1_is_waited_for() {
     h.finish().await;
 }
 
+/// A recompute that must cover everything before the slot's start (here: the slot was
+/// advanced past a commit the worker never applied) waits for commits that are still
+/// invisible: that change will never be streamed, so the recompute is its only chance.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recompute_waits_for_commits_before_the_slots_start() {
+    let h = HeldCommits::new("settled", 5).await;
+    let setup = WorkerProcess::run_to_end(&h.db, &["setup"], &[]);
+    assert!(setup.success, "{}", setup.output);
+    let held = h
+        .hold("UPDATE \"Inventory\" SET quantity = 500 WHERE id = 'inv1-1'")
+        .await;
+    h.c.execute(
+        "SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())",
+        &[&h.db.slot()],
+    )
+    .await
+    .unwrap();
+    let w = WorkerProcess::start(&h.db, &["run"], &[]);
+    w.wait_for_log(Duration::from_secs(20), "reason=\"slot_ahead\"")
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    h.release(held).await;
+    wait_until(
+        Duration::from_secs(5),
+        "the change once visible",
+        || async { inventory_of(&h.c, "p1").await == 497 + 7 },
+    )
+    .await;
+    h.finish().await;
+}
+
 /// A full recompute (here a TRUNCATE) batched with a not yet visible INSERT of a new
 /// product: the product list must be read after the wait, or the new product is missed.
 #[tokio::test(flavor = "multi_thread")]
