@@ -32,14 +32,15 @@ CREATE TABLE IF NOT EXISTS {schema}.outbox_cursor (
     updated_at   timestamptz NOT NULL DEFAULT now()
 );
 
--- Tags an endpoint refused for good (a 4xx other than 429): kept for inspection, never
--- dropped silently.
+-- Tags parked after an endpoint kept failing for revalidate.give_up_after_secs: kept,
+-- never dropped silently; `cdc-worker revalidate --failed` sends them again and deletes
+-- the rows it delivered.
 CREATE TABLE IF NOT EXISTS {schema}.outbox_failed (
     id        bigserial PRIMARY KEY,
     endpoint  text NOT NULL,
     tags      text[] NOT NULL,
-    status    int,
-    response  text,
+    status    int,   -- the last HTTP status; null when there was no answer
+    response  text,  -- the last error or response body (no URL in it)
     failed_at timestamptz NOT NULL DEFAULT now()
 );
 

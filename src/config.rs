@@ -95,6 +95,12 @@ pub struct Revalidate {
     pub window_ms: u64,
     /// Per-request timeout.
     pub timeout_ms: u64,
+    /// How long one batch of tags is retried (with backoff) against an endpoint that keeps
+    /// failing (any answer but a 2xx, or no answer) before it is parked in
+    /// `outbox_failed` and the endpoint moves on. Long enough to ride out a deploy, a
+    /// secret rotation or clock skew; parked tags are sent again with
+    /// `cdc-worker revalidate --failed`.
+    pub give_up_after_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -166,6 +172,7 @@ impl Default for Revalidate {
             max_batch_tags: 500,
             window_ms: 10,
             timeout_ms: 5_000,
+            give_up_after_secs: 900,
         }
     }
 }
@@ -285,6 +292,11 @@ impl Config {
         if self.revalidate.max_batch_tags == 0 {
             return Err(bad("revalidate.max_batch_tags must be at least 1"));
         }
+        if self.revalidate.give_up_after_secs == 0 {
+            return Err(bad(
+                "revalidate.give_up_after_secs must be at least 1 (default 900: 15 minutes)",
+            ));
+        }
         if !self.revalidate.urls.is_empty() && self.revalidate.secret.is_empty() {
             return Err(bad(
                 "CDC_REVALIDATE_URLS is set but CDC_REVALIDATE_SECRET is empty: set the secret the \
@@ -349,7 +361,7 @@ impl Config {
 
 /// `raw` as one http(s) URL in normal form (scheme and host lowercase, default port and
 /// fragment dropped, an empty path as `/`).
-fn normalize_endpoint(raw: &str) -> Result<String, ConfigError> {
+pub fn normalize_endpoint(raw: &str) -> Result<String, ConfigError> {
     let shown = redact_url(raw);
     let mut url = reqwest::Url::parse(raw).map_err(|e| {
         bad(format!(
@@ -544,6 +556,10 @@ mod tests {
         assert_eq!(cfg.tables.sources, def.tables.sources);
         assert_eq!(cfg.revalidate.tags, def.revalidate.tags);
         assert_eq!(cfg.batch.max_products, def.batch.max_products);
+        assert_eq!(
+            cfg.revalidate.give_up_after_secs,
+            def.revalidate.give_up_after_secs
+        );
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! Deliver: drains the outbox to every configured Next.js endpoint. Each endpoint has its
 //! own task and its own cursor, so one instance being down neither blocks nor repeats the
 //! others; the replication stream never waits for any of them. Tags are coalesced
-//! (deduplicated, bounded per request), signed, retried with backoff and jitter on
-//! transient failures, and recorded as failed (never dropped) on a definite refusal.
+//! (deduplicated, bounded per request), signed, and retried with backoff and jitter on
+//! every failure, whatever the endpoint answered, for `revalidate.give_up_after_secs`;
+//! only then are they parked in `outbox_failed` (never dropped), from where
+//! `cdc-worker revalidate --failed` sends them again.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -15,7 +17,7 @@ use tokio::sync::watch;
 use tokio_postgres::Client;
 
 use crate::config::Config;
-use crate::db::Database;
+use crate::db::{redact_url, Database};
 use crate::metrics::Metrics;
 use crate::summary::quote_ident;
 
@@ -34,10 +36,13 @@ pub fn signature(secret: &str, t_ms: u128, body: &str) -> String {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
     Delivered,
-    /// Worth retrying: connection error, timeout, 429, 5xx.
-    Retry(String),
-    /// The endpoint refused these tags for good (another 4xx).
-    Refused(u16, String),
+    /// Anything else: no answer, a timeout, a redirect, any status but 2xx. Retried: a
+    /// 401 while a secret rotates, a 404 or 502 while a deploy swaps instances, all pass.
+    /// `why` is safe to show (no URL in it).
+    Failed {
+        status: Option<u16>,
+        why: String,
+    },
 }
 
 /// POSTs one signed batch of tags.
@@ -54,26 +59,45 @@ pub async fn post(http: &reqwest::Client, url: &str, secret: &str, tags: &[Strin
         .body(body)
         .send()
         .await;
-    match sent {
-        Err(e) => Outcome::Retry(format!("{e}")),
-        Ok(resp) => {
-            let status = resp.status();
-            if status.is_success() {
-                return Outcome::Delivered;
-            }
-            let text: String = resp
-                .text()
-                .await
-                .unwrap_or_default()
-                .chars()
-                .take(500)
-                .collect();
-            if status.as_u16() == 429 || status.is_server_error() {
-                Outcome::Retry(format!("HTTP {status}: {text}"))
-            } else {
-                Outcome::Refused(status.as_u16(), text)
+    let resp = match sent {
+        Err(e) => {
+            return Outcome::Failed {
+                status: None,
+                why: format!("{e}"),
             }
         }
+        Ok(resp) => resp,
+    };
+    let status = resp.status();
+    if status.is_success() {
+        return Outcome::Delivered;
+    }
+    if status.is_redirection() {
+        // Not followed (see http_client); say where it pointed, redacted.
+        let target = resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .and_then(|l| resp.url().join(l).ok())
+            .map_or_else(|| "nowhere".to_string(), |u| redact_url(u.as_str()));
+        return Outcome::Failed {
+            status: Some(status.as_u16()),
+            why: format!(
+                "HTTP {status} redirect to {target}: not followed; configure the URL that \
+                 answers the POST itself"
+            ),
+        };
+    }
+    let text: String = resp
+        .text()
+        .await
+        .unwrap_or_default()
+        .chars()
+        .take(500)
+        .collect();
+    Outcome::Failed {
+        status: Some(status.as_u16()),
+        why: format!("HTTP {status}: {text}"),
     }
 }
 
@@ -83,17 +107,21 @@ pub fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(rand::thread_rng().gen_range(base_ms / 2..=base_ms))
 }
 
-/// The endpoint as shown in logs and metric labels: no query string (it may hold a token).
-pub fn endpoint_label(url: &str) -> String {
-    url.split(['?', '#']).next().unwrap_or(url).to_string()
-}
-
+/// The HTTP client for revalidation. Redirects are not followed: reqwest would turn the
+/// POST into a GET (a login page's 200 would count as delivered) and send the signature
+/// to whatever host the redirect names. A 3xx is a failure like any other.
 pub fn http_client(cfg: &Config) -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_millis(cfg.revalidate.timeout_ms))
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("cdc-worker/", env!("CARGO_PKG_VERSION")))
         .build()
         .expect("building the HTTP client")
+}
+
+/// The endpoint as shown in logs and metric labels: no query string (it may hold a token).
+pub fn endpoint_label(url: &str) -> String {
+    url.split(['?', '#']).next().unwrap_or(url).to_string()
 }
 
 /// Spawns one delivery task per endpoint; they run until aborted.
@@ -110,12 +138,13 @@ pub fn spawn(
         .map(|url| {
             let endpoint = Endpoint {
                 url: url.clone(),
-                label: endpoint_label(url),
+                key: endpoint_label(url),
                 all_urls: cfg.revalidate.urls.clone(),
                 secret: cfg.revalidate.secret.clone(),
                 schema: quote_ident(&cfg.schema),
                 max_tags: cfg.revalidate.max_batch_tags,
                 window: Duration::from_millis(cfg.revalidate.window_ms),
+                give_up: Duration::from_secs(cfg.revalidate.give_up_after_secs),
                 http: http.clone(),
                 metrics: metrics.clone(),
                 enqueued: enqueued.subscribe(),
@@ -128,12 +157,14 @@ pub fn spawn(
 
 struct Endpoint {
     url: String,
-    label: String,
+    /// What logs and metrics call this endpoint.
+    key: String,
     all_urls: Vec<String>,
     secret: String,
     schema: String,
     max_tags: usize,
     window: Duration,
+    give_up: Duration,
     http: reqwest::Client,
     metrics: Arc<Metrics>,
     /// Bumped by apply whenever it enqueued tags. A watch, not a Notify: each endpoint
@@ -157,11 +188,11 @@ impl Endpoint {
                 Ok(client) => {
                     attempt = 0;
                     if let Err(e) = self.serve(&client).await {
-                        tracing::warn!(endpoint = %self.label, error = %format!("{e:#}"), "delivery interrupted; resuming");
+                        tracing::warn!(endpoint = %self.key, error = %format!("{e:#}"), "delivery interrupted; resuming");
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(endpoint = %self.label, error = %e, "deliverer cannot reach the database");
+                    tracing::warn!(endpoint = %self.key, error = %e, "deliverer cannot reach the database");
                 }
             }
             tokio::time::sleep(backoff(attempt)).await;
@@ -264,8 +295,10 @@ impl Endpoint {
         Ok((pending.last_id > cursor).then_some(pending))
     }
 
-    /// Sends until the endpoint accepts or definitely refuses; retries forever otherwise,
-    /// because a tag must not be lost while the endpoint is merely down.
+    /// Sends until the endpoint accepts, retrying every failure with backoff; after
+    /// `give_up` of failures the tags are parked in `outbox_failed` (kept, counted by
+    /// `cdc_outbox_failed_tags`, sent again by `revalidate --failed`) so that one
+    /// endpoint broken for good does not hold its later tags forever.
     async fn deliver(
         &self,
         client: &Client,
@@ -273,10 +306,12 @@ impl Endpoint {
         record_failure: &tokio_postgres::Statement,
     ) -> anyhow::Result<()> {
         let mut attempt = 0;
+        let first_failure = Instant::now();
         loop {
-            match post(&self.http, &self.url, &self.secret, &pending.tags).await {
+            let (status, why) = match post(&self.http, &self.url, &self.secret, &pending.tags).await
+            {
                 Outcome::Delivered => {
-                    self.metrics.record_request(&self.label, "ok");
+                    self.metrics.record_request(&self.key, "ok");
                     let now = SystemTime::now();
                     for t in &pending.commit_times {
                         self.metrics
@@ -284,34 +319,37 @@ impl Endpoint {
                             .observe(now.duration_since(*t).unwrap_or_default().as_secs_f64());
                     }
                     if attempt > 0 {
-                        tracing::info!(endpoint = %self.label, attempts = attempt + 1, "endpoint is back; delivered");
+                        tracing::info!(endpoint = %self.key, attempts = attempt + 1, "endpoint is back; delivered");
                     }
-                    tracing::debug!(endpoint = %self.label, tags = pending.tags.len(), "revalidated");
+                    tracing::debug!(endpoint = %self.key, tags = pending.tags.len(), "revalidated");
                     return Ok(());
                 }
-                Outcome::Retry(why) => {
-                    self.metrics.record_request(&self.label, "retry");
-                    let wait = backoff(attempt);
-                    if attempt == 0 || attempt % 10 == 0 {
-                        tracing::warn!(endpoint = %self.label, error = %why, retry_in = ?wait, attempt = attempt + 1,
-                            "revalidation failed; tags stay in the outbox and are retried");
-                    }
-                    tokio::time::sleep(wait).await;
-                    attempt += 1;
-                }
-                Outcome::Refused(status, body) => {
-                    self.metrics.record_request(&self.label, "failed");
-                    tracing::error!(endpoint = %self.label, status, response = %body, tags = pending.tags.len(),
-                        "endpoint refused the revalidation; tags recorded in outbox_failed (check the secret and the route handler)");
-                    client
-                        .execute(
-                            record_failure,
-                            &[&self.url, &pending.tags, &i32::from(status), &body],
-                        )
-                        .await?;
-                    return Ok(());
-                }
+                Outcome::Failed { status, why } => (status, why),
+            };
+            let failing_for = first_failure.elapsed();
+            if failing_for >= self.give_up {
+                self.metrics.record_request(&self.key, "failed");
+                tracing::error!(endpoint = %self.key, status, error = %why, tags = pending.tags.len(),
+                    attempts = attempt + 1, failing_for = ?failing_for,
+                    "revalidation kept failing; tags parked in outbox_failed (send them again with `cdc-worker revalidate --failed` once the endpoint works; check the URL, the secret and the route handler)");
+                client
+                    .execute(
+                        record_failure,
+                        &[&self.url, &pending.tags, &status.map(i32::from), &why],
+                    )
+                    .await?;
+                return Ok(());
             }
+            self.metrics.record_request(&self.key, "retry");
+            // Never sleep past the give-up time: parking happens on time.
+            let wait = backoff(attempt).min(self.give_up - failing_for);
+            if attempt == 0 || attempt % 10 == 0 {
+                tracing::warn!(endpoint = %self.key, status, error = %why, retry_in = ?wait, attempt = attempt + 1,
+                    give_up_in = ?(self.give_up - failing_for),
+                    "revalidation failed; tags stay in the outbox and are retried");
+            }
+            tokio::time::sleep(wait).await;
+            attempt += 1;
         }
     }
 }
@@ -360,30 +398,117 @@ pub async fn revalidate_now(
     let mut all_ok = true;
     for url in &cfg.revalidate.urls {
         let label = endpoint_label(url);
-        let mut attempt = 0;
-        let result = loop {
-            match post(&http, url, &cfg.revalidate.secret, &tags).await {
-                Outcome::Retry(why) if attempt < 4 => {
-                    tracing::warn!(endpoint = %label, error = %why, "retrying");
-                    tokio::time::sleep(backoff(attempt)).await;
-                    attempt += 1;
-                }
-                other => break other,
-            }
-        };
-        match result {
+        match post_with_retries(&http, url, &label, &cfg.revalidate.secret, &tags).await {
             Outcome::Delivered => println!("{label}: revalidated {}", tags.join(" ")),
-            Outcome::Retry(why) => {
+            Outcome::Failed { why, .. } => {
                 all_ok = false;
                 println!("{label}: FAILED after retries: {why}");
-            }
-            Outcome::Refused(status, body) => {
-                all_ok = false;
-                println!("{label}: REFUSED with HTTP {status}: {body}");
             }
         }
     }
     Ok(all_ok)
+}
+
+/// A command's POST: a few quick retries, so that the operator waits seconds, not the
+/// daemon's `give_up_after_secs`.
+async fn post_with_retries(
+    http: &reqwest::Client,
+    url: &str,
+    label: &str,
+    secret: &str,
+    tags: &[String],
+) -> Outcome {
+    let mut attempt = 0;
+    loop {
+        match post(http, url, secret, tags).await {
+            Outcome::Failed { why, .. } if attempt < 4 => {
+                tracing::warn!(endpoint = %label, error = %why, "retrying");
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// `cdc-worker revalidate --failed`: sends the tags parked in `outbox_failed` again, each
+/// row to the endpoint that gave up on it, and deletes the rows that were delivered.
+/// Prints one line per row. Returns whether every row was delivered.
+pub async fn redeliver_failed(cfg: &Config) -> anyhow::Result<bool> {
+    if cfg.revalidate.urls.is_empty() {
+        return Err(crate::error::definite(
+            "no revalidation endpoints: set CDC_REVALIDATE_URLS (and CDC_REVALIDATE_SECRET)",
+        ));
+    }
+    let db = Database::parse(&cfg.database_url)?;
+    let client = db.connect("cdc-worker/revalidate").await?;
+    let s = quote_ident(&cfg.schema);
+    let rows = client
+        .query(
+            &format!(
+                "SELECT id, endpoint, tags, status, failed_at::text FROM {s}.outbox_failed ORDER BY id"
+            ),
+            &[],
+        )
+        .await?;
+    if rows.is_empty() {
+        println!("outbox_failed is empty: nothing to redeliver");
+        return Ok(true);
+    }
+    let urls: BTreeMap<String, &String> =
+        cfg.revalidate.urls.iter().map(|u| (u.clone(), u)).collect();
+    let http = http_client(cfg);
+    let (mut rows_done, mut tags_done) = (0, 0);
+    for row in &rows {
+        let id: i64 = row.get(0);
+        let endpoint: String = row.get(1);
+        let key = endpoint_label(&endpoint);
+        let tags: Vec<String> = row.get(2);
+        let status = row
+            .get::<_, Option<i32>>(3)
+            .map_or_else(|| "no answer".to_string(), |s| format!("HTTP {s}"));
+        let failed_at: String = row.get(4);
+        let Some(url) = urls.get(&endpoint) else {
+            println!(
+                "row {id}: {key} is not a configured endpoint (CDC_REVALIDATE_URLS); its {} tags \
+                 stay in outbox_failed",
+                tags.len()
+            );
+            continue;
+        };
+        let mut result = Outcome::Delivered;
+        for chunk in tags.chunks(cfg.revalidate.max_batch_tags) {
+            result = post_with_retries(&http, url, &key, &cfg.revalidate.secret, chunk).await;
+            if result != Outcome::Delivered {
+                break;
+            }
+        }
+        match result {
+            Outcome::Delivered => {
+                client
+                    .execute(
+                        &format!("DELETE FROM {s}.outbox_failed WHERE id = $1"),
+                        &[&id],
+                    )
+                    .await?;
+                rows_done += 1;
+                tags_done += tags.len();
+                println!(
+                    "row {id}: {key}: redelivered {} tags (parked {failed_at} after {status}): {}",
+                    tags.len(),
+                    tags.join(" ")
+                );
+            }
+            Outcome::Failed { why, .. } => {
+                println!("row {id}: {key}: FAILED again, left in outbox_failed: {why}");
+            }
+        }
+    }
+    println!(
+        "redelivered {rows_done} of {} parked rows ({tags_done} tags)",
+        rows.len()
+    );
+    Ok(rows_done == rows.len())
 }
 
 #[cfg(test)]

@@ -85,6 +85,13 @@ async fn poll(
     metrics
         .outbox_oldest_age
         .set(row.get::<_, Option<f64>>(1).unwrap_or(0.0));
+    let parked = client
+        .query_one(
+            &format!("SELECT coalesce(sum(cardinality(tags)), 0)::int8 FROM {s}.outbox_failed"),
+            &[],
+        )
+        .await?;
+    metrics.outbox_failed_tags.set(parked.get(0));
     // The history table appears with the first reconcile run.
     if let Ok(Some(row)) = client
         .query_opt(

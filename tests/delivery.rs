@@ -1,0 +1,318 @@
+//! Delivery safety: no endpoint answer loses a tag (every failure is retried for
+//! `revalidate.give_up_after_secs`, then parked and redelivered by command), redirects are
+//! not followed. The worker binary runs against real Postgres; the endpoints are small
+//! in-process HTTP servers whose answers the test sets.
+
+mod support;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::{free_port, seed, wait_until, Cluster, TestDb, WorkerProcess};
+use tokio_postgres::Client;
+
+const SECRET: &str = "delivery-secret";
+
+/// What an endpoint answers.
+#[derive(Clone, Debug)]
+enum Answer {
+    Ok,
+    Status(u16),
+    /// 302 to this location.
+    Redirect(String),
+}
+
+/// An in-process endpoint: answers every request (any method, any path) as `answer`
+/// says, counts requests, and records the tags of POSTs it answered 200.
+#[derive(Clone)]
+struct Endpoint {
+    /// `http://127.0.0.1:<port>`
+    base: String,
+    answer: Arc<Mutex<Answer>>,
+    requests: Arc<AtomicUsize>,
+    /// (method, path) of every request.
+    seen: Arc<Mutex<Vec<(String, String)>>>,
+    received: Arc<Mutex<Vec<String>>>,
+}
+
+async fn endpoint(answer: Answer) -> Endpoint {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let e = Endpoint {
+        base: format!("http://{}", listener.local_addr().unwrap()),
+        answer: Arc::new(Mutex::new(answer)),
+        requests: Arc::default(),
+        seen: Arc::default(),
+        received: Arc::default(),
+    };
+    let state = e.clone();
+    let app = axum::Router::new().fallback(
+        move |method: axum::http::Method, uri: axum::http::Uri, body: String| {
+            let state = state.clone();
+            async move {
+                use axum::http::{header, StatusCode};
+                use axum::response::IntoResponse;
+                state.requests.fetch_add(1, Ordering::SeqCst);
+                state
+                    .seen
+                    .lock()
+                    .unwrap()
+                    .push((method.to_string(), uri.path().to_string()));
+                let answer = state.answer.lock().unwrap().clone();
+                match answer {
+                    Answer::Status(code) => StatusCode::from_u16(code).unwrap().into_response(),
+                    Answer::Redirect(to) => {
+                        (StatusCode::FOUND, [(header::LOCATION, to)]).into_response()
+                    }
+                    Answer::Ok => {
+                        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) {
+                            let mut got = state.received.lock().unwrap();
+                            for t in v["tags"].as_array().into_iter().flatten() {
+                                got.push(t.as_str().unwrap_or_default().to_string());
+                            }
+                        }
+                        (StatusCode::OK, "ok").into_response()
+                    }
+                }
+            }
+        },
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    e
+}
+
+impl Endpoint {
+    fn url(&self) -> String {
+        format!("{}/api/revalidate", self.base)
+    }
+    fn set(&self, answer: Answer) {
+        *self.answer.lock().unwrap() = answer;
+    }
+    fn got(&self, tag: &str) -> bool {
+        self.received.lock().unwrap().iter().any(|t| t == tag)
+    }
+}
+
+async fn prepared(hint: &str, products: i32) -> (TestDb, Client) {
+    let db = Cluster::shared().create_db(hint).await;
+    let c = db.client().await;
+    seed(&c, 1, products).await;
+    let setup = WorkerProcess::run_to_end(&db, &["setup"], &[]);
+    assert!(setup.success, "{}", setup.output);
+    (db, c)
+}
+
+/// A config file that sets only `revalidate.give_up_after_secs`.
+fn config_giving_up_after(name: &str, secs: u64) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("delivery-{name}-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        format!("[revalidate]\ngive_up_after_secs = {secs}\n"),
+    )
+    .unwrap();
+    path
+}
+
+async fn parked_tags(c: &Client) -> Vec<String> {
+    c.query(
+        "SELECT unnest(tags) FROM cdc_worker.outbox_failed ORDER BY 1",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+async fn metrics_text(addr: &str) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Issue 9 item 7: a 401 (a secret being rotated, clock skew) used to be a definite
+/// refusal: the tags went to outbox_failed and were never sent again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_401_for_10_seconds_then_200_loses_no_tag() {
+    let e = endpoint(Answer::Status(401)).await;
+    let (db, c) = prepared("delivery_401", 5).await;
+    let url = e.url();
+    let w = WorkerProcess::start(
+        &db,
+        &["run"],
+        &[
+            ("CDC_REVALIDATE_URLS", &url),
+            ("CDC_REVALIDATE_SECRET", SECRET),
+        ],
+    );
+    w.wait_for_log(Duration::from_secs(20), "streaming").await;
+    let t = Instant::now();
+    for i in 1..=5 {
+        c.batch_execute(&format!(
+            "UPDATE \"Product\" SET title = 'v{i}' WHERE id = 'p{i}'"
+        ))
+        .await
+        .unwrap();
+    }
+    let flip = e.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        flip.set(Answer::Ok);
+    });
+    wait_until(
+        Duration::from_secs(60),
+        "every tag arrives once the endpoint accepts again",
+        || async { (1..=5).all(|i| e.got(&format!("product:p{i}"))) },
+    )
+    .await;
+    assert!(
+        t.elapsed() >= Duration::from_secs(10),
+        "delivered before the endpoint accepted?"
+    );
+    assert!(
+        e.requests.load(Ordering::SeqCst) >= 3,
+        "the 401s were not retried"
+    );
+    assert_eq!(parked_tags(&c).await, Vec::<String>::new());
+}
+
+/// Issue 9 item 7: after `give_up_after_secs` of failures the tags are parked (not lost),
+/// counted by a gauge, and `revalidate --failed` delivers them and empties the table.
+#[tokio::test(flavor = "multi_thread")]
+async fn tags_parked_after_give_up_are_redelivered_by_revalidate_failed() {
+    let e = endpoint(Answer::Status(404)).await;
+    let (db, c) = prepared("delivery_parked", 3).await;
+    let config = config_giving_up_after("parked", 2);
+    let config = config.to_str().unwrap();
+    let url = e.url();
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let env = [
+        ("CDC_REVALIDATE_URLS", url.as_str()),
+        ("CDC_REVALIDATE_SECRET", SECRET),
+    ];
+    let mut run_env = env.to_vec();
+    run_env.push(("CDC_METRICS_ADDR", &metrics_addr));
+    let w = WorkerProcess::start(&db, &["--config", config, "run"], &run_env);
+    w.wait_for_log(Duration::from_secs(20), "streaming").await;
+    c.batch_execute("UPDATE \"Price\" SET amount = 7 WHERE \"productId\" = 'p1'")
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "the tags parked in outbox_failed",
+        || async { parked_tags(&c).await.contains(&"product:p1".to_string()) },
+    )
+    .await;
+    assert!(
+        e.requests.load(Ordering::SeqCst) >= 2,
+        "parked without a retry"
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "cdc_outbox_failed_tags counts them",
+        || async {
+            metrics_text(&metrics_addr)
+                .await
+                .lines()
+                .any(|l| l.starts_with("cdc_outbox_failed_tags ") && !l.ends_with(" 0"))
+        },
+    )
+    .await;
+    assert!(
+        w.output().contains("revalidate --failed"),
+        "{}",
+        w.log_tail(20)
+    );
+
+    // Still failing: the command says so and keeps them.
+    let again = WorkerProcess::run_to_end(&db, &["revalidate", "--failed"], &env);
+    assert_eq!(again.code, Some(1), "{}", again.output);
+    assert!(again.output.contains("FAILED again"), "{}", again.output);
+    assert!(parked_tags(&c).await.contains(&"product:p1".to_string()));
+
+    e.set(Answer::Ok);
+    let out = WorkerProcess::run_to_end(&db, &["revalidate", "--failed"], &env);
+    assert!(out.success, "{}", out.output);
+    assert!(out.output.contains("redelivered"), "{}", out.output);
+    assert!(e.got("product:p1"));
+    assert_eq!(parked_tags(&c).await, Vec::<String>::new());
+    let out = WorkerProcess::run_to_end(&db, &["revalidate", "--failed"], &env);
+    assert!(out.success, "{}", out.output);
+    assert!(
+        out.output.contains("nothing to redeliver"),
+        "{}",
+        out.output
+    );
+}
+
+/// Issue 9 item 8: reqwest followed redirects, turning the POST into a GET whose 200 (a
+/// login page, another host) counted as delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redirect_is_not_followed_and_not_counted_delivered() {
+    let elsewhere = endpoint(Answer::Ok).await;
+    let redirecting = endpoint(Answer::Redirect(format!("{}/login", elsewhere.base))).await;
+    let (db, c) = prepared("delivery_redirect", 3).await;
+    let url = redirecting.url();
+    let w = WorkerProcess::start(
+        &db,
+        &["run"],
+        &[
+            ("CDC_REVALIDATE_URLS", &url),
+            ("CDC_REVALIDATE_SECRET", SECRET),
+        ],
+    );
+    w.wait_for_log(Duration::from_secs(20), "streaming").await;
+    c.batch_execute("UPDATE \"Product\" SET title = 'moved' WHERE id = 'p1'")
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "the redirecting endpoint is retried (or the redirect followed)",
+        || async {
+            redirecting.requests.load(Ordering::SeqCst) >= 3
+                || elsewhere.requests.load(Ordering::SeqCst) > 0
+        },
+    )
+    .await;
+    assert_eq!(
+        elsewhere.requests.load(Ordering::SeqCst),
+        0,
+        "the redirect was followed: {:?}",
+        elsewhere.seen.lock().unwrap()
+    );
+    let delivered: i64 = c
+        .query_one(
+            "SELECT coalesce(max(delivered_id), 0) FROM cdc_worker.outbox_cursor",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let pending: i64 = c
+        .query_one(
+            "SELECT count(*) FROM cdc_worker.outbox WHERE tag = 'product:p1' AND id > $1",
+            &[&delivered],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(pending > 0, "product:p1 counted as delivered");
+    assert!(w.output().contains("redirect"), "{}", w.log_tail(20));
+    // The manual command does not follow it either.
+    let out = WorkerProcess::run_to_end(
+        &db,
+        &["revalidate", "--store", "s1"],
+        &[
+            ("CDC_REVALIDATE_URLS", &url),
+            ("CDC_REVALIDATE_SECRET", SECRET),
+        ],
+    );
+    assert_eq!(out.code, Some(1), "{}", out.output);
+    assert_eq!(elsewhere.requests.load(Ordering::SeqCst), 0);
+}
