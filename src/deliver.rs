@@ -5,6 +5,9 @@
 //! every failure, whatever the endpoint answered, for `revalidate.give_up_after_secs`;
 //! only then are they parked in `outbox_failed` (never dropped), from where
 //! `cdc-worker revalidate --failed` sends them again.
+//!
+//! Endpoints are stored, logged and labelled by their redacted URL ([`redact_url`]):
+//! credentials in a revalidation URL never reach a log, a metric or a state table.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -63,7 +66,7 @@ pub async fn post(http: &reqwest::Client, url: &str, secret: &str, tags: &[Strin
         Err(e) => {
             return Outcome::Failed {
                 status: None,
-                why: format!("{e}"),
+                why: error_text(e),
             }
         }
         Ok(resp) => resp,
@@ -101,6 +104,20 @@ pub async fn post(http: &reqwest::Client, url: &str, secret: &str, tags: &[Strin
     }
 }
 
+/// A reqwest error with its causes, without the URL it carries (which may hold
+/// credentials).
+fn error_text(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Exponential backoff with full jitter, capped.
 pub fn backoff(attempt: u32) -> Duration {
     let base_ms = 200u64.saturating_mul(1 << attempt.min(8)).min(30_000);
@@ -119,9 +136,90 @@ pub fn http_client(cfg: &Config) -> reqwest::Client {
         .expect("building the HTTP client")
 }
 
-/// The endpoint as shown in logs and metric labels: no query string (it may hold a token).
-pub fn endpoint_label(url: &str) -> String {
-    url.split(['?', '#']).next().unwrap_or(url).to_string()
+/// The key of a stored endpoint (`outbox_cursor.endpoint`, `outbox_failed.endpoint`):
+/// its URL normalized as the config loader does, then redacted. For a configured URL
+/// this is `redact_url(url)`; for a row written before endpoints were redacted (the
+/// full URL as it was configured) it is what that row's endpoint is called now.
+fn endpoint_key(stored: &str) -> String {
+    match crate::config::normalize_endpoint(stored) {
+        Ok(url) => redact_url(&url),
+        Err(_) => redact_url(stored),
+    }
+}
+
+/// Renames endpoint values stored in full (with any credentials in them) by earlier
+/// versions to their redacted key, keeping every cursor's position: rows that now share
+/// a key (a URL listed twice) keep the lowest position, so nothing is skipped, at worst
+/// sent again. Idempotent and cheap when there is nothing to do.
+pub async fn migrate_endpoint_keys(client: &mut Client, schema: &str) -> anyhow::Result<()> {
+    let s = schema;
+    let stale = |rows: &[tokio_postgres::Row]| {
+        rows.iter().any(|r| {
+            let e: &str = r.get(0);
+            endpoint_key(e) != e
+        })
+    };
+    let cursor_sql = format!("SELECT endpoint, delivered_id FROM {s}.outbox_cursor");
+    let failed_sql = format!("SELECT DISTINCT endpoint FROM {s}.outbox_failed");
+    if !stale(&client.query(&cursor_sql, &[]).await?)
+        && !stale(&client.query(&failed_sql, &[]).await?)
+    {
+        return Ok(());
+    }
+    let tx = client.transaction().await?;
+    // Against another process migrating (or delivering) at the same moment.
+    tx.batch_execute(&format!(
+        "LOCK TABLE {s}.outbox_cursor, {s}.outbox_failed IN SHARE ROW EXCLUSIVE MODE"
+    ))
+    .await?;
+    let mut by_key: BTreeMap<String, Vec<(String, i64)>> = BTreeMap::new();
+    for row in tx.query(&cursor_sql, &[]).await? {
+        let endpoint: String = row.get(0);
+        by_key
+            .entry(endpoint_key(&endpoint))
+            .or_default()
+            .push((endpoint, row.get(1)));
+    }
+    for (key, rows) in by_key {
+        if rows.iter().all(|(e, _)| *e == key) {
+            continue;
+        }
+        let resume = rows.iter().map(|(_, id)| *id).min().unwrap_or(0);
+        let old: Vec<&str> = rows.iter().map(|(e, _)| e.as_str()).collect();
+        tx.execute(
+            &format!("DELETE FROM {s}.outbox_cursor WHERE endpoint = ANY($1)"),
+            &[&old],
+        )
+        .await?;
+        tx.execute(
+            &format!("INSERT INTO {s}.outbox_cursor (endpoint, delivered_id) VALUES ($1, $2)"),
+            &[&key, &resume],
+        )
+        .await?;
+        tracing::info!(endpoint = %key, delivered_id = resume, rows = rows.len(),
+            "delivery cursor renamed from the full URL to its redacted form (no credentials in the state tables); delivery resumes where it stopped, nothing is sent again or skipped");
+    }
+    let mut renamed = 0;
+    for row in tx.query(&failed_sql, &[]).await? {
+        let endpoint: &str = row.get(0);
+        let key = endpoint_key(endpoint);
+        if key != endpoint {
+            renamed += tx
+                .execute(
+                    &format!("UPDATE {s}.outbox_failed SET endpoint = $2 WHERE endpoint = $1"),
+                    &[&endpoint, &key],
+                )
+                .await?;
+        }
+    }
+    if renamed > 0 {
+        tracing::info!(
+            rows = renamed,
+            "outbox_failed: endpoints stored as full URLs replaced by their redacted form"
+        );
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Spawns one delivery task per endpoint; they run until aborted.
@@ -132,14 +230,17 @@ pub fn spawn(
     enqueued: &watch::Sender<u64>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let http = http_client(cfg);
+    let all_keys: Vec<String> = cfg.revalidate.urls.iter().map(|u| redact_url(u)).collect();
+    let migrated = Arc::new(tokio::sync::OnceCell::new());
     cfg.revalidate
         .urls
         .iter()
         .map(|url| {
             let endpoint = Endpoint {
                 url: url.clone(),
-                key: endpoint_label(url),
-                all_urls: cfg.revalidate.urls.clone(),
+                key: redact_url(url),
+                all_keys: all_keys.clone(),
+                migrated: migrated.clone(),
                 secret: cfg.revalidate.secret.clone(),
                 schema: quote_ident(&cfg.schema),
                 max_tags: cfg.revalidate.max_batch_tags,
@@ -156,10 +257,13 @@ pub fn spawn(
 }
 
 struct Endpoint {
+    /// The URL requests go to; shown nowhere.
     url: String,
-    /// What logs and metrics call this endpoint.
+    /// `redact_url(url)`: what logs, metrics and the state tables call this endpoint.
     key: String,
-    all_urls: Vec<String>,
+    all_keys: Vec<String>,
+    /// Set once the stored endpoint keys were migrated (by the first task to get there).
+    migrated: Arc<tokio::sync::OnceCell<()>>,
     secret: String,
     schema: String,
     max_tags: usize,
@@ -185,9 +289,15 @@ impl Endpoint {
         let mut attempt = 0;
         loop {
             match db.connect("cdc-worker/deliver").await {
-                Ok(client) => {
+                Ok(mut client) => {
                     attempt = 0;
-                    if let Err(e) = self.serve(&client).await {
+                    let migrated = self
+                        .migrated
+                        .get_or_try_init(|| migrate_endpoint_keys(&mut client, &self.schema))
+                        .await;
+                    if let Err(e) = migrated {
+                        tracing::warn!(error = %format!("{e:#}"), "cannot migrate the stored endpoint keys; retrying");
+                    } else if let Err(e) = self.serve(&client).await {
                         tracing::warn!(endpoint = %self.key, error = %format!("{e:#}"), "delivery interrupted; resuming");
                     }
                 }
@@ -208,13 +318,13 @@ impl Endpoint {
                     "INSERT INTO {s}.outbox_cursor (endpoint, delivered_id) VALUES ($1, 0) \
                      ON CONFLICT (endpoint) DO NOTHING"
                 ),
-                &[&self.url],
+                &[&self.key],
             )
             .await?;
         let mut cursor: i64 = client
             .query_one(
                 &format!("SELECT delivered_id FROM {s}.outbox_cursor WHERE endpoint = $1"),
-                &[&self.url],
+                &[&self.key],
             )
             .await?
             .get(0);
@@ -252,11 +362,11 @@ impl Endpoint {
             };
             self.deliver(client, &pending, &record_failure).await?;
             client
-                .execute(&advance, &[&self.url, &pending.last_id])
+                .execute(&advance, &[&self.key, &pending.last_id])
                 .await?;
             cursor = pending.last_id;
             if last_trim.elapsed() >= Duration::from_secs(1) {
-                client.execute(&trim, &[&self.all_urls]).await?;
+                client.execute(&trim, &[&self.all_keys]).await?;
                 last_trim = Instant::now();
             }
         }
@@ -335,7 +445,7 @@ impl Endpoint {
                 client
                     .execute(
                         record_failure,
-                        &[&self.url, &pending.tags, &status.map(i32::from), &why],
+                        &[&self.key, &pending.tags, &status.map(i32::from), &why],
                     )
                     .await?;
                 return Ok(());
@@ -397,7 +507,7 @@ pub async fn revalidate_now(
     let http = http_client(cfg);
     let mut all_ok = true;
     for url in &cfg.revalidate.urls {
-        let label = endpoint_label(url);
+        let label = redact_url(url);
         match post_with_retries(&http, url, &label, &cfg.revalidate.secret, &tags).await {
             Outcome::Delivered => println!("{label}: revalidated {}", tags.join(" ")),
             Outcome::Failed { why, .. } => {
@@ -441,8 +551,11 @@ pub async fn redeliver_failed(cfg: &Config) -> anyhow::Result<bool> {
         ));
     }
     let db = Database::parse(&cfg.database_url)?;
-    let client = db.connect("cdc-worker/revalidate").await?;
+    let mut client = db.connect("cdc-worker/revalidate").await?;
     let s = quote_ident(&cfg.schema);
+    // Rows written by earlier versions name the endpoint in full: rename them first, so
+    // that they match the configured endpoints and nothing secret is printed.
+    migrate_endpoint_keys(&mut client, &s).await?;
     let rows = client
         .query(
             &format!(
@@ -455,20 +568,23 @@ pub async fn redeliver_failed(cfg: &Config) -> anyhow::Result<bool> {
         println!("outbox_failed is empty: nothing to redeliver");
         return Ok(true);
     }
-    let urls: BTreeMap<String, &String> =
-        cfg.revalidate.urls.iter().map(|u| (u.clone(), u)).collect();
+    let urls: BTreeMap<String, &String> = cfg
+        .revalidate
+        .urls
+        .iter()
+        .map(|u| (redact_url(u), u))
+        .collect();
     let http = http_client(cfg);
     let (mut rows_done, mut tags_done) = (0, 0);
     for row in &rows {
         let id: i64 = row.get(0);
-        let endpoint: String = row.get(1);
-        let key = endpoint_label(&endpoint);
+        let key: String = row.get(1);
         let tags: Vec<String> = row.get(2);
         let status = row
             .get::<_, Option<i32>>(3)
             .map_or_else(|| "no answer".to_string(), |s| format!("HTTP {s}"));
         let failed_at: String = row.get(4);
-        let Some(url) = urls.get(&endpoint) else {
+        let Some(url) = urls.get(&key) else {
             println!(
                 "row {id}: {key} is not a configured endpoint (CDC_REVALIDATE_URLS); its {} tags \
                  stay in outbox_failed",
@@ -532,10 +648,22 @@ mod tests {
     }
 
     #[test]
-    fn label_drops_query() {
+    fn stored_full_urls_map_to_the_configured_key() {
+        let configured =
+            crate::config::normalize_endpoint("http://u:pw@Shop:80/r?token=t").unwrap();
+        assert_eq!(redact_url(&configured), "http://***@shop/r?token=***");
         assert_eq!(
-            endpoint_label("http://a:3000/api/revalidate?token=x"),
-            "http://a:3000/api/revalidate"
+            endpoint_key("http://u:pw@Shop:80/r?token=t"),
+            redact_url(&configured)
+        );
+        assert_eq!(
+            endpoint_key("http://u:pw@shop/r?token=t"),
+            redact_url(&configured)
+        );
+        // Already a key: unchanged (the migration is idempotent).
+        assert_eq!(
+            endpoint_key(&redact_url(&configured)),
+            redact_url(&configured)
         );
     }
 }

@@ -78,7 +78,13 @@ async fn poll(
                  FROM {s}.outbox WHERE id > coalesce((SELECT min(delivered_id) FROM {s}.outbox_cursor \
                  WHERE endpoint = ANY($1)), 0)"
             ),
-            &[&cfg.revalidate.urls],
+            // Cursors are keyed by the redacted URL (deliver.rs).
+            &[&cfg
+                .revalidate
+                .urls
+                .iter()
+                .map(|u| crate::db::redact_url(u))
+                .collect::<Vec<_>>()],
         )
         .await?;
     metrics.outbox_pending.set(row.get(0));

@@ -1,6 +1,7 @@
 //! Delivery safety: no endpoint answer loses a tag (every failure is retried for
 //! `revalidate.give_up_after_secs`, then parked and redelivered by command), redirects are
-//! not followed. The worker binary runs against real Postgres; the endpoints are small
+//! not followed, and credentials in a revalidation URL never reach a log, a metric or a
+//! state table. The worker binary runs against real Postgres; the endpoints are small
 //! in-process HTTP servers whose answers the test sets.
 
 mod support;
@@ -125,6 +126,24 @@ async fn parked_tags(c: &Client) -> Vec<String> {
     .iter()
     .map(|r| r.get(0))
     .collect()
+}
+
+/// Every row of the worker's delivery state, as text.
+async fn state_tables(c: &Client) -> String {
+    let mut out = String::new();
+    for table in ["outbox_cursor", "outbox_failed", "outbox", "checkpoint"] {
+        let rows = c
+            .query(&format!("SELECT t::text FROM cdc_worker.{table} t"), &[])
+            .await
+            .unwrap();
+        for r in rows {
+            out.push_str(table);
+            out.push_str(": ");
+            out.push_str(r.get::<_, &str>(0));
+            out.push('\n');
+        }
+    }
+    out
 }
 
 async fn metrics_text(addr: &str) -> String {
@@ -315,4 +334,169 @@ async fn a_redirect_is_not_followed_and_not_counted_delivered() {
     );
     assert_eq!(out.code, Some(1), "{}", out.output);
     assert_eq!(elsewhere.requests.load(Ordering::SeqCst), 0);
+}
+
+/// Issue 9 item 12: the credentials of a revalidation URL appeared in reqwest's error text
+/// (logged), in the `endpoint` metric label and in outbox_cursor / outbox_failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_in_a_revalidate_url_appear_nowhere() {
+    let (db, c) = prepared("delivery_secrets", 3).await;
+    let closed = free_port();
+    let url = format!("http://user:s3cretpass@127.0.0.1:{closed}/api/revalidate?token=t0psecret");
+    let config = config_giving_up_after("secrets", 2);
+    let config = config.to_str().unwrap();
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let w = WorkerProcess::start(
+        &db,
+        &["--config", config, "run"],
+        &[
+            ("CDC_REVALIDATE_URLS", &url),
+            ("CDC_REVALIDATE_SECRET", SECRET),
+            ("CDC_METRICS_ADDR", &metrics_addr),
+            ("CDC_LOG", "debug"),
+        ],
+    );
+    w.wait_for_log(Duration::from_secs(20), "streaming").await;
+    c.batch_execute("UPDATE \"Price\" SET amount = 9 WHERE \"productId\" = 'p1'")
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "the failing tags parked",
+        || async { parked_tags(&c).await.contains(&"product:p1".to_string()) },
+    )
+    .await;
+    let metrics = metrics_text(&metrics_addr).await;
+    assert!(
+        metrics.contains("cdc_revalidate_requests_total{endpoint="),
+        "{metrics}"
+    );
+    let manual = WorkerProcess::run_to_end(
+        &db,
+        &["revalidate", "--product", "p1"],
+        &[
+            ("CDC_REVALIDATE_URLS", &url),
+            ("CDC_REVALIDATE_SECRET", SECRET),
+        ],
+    );
+    let failed = WorkerProcess::run_to_end(
+        &db,
+        &["revalidate", "--failed"],
+        &[
+            ("CDC_REVALIDATE_URLS", &url),
+            ("CDC_REVALIDATE_SECRET", SECRET),
+        ],
+    );
+    assert!(failed.output.contains("FAILED again"), "{}", failed.output);
+    let tables = state_tables(&c).await;
+    assert!(tables.contains("outbox_cursor"), "{tables}");
+    for (what, text) in [
+        ("the worker's log", w.output()),
+        ("/metrics", metrics),
+        ("the state tables", tables),
+        ("revalidate --product", manual.output),
+        ("revalidate --failed", failed.output),
+    ] {
+        for secret in ["s3cretpass", "t0psecret"] {
+            assert!(
+                !text.contains(secret),
+                "{secret} appears in {what}:\n{text}"
+            );
+        }
+    }
+}
+
+/// Issue 9 item 12: deployments that stored cursors keyed by the full URL keep their
+/// place when the key becomes the redacted URL: nothing is sent again, nothing skipped.
+#[tokio::test(flavor = "multi_thread")]
+async fn cursors_keyed_by_the_full_url_are_renamed_in_place() {
+    let e = endpoint(Answer::Ok).await;
+    let (db, c) = prepared("delivery_migrate", 3).await;
+    let port = e.base.rsplit(':').next().unwrap();
+    // As an earlier version stored it: the configured string, not normalized (the
+    // fragment, never sent, is dropped by normalization).
+    let url =
+        format!("http://user:s3cretpass@127.0.0.1:{port}/api/revalidate?token=t0psecret#main");
+    let row =
+        |tag: &str| format!("INSERT INTO cdc_worker.outbox (tag) VALUES ('{tag}') RETURNING id");
+    let mut last_old = 0i64;
+    for tag in ["old:1", "old:2", "old:3"] {
+        last_old = c.query_one(&row(tag), &[]).await.unwrap().get(0);
+    }
+    c.execute(
+        "INSERT INTO cdc_worker.outbox_cursor (endpoint, delivered_id) VALUES ($1, $2)",
+        &[&url, &last_old],
+    )
+    .await
+    .unwrap();
+    c.execute(
+        "INSERT INTO cdc_worker.outbox_failed (endpoint, tags, status, response) \
+         VALUES ($1, ARRAY['parked:1'], 401, 'nope')",
+        &[&url],
+    )
+    .await
+    .unwrap();
+    for tag in ["new:1", "new:2"] {
+        c.query_one(&row(tag), &[]).await.unwrap();
+    }
+    let w = WorkerProcess::start(
+        &db,
+        &["run"],
+        &[
+            ("CDC_REVALIDATE_URLS", &url),
+            ("CDC_REVALIDATE_SECRET", SECRET),
+        ],
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "the tags after the stored cursor arrive",
+        || async { e.got("new:1") && e.got("new:2") },
+    )
+    .await;
+    assert!(
+        !e.received
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|t| t.starts_with("old:")),
+        "tags before the cursor were sent again: {:?}",
+        e.received.lock().unwrap()
+    );
+    assert!(
+        w.output().contains("delivery cursor renamed"),
+        "{}",
+        w.log_tail(20)
+    );
+    let cursors: Vec<(String, i64)> = c
+        .query(
+            "SELECT endpoint, delivered_id FROM cdc_worker.outbox_cursor",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(cursors.len(), 1, "{cursors:?}");
+    assert_eq!(
+        cursors[0].0,
+        format!("http://***@127.0.0.1:{port}/api/revalidate?token=***")
+    );
+    assert!(cursors[0].1 > last_old, "{cursors:?}");
+    let tables = state_tables(&c).await;
+    for secret in ["s3cretpass", "t0psecret"] {
+        assert!(!tables.contains(secret), "{secret} in:\n{tables}");
+        assert!(!w.output().contains(secret), "{secret} in the log");
+    }
+    // The parked row follows its endpoint, so `revalidate --failed` still finds it.
+    let out = WorkerProcess::run_to_end(
+        &db,
+        &["revalidate", "--failed"],
+        &[
+            ("CDC_REVALIDATE_URLS", &url),
+            ("CDC_REVALIDATE_SECRET", SECRET),
+        ],
+    );
+    assert!(out.success, "{}", out.output);
+    assert!(e.got("parked:1"));
 }
