@@ -173,6 +173,7 @@ pub async fn migrate_endpoint_keys(client: &mut Client, schema: &str) -> anyhow:
     ))
     .await?;
     let mut by_key: BTreeMap<String, Vec<(String, i64)>> = BTreeMap::new();
+    let mut moved = Vec::new();
     for row in tx.query(&cursor_sql, &[]).await? {
         let endpoint: String = row.get(0);
         by_key
@@ -196,8 +197,7 @@ pub async fn migrate_endpoint_keys(client: &mut Client, schema: &str) -> anyhow:
             &[&key, &resume],
         )
         .await?;
-        tracing::info!(endpoint = %key, delivered_id = resume, rows = rows.len(),
-            "delivery cursor renamed from the full URL to its redacted form (no credentials in the state tables); delivery resumes where it stopped, nothing is sent again or skipped");
+        moved.push((key, resume, rows.len()));
     }
     let mut renamed = 0;
     for row in tx.query(&failed_sql, &[]).await? {
@@ -212,13 +212,18 @@ pub async fn migrate_endpoint_keys(client: &mut Client, schema: &str) -> anyhow:
                 .await?;
         }
     }
+    tx.commit().await?;
+    // Logged once committed: a failed attempt is retried and says nothing.
+    for (key, resume, rows) in moved {
+        tracing::info!(endpoint = %key, delivered_id = resume, rows,
+            "delivery cursor renamed from the full URL to its redacted form (no credentials in the state tables); delivery resumes where it stopped, nothing is skipped");
+    }
     if renamed > 0 {
         tracing::info!(
             rows = renamed,
             "outbox_failed: endpoints stored as full URLs replaced by their redacted form"
         );
     }
-    tx.commit().await?;
     Ok(())
 }
 
