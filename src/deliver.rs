@@ -560,7 +560,13 @@ pub async fn redeliver_failed(cfg: &Config) -> anyhow::Result<bool> {
     let s = quote_ident(&cfg.schema);
     // Rows written by earlier versions name the endpoint in full: rename them first, so
     // that they match the configured endpoints and nothing secret is printed.
-    migrate_endpoint_keys(&mut client, &s).await?;
+    migrate_endpoint_keys(&mut client, &s).await.map_err(|e| {
+        anyhow::anyhow!(
+            "reading {s}.outbox_cursor and {s}.outbox_failed on {}: {e:#} (if they do \
+                 not exist, run `cdc-worker setup` first)",
+            db.display()
+        )
+    })?;
     let rows = client
         .query(
             &format!(

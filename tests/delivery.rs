@@ -268,6 +268,12 @@ async fn tags_parked_after_give_up_are_redelivered_by_revalidate_failed() {
         "{}",
         out.output
     );
+    // Without the state tables the error says what to run.
+    let mut no_state = env.to_vec();
+    no_state.push(("CDC_SCHEMA", "no_such_state"));
+    let out = WorkerProcess::run_to_end(&db, &["revalidate", "--failed"], &no_state);
+    assert_eq!(out.code, Some(2), "{}", out.output);
+    assert!(out.output.contains("cdc-worker setup"), "{}", out.output);
 }
 
 /// Issue 9 item 8: reqwest followed redirects, turning the POST into a GET whose 200 (a
