@@ -30,21 +30,25 @@ CREATE TABLE IF NOT EXISTS {schema}.outbox (
 );
 
 -- How far each endpoint has been served. Each endpoint advances on its own, so one
--- Next.js instance being down neither blocks nor repeats the others.
+-- Next.js instance being down neither blocks nor repeats the others. `endpoint` is the
+-- redacted URL (userinfo and query values replaced by ***), never the URL itself: it may
+-- hold credentials. Rows stored by earlier versions under the full URL are renamed in
+-- place when the worker starts.
 CREATE TABLE IF NOT EXISTS {schema}.outbox_cursor (
     endpoint     text PRIMARY KEY,
     delivered_id bigint NOT NULL,
     updated_at   timestamptz NOT NULL DEFAULT now()
 );
 
--- Tags an endpoint refused for good (a 4xx other than 429): kept for inspection, never
--- dropped silently.
+-- Tags parked after an endpoint kept failing for revalidate.give_up_after_secs: kept,
+-- never dropped silently; `cdc-worker revalidate --failed` sends them again and deletes
+-- the rows it delivered. `endpoint` is the redacted URL, as in outbox_cursor.
 CREATE TABLE IF NOT EXISTS {schema}.outbox_failed (
     id        bigserial PRIMARY KEY,
     endpoint  text NOT NULL,
     tags      text[] NOT NULL,
-    status    int,
-    response  text,
+    status    int,   -- the last HTTP status; null when there was no answer
+    response  text,  -- the last error or response body (no URL in it)
     failed_at timestamptz NOT NULL DEFAULT now()
 );
 

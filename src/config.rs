@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::db::redact_url;
+
 /// A configuration problem: always names the setting and says how to fix it.
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]
@@ -162,6 +164,12 @@ pub struct Revalidate {
     pub window_ms: u64,
     /// Per-request timeout.
     pub timeout_ms: u64,
+    /// How long one batch of tags is retried (with backoff) against an endpoint that keeps
+    /// failing (any answer but a 2xx, or no answer) before it is parked in
+    /// `outbox_failed` and the endpoint moves on. Long enough to ride out a deploy, a
+    /// secret rotation or clock skew; parked tags are sent again with
+    /// `cdc-worker revalidate --failed`.
+    pub give_up_after_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -235,6 +243,7 @@ impl Default for Revalidate {
             max_batch_tags: 500,
             window_ms: 10,
             timeout_ms: 5_000,
+            give_up_after_secs: 900,
         }
     }
 }
@@ -270,6 +279,7 @@ impl Config {
             None => Config::default(),
         };
         cfg.apply_env(env);
+        cfg.normalize_urls()?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -366,12 +376,10 @@ impl Config {
         if self.revalidate.max_batch_tags == 0 {
             return Err(bad("revalidate.max_batch_tags must be at least 1"));
         }
-        for url in &self.revalidate.urls {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(bad(format!(
-                    "revalidate URL {url:?} (CDC_REVALIDATE_URLS) must start with http:// or https://"
-                )));
-            }
+        if self.revalidate.give_up_after_secs == 0 {
+            return Err(bad(
+                "revalidate.give_up_after_secs must be at least 1 (default 900: 15 minutes)",
+            ));
         }
         if !self.revalidate.urls.is_empty() && self.revalidate.secret.is_empty() {
             return Err(bad(
@@ -390,6 +398,36 @@ impl Config {
         Ok(())
     }
 
+    /// Puts every revalidation URL into its normal form and drops repeats. A URL listed
+    /// twice would get every tag twice, and its delivery cursor (keyed by the URL) would
+    /// be shared by two deliverers; `HTTP://Shop:80/x` and `http://shop/x` are the same
+    /// endpoint. A path's trailing slash is kept: by URL rules `/x/` and `/x` are different
+    /// resources (and Next.js redirects one to the other).
+    fn normalize_urls(&mut self) -> Result<(), ConfigError> {
+        let mut urls: Vec<String> = Vec::new();
+        // Delivery cursors are keyed by the redacted URL (no secret in the state tables),
+        // so two endpoints must not differ only in what redaction hides.
+        let mut keys = std::collections::BTreeSet::new();
+        for raw in &self.revalidate.urls {
+            let url = normalize_endpoint(raw)?;
+            let shown = redact_url(&url);
+            if urls.contains(&url) {
+                tracing::warn!(url = %shown, "revalidate URL listed twice (CDC_REVALIDATE_URLS / revalidate.urls); sending to it once");
+                continue;
+            }
+            if !keys.insert(shown.clone()) {
+                return Err(bad(format!(
+                    "two revalidate URLs (CDC_REVALIDATE_URLS) differ only in credentials or query \
+                     values, both shown as {shown}: list each Next.js endpoint once, or tell them \
+                     apart by host, port or path"
+                )));
+            }
+            urls.push(url);
+        }
+        self.revalidate.urls = urls;
+        Ok(())
+    }
+
     /// The summary query: from `tables.summary_query_file`, or the built-in one.
     pub fn summary_query(&self) -> Result<String, ConfigError> {
         if self.tables.summary_query_file.is_empty() {
@@ -403,6 +441,26 @@ impl Config {
     pub fn heartbeat(&self) -> Duration {
         Duration::from_secs(self.batch.heartbeat_secs)
     }
+}
+
+/// `raw` as one http(s) URL in normal form (scheme and host lowercase, default port and
+/// fragment dropped, an empty path as `/`).
+pub fn normalize_endpoint(raw: &str) -> Result<String, ConfigError> {
+    let shown = redact_url(raw);
+    let mut url = reqwest::Url::parse(raw).map_err(|e| {
+        bad(format!(
+            "revalidate URL {shown} (CDC_REVALIDATE_URLS) is not a valid URL ({e}); expected \
+             e.g. https://shop.example.com/api/revalidate"
+        ))
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
+        return Err(bad(format!(
+            "revalidate URL {shown} (CDC_REVALIDATE_URLS) must start with http:// or https:// \
+             and name a host"
+        )));
+    }
+    url.set_fragment(None);
+    Ok(url.to_string())
 }
 
 /// Names we put into SQL unquoted-safe (slot, publication, schema): keep them simple so
@@ -503,6 +561,67 @@ mod tests {
     }
 
     #[test]
+    fn revalidate_urls_are_normalized_and_deduplicated() {
+        let cfg = Config::load_with_env(
+            None,
+            env(&[
+                ("DATABASE_URL", "postgres://x/y"),
+                ("CDC_REVALIDATE_SECRET", "k"),
+                (
+                    "CDC_REVALIDATE_URLS",
+                    "HTTP://Shop-1.Example:80/api/revalidate, http://shop-1.example/api/revalidate,\
+                     https://shop-2.example/api/revalidate#x, http://shop-1.example/api/revalidate/,\
+                     https://shop-2.example:443/api/revalidate, http://shop-3.example",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.revalidate.urls,
+            vec![
+                "http://shop-1.example/api/revalidate",
+                "https://shop-2.example/api/revalidate",
+                // a different resource by URL rules (Next.js redirects it)
+                "http://shop-1.example/api/revalidate/",
+                "http://shop-3.example/",
+            ]
+        );
+    }
+
+    #[test]
+    fn revalidate_urls_differing_only_in_secrets_are_refused_without_showing_them() {
+        let err = Config::load_with_env(
+            None,
+            env(&[
+                ("DATABASE_URL", "postgres://x/y"),
+                ("CDC_REVALIDATE_SECRET", "k"),
+                (
+                    "CDC_REVALIDATE_URLS",
+                    "http://u:pw1@a/r?token=t1,http://u:pw2@a/r?token=t2",
+                ),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("http://***@a/r?token=***"), "{err}");
+        for secret in ["pw1", "pw2", "t1", "t2"] {
+            assert!(!err.contains(secret), "{err}");
+        }
+        let err = Config::load_with_env(
+            None,
+            env(&[
+                ("DATABASE_URL", "postgres://x/y"),
+                ("CDC_REVALIDATE_SECRET", "k"),
+                ("CDC_REVALIDATE_URLS", "ftp://u:hunter2@a/r"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("http://"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
     fn tag_templates_are_checked() {
         assert!(check_tag_template("product:{productId}").is_ok());
         assert!(check_tag_template("a,b:{productId}").is_err());
@@ -521,6 +640,10 @@ mod tests {
         assert_eq!(cfg.tables.sources, def.tables.sources);
         assert_eq!(cfg.revalidate.tags, def.revalidate.tags);
         assert_eq!(cfg.batch.max_products, def.batch.max_products);
+        assert_eq!(
+            cfg.revalidate.give_up_after_secs,
+            def.revalidate.give_up_after_secs
+        );
     }
 
     #[test]

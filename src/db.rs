@@ -2,7 +2,7 @@
 //! (tokio-postgres) and the replication connection (pgwire-replication), with the same
 //! TLS settings, and a form of the URL that is safe to log.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +29,10 @@ pub struct Database {
     pg: tokio_postgres::Config,
     pub ssl: SslMode,
     pub root_cert: Option<PathBuf>,
+    /// The TLS settings of the query connections, built (and the root file read) once at
+    /// parse time: a bad `sslrootcert` is a configuration error at start, never a panic or
+    /// a silent fall-back to the public roots at some later connect.
+    tls: Arc<rustls::ClientConfig>,
     host: String,
     port: u16,
 }
@@ -76,14 +80,10 @@ impl Database {
                 _ => kept.push(pair),
             }
         }
-        if let Some(path) = &root_cert {
-            if let Err(e) = std::fs::metadata(path) {
-                anyhow::bail!(
-                    "DATABASE_URL {shown}: sslrootcert={} cannot be read ({e})",
-                    path.display()
-                );
-            }
-        }
+        let tls = Arc::new(
+            tls_config(ssl, root_cert.as_deref())
+                .map_err(|why| anyhow::anyhow!("DATABASE_URL {shown}: {why}"))?,
+        );
         let rebuilt = if kept.is_empty() {
             base.to_string()
         } else {
@@ -118,6 +118,7 @@ impl Database {
             pg,
             ssl,
             root_cert,
+            tls,
             host,
             port,
         })
@@ -209,56 +210,75 @@ impl Database {
     }
 
     fn rustls_config(&self) -> rustls::ClientConfig {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default TLS versions");
-        match self.ssl {
-            // libpq's require and prefer encrypt without checking who answers; the same here.
-            SslMode::Prefer | SslMode::Require | SslMode::Disable => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
-                .with_no_client_auth(),
-            SslMode::VerifyCa | SslMode::VerifyFull => {
-                let roots = self.root_store();
-                let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
-                    Arc::new(roots),
-                    provider,
-                )
-                .build()
-                .expect("root store is not empty");
-                let verifier: Arc<dyn ServerCertVerifier> = if self.ssl == SslMode::VerifyCa {
-                    Arc::new(ChainOnly(inner))
-                } else {
-                    inner
-                };
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(verifier)
-                    .with_no_client_auth()
-            }
-        }
+        (*self.tls).clone()
     }
+}
 
-    fn root_store(&self) -> rustls::RootCertStore {
-        let mut roots = rustls::RootCertStore::empty();
-        let from_file = self.root_cert.as_ref().and_then(|path| {
-            let pem = std::fs::read(path)
-                .map_err(|e| tracing::error!(path = %path.display(), error = %e, "cannot read sslrootcert"))
-                .ok()?;
-            let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
-                .filter_map(Result::ok)
-                .collect();
-            Some(certs)
-        });
-        match from_file {
-            Some(certs) => {
-                roots.add_parsable_certificates(certs);
-            }
-            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+/// The rustls settings for `ssl`: what libpq's sslmode means, with the CA certificates of
+/// `root_cert` (else the public roots) when the server is verified.
+fn tls_config(ssl: SslMode, root_cert: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup failed: {e}"))?;
+    // Read even when the sslmode does not verify: a file named explicitly but broken is a
+    // mistake worth stopping for, whichever mode is set today.
+    let roots = root_store(root_cert)?;
+    Ok(match ssl {
+        // libpq's require and prefer encrypt without checking who answers; the same here.
+        SslMode::Prefer | SslMode::Require | SslMode::Disable => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+            .with_no_client_auth(),
+        SslMode::VerifyCa | SslMode::VerifyFull => {
+            let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| format!("cannot verify the server with these CA certificates: {e}"))?;
+            let verifier: Arc<dyn ServerCertVerifier> = if ssl == SslMode::VerifyCa {
+                Arc::new(ChainOnly(inner))
+            } else {
+                inner
+            };
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(verifier)
+                .with_no_client_auth()
         }
-        roots
+    })
+}
+
+/// The CA certificates of `sslrootcert`, or the public (Mozilla) roots without one. A file
+/// that cannot be read or holds no usable certificate is an error naming it, so that a
+/// typo never quietly widens trust to every public CA.
+fn root_store(root_cert: Option<&Path>) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let Some(path) = root_cert else {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        return Ok(roots);
+    };
+    let fix = "Fix: point sslrootcert at the PEM file (-----BEGIN CERTIFICATE-----) of the CA \
+               that signed the server's certificate, readable by the worker";
+    let pem = std::fs::read(path)
+        .map_err(|e| format!("sslrootcert={} cannot be read ({e}). {fix}", path.display()))?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            format!(
+                "sslrootcert={} is not valid PEM ({e}). {fix}",
+                path.display()
+            )
+        })?;
+    let (added, ignored) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(format!(
+            "sslrootcert={} contains no usable CA certificate ({ignored} unparsable). {fix}",
+            path.display()
+        ));
     }
+    Ok(roots)
 }
 
 /// sslmode=require: encrypted, unauthenticated (as libpq does).
@@ -362,18 +382,42 @@ pub async fn prepare(client: &Client, sql: &str) -> anyhow::Result<tokio_postgre
         .with_context(|| format!("preparing: {sql}"))
 }
 
-/// Replaces the password of a Postgres URL with `***`, for messages about a URL we could
-/// not even parse.
+/// Query parameters that never carry a secret, kept readable in a redacted URL.
+const PLAIN_PARAMS: &[&str] = &[
+    "sslmode",
+    "sslrootcert",
+    "connect_timeout",
+    "application_name",
+    "target_session_attrs",
+    "schema",
+];
+
+/// A URL as it may be shown anywhere: logs, errors, metric labels, state tables, command
+/// output. The one function that redacts URLs, for the database and the revalidation
+/// endpoints alike, so there is one rule to review:
+///
+/// - userinfo: a Postgres URL keeps its user name (a role name, which Postgres itself shows
+///   everywhere) and its password becomes `***`; any other URL's whole userinfo becomes
+///   `***`, because over HTTP a lone user name is often a token;
+/// - query: every value becomes `***` except those of [`PLAIN_PARAMS`];
+/// - fragment: dropped.
+///
+/// Applying it twice gives the same string, so a redacted URL can serve as a stable key.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "<not a URL>".into();
     };
+    let rest = rest.split('#').next().unwrap_or_default();
     let (authority, tail) = match rest.find(['/', '?']) {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
     };
+    let postgres = matches!(
+        scheme.to_ascii_lowercase().as_str(),
+        "postgres" | "postgresql"
+    );
     let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
+        Some((userinfo, host)) if postgres => {
             let user = userinfo.split(':').next().unwrap_or_default();
             if userinfo.contains(':') {
                 format!("{user}:***@{host}")
@@ -381,6 +425,7 @@ pub fn redact_url(url: &str) -> String {
                 format!("{user}@{host}")
             }
         }
+        Some((_, host)) => format!("***@{host}"),
         None => authority.to_string(),
     };
     let tail = match tail.split_once('?') {
@@ -388,8 +433,11 @@ pub fn redact_url(url: &str) -> String {
             let q: Vec<String> = q
                 .split('&')
                 .map(|p| match p.split_once('=') {
-                    Some(("password", _)) => "password=***".to_string(),
-                    _ => p.to_string(),
+                    Some((k, _)) if PLAIN_PARAMS.contains(&k) => p.to_string(),
+                    Some((k, _)) => format!("{k}=***"),
+                    None if p.is_empty() => String::new(),
+                    // A bare `?token` is as secret as a value.
+                    None => "***".to_string(),
                 })
                 .collect();
             format!("{path}?{}", q.join("&"))
@@ -435,19 +483,44 @@ mod tests {
         assert!(repl.tls.mode.requires_tls());
     }
 
+    /// A self-signed CA made for these tests (`openssl req -x509 -newkey ec ...`); only its
+    /// public certificate.
+    const TEST_CA_PEM: &str = "-----BEGIN CERTIFICATE-----
+MIIBnDCCAUGgAwIBAgIUBIoP6ksUm8QRe2u00HRWg/AYHP0wCgYIKoZIzj0EAwIw
+IjEgMB4GA1UEAwwXY2RjLXdvcmtlciB1bml0LXRlc3QgQ0EwIBcNMjYxMTI1MDcw
+MTM2WhgPMjEyNjExMDEwNzAxMzZaMCIxIDAeBgNVBAMMF2NkYy13b3JrZXIgdW5p
+dC10ZXN0IENBMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE0A0Taho+3r+Df7oc
+PLKKy3fL7xZa8SVkmGrwhghR3cJ1YTlmURKk3tHwwYSond6qG7Blt0f7ZB1xB+sY
+4EFmq6NTMFEwHQYDVR0OBBYEFPBAJ5bzY2TRQZrht8AbGdgr9S8dMB8GA1UdIwQY
+MBaAFPBAJ5bzY2TRQZrht8AbGdgr9S8dMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZI
+zj0EAwIDSQAwRgIhAPeyfkdgJmp3Izlc0tnKsbH9iAm+aLYTht3tgeTf3WDQAiEA
+j6L4grw/+dVah8Wcl+ZWl4+oQzfE6hJB69RBSSijMrc=
+-----END CERTIFICATE-----
+";
+
+    /// A fresh directory under the system temp dir (with a space, as paths may have).
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("cdcw-{name} {}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn url_with_root(path: &Path, mode: &str) -> String {
+        format!(
+            "postgres://u:p@h/d?sslmode={mode}&sslrootcert={}",
+            path.display().to_string().replace(' ', "%20")
+        )
+    }
+
     #[test]
     fn verify_full_with_root_cert() {
-        let dir = std::env::temp_dir().join(format!("cdcw-ca {}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("ca.pem"), "").unwrap();
-        let url = format!(
-            "postgres://u:p@h/d?sslmode=verify-full&sslrootcert={}/ca.pem",
-            dir.display().to_string().replace(' ', "%20")
-        );
-        let db = Database::parse(&url).unwrap();
+        let dir = temp_dir("ca");
+        std::fs::write(dir.join("ca.pem"), TEST_CA_PEM).unwrap();
+        let db = Database::parse(&url_with_root(&dir.join("ca.pem"), "verify-full")).unwrap();
         assert_eq!(db.ssl, SslMode::VerifyFull);
         assert_eq!(db.root_cert, Some(dir.join("ca.pem")));
         assert!(db.replication("s", "p").tls.mode.verifies_hostname());
+        let _ = db.rustls_config();
         let missing =
             Database::parse("postgres://u:p@h/d?sslmode=verify-full&sslrootcert=/nope.pem")
                 .err()
@@ -457,6 +530,49 @@ mod tests {
             missing.contains("sslrootcert=/nope.pem cannot be read"),
             "{missing}"
         );
+    }
+
+    /// An empty (or certificate-less) root file used to pass parsing and then panic on the
+    /// first connection (`expect` on an empty root store).
+    #[test]
+    fn root_cert_without_a_certificate_is_a_configuration_error() {
+        let dir = temp_dir("noca");
+        for (file, content) in [
+            ("empty.pem", ""),
+            (
+                "key-only.pem",
+                "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+            ),
+            (
+                "garbage.pem",
+                "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+            ),
+        ] {
+            let path = dir.join(file);
+            std::fs::write(&path, content).unwrap();
+            for mode in ["verify-full", "verify-ca", "require"] {
+                let err = Database::parse(&url_with_root(&path, mode))
+                    .err()
+                    .unwrap_or_else(|| panic!("{file} with sslmode={mode} was accepted"))
+                    .to_string();
+                assert!(err.contains(&path.display().to_string()), "{err}");
+                assert!(err.contains("Fix: point sslrootcert at"), "{err}");
+            }
+        }
+    }
+
+    /// A root file that exists but cannot be read (here: a directory) used to pass the
+    /// start-up check and then fall back to the public roots at connect time.
+    #[test]
+    fn unreadable_root_cert_is_a_configuration_error_not_a_fallback() {
+        let dir = temp_dir("dirca");
+        let err = Database::parse(&url_with_root(&dir, "verify-full"))
+            .err()
+            .expect("a directory as sslrootcert was accepted")
+            .to_string();
+        assert!(err.contains("cannot be read"), "{err}");
+        assert!(err.contains(&dir.display().to_string()), "{err}");
+        assert!(err.contains("Fix:"), "{err}");
     }
 
     #[test]
@@ -486,5 +602,20 @@ mod tests {
             "postgresql://a:***@h:1/d?password=***&sslmode=require"
         );
         assert_eq!(redact_url("postgres://h/d"), "postgres://h/d");
+    }
+
+    #[test]
+    fn redacts_userinfo_query_and_fragment_of_endpoints() {
+        let shown =
+            redact_url("http://user:s3cretpass@127.0.0.1:9/api/revalidate?token=t0psecret&x#frag");
+        assert_eq!(shown, "http://***@127.0.0.1:9/api/revalidate?token=***&***");
+        // A lone HTTP user name is often a token.
+        assert_eq!(redact_url("https://ghp_abc@h/r"), "https://***@h/r");
+        assert_eq!(
+            redact_url("https://h/api/revalidate"),
+            "https://h/api/revalidate"
+        );
+        // Stable: redacting a redacted URL changes nothing (it is used as a key).
+        assert_eq!(redact_url(&shown), shown);
     }
 }

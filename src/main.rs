@@ -91,6 +91,11 @@ enum Command {
     /// configured) and of each --store (the listing tag) to every endpoint in
     /// CDC_REVALIDATE_URLS right away, and prints each endpoint's answer. Exits 1 when an
     /// endpoint did not accept them.
+    ///
+    /// With --failed: sends the tags the daemon parked in outbox_failed (an endpoint that
+    /// kept failing for revalidate.give_up_after_secs) again, each to the endpoint that
+    /// gave up on it, deletes what was delivered and prints one line per parked row.
+    /// Exits 1 when some stay parked.
     Revalidate {
         /// A product id (repeatable)
         #[arg(long = "product", value_name = "ID")]
@@ -98,6 +103,9 @@ enum Command {
         /// A store id (repeatable)
         #[arg(long = "store", value_name = "ID")]
         stores: Vec<String>,
+        /// Redeliver the tags parked in outbox_failed
+        #[arg(long, conflicts_with_all = ["products", "stores"])]
+        failed: bool,
     },
 }
 
@@ -130,11 +138,19 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reconcile(args) => Ok(ExitCode::from(
             cdc_worker::reconcile::main(&cfg, args).await?,
         )),
-        Command::Revalidate { products, stores } => {
-            if products.is_empty() && stores.is_empty() {
-                anyhow::bail!("name at least one --product ID or --store ID");
+        Command::Revalidate {
+            products,
+            stores,
+            failed,
+        } => {
+            if !failed && products.is_empty() && stores.is_empty() {
+                anyhow::bail!("name at least one --product ID or --store ID, or --failed");
             }
-            let ok = cdc_worker::deliver::revalidate_now(&cfg, &products, &stores).await?;
+            let ok = if failed {
+                cdc_worker::deliver::redeliver_failed(&cfg).await?
+            } else {
+                cdc_worker::deliver::revalidate_now(&cfg, &products, &stores).await?
+            };
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {

@@ -48,6 +48,7 @@ pub struct Metrics {
     pub batch_size: Histogram,
     pub outbox_pending: Gauge,
     pub outbox_oldest_age: FloatGauge,
+    pub outbox_failed_tags: Gauge,
     pub revalidate_requests: Family<RequestLabels, Counter>,
     pub slot_wal_status: Family<StatusLabels, Gauge>,
     pub slot_safe_wal_size: Gauge,
@@ -85,6 +86,7 @@ impl Metrics {
             batch_size: Histogram::new([1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0]),
             outbox_pending: Gauge::default(),
             outbox_oldest_age: FloatGauge::default(),
+            outbox_failed_tags: Gauge::default(),
             revalidate_requests: Family::default(),
             slot_wal_status: Family::default(),
             slot_safe_wal_size: Gauge::default(),
@@ -144,8 +146,13 @@ impl Metrics {
             m.outbox_oldest_age.clone(),
         );
         r.register(
+            "cdc_outbox_failed_tags",
+            "Cache tags parked in outbox_failed after retries ran out; `cdc-worker revalidate --failed` sends them again",
+            m.outbox_failed_tags.clone(),
+        );
+        r.register(
             "cdc_revalidate_requests",
-            "Revalidation requests by endpoint and outcome (ok, retry, failed)",
+            "Revalidation requests by endpoint (redacted URL) and outcome (ok, retry, failed: retries ran out, tags parked)",
             m.revalidate_requests.clone(),
         );
         r.register(
@@ -267,6 +274,7 @@ impl Metrics {
         }
     }
 
+    /// `endpoint` must be the redacted URL (`db::redact_url`): labels are public.
     pub fn record_request(&self, endpoint: &str, outcome: &str) {
         self.revalidate_requests
             .get_or_create(&RequestLabels {

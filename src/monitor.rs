@@ -78,13 +78,26 @@ async fn poll(
                  FROM {s}.outbox WHERE id > coalesce((SELECT min(delivered_id) FROM {s}.outbox_cursor \
                  WHERE endpoint = ANY($1)), 0)"
             ),
-            &[&cfg.revalidate.urls],
+            // Cursors are keyed by the redacted URL (deliver.rs).
+            &[&cfg
+                .revalidate
+                .urls
+                .iter()
+                .map(|u| crate::db::redact_url(u))
+                .collect::<Vec<_>>()],
         )
         .await?;
     metrics.outbox_pending.set(row.get(0));
     metrics
         .outbox_oldest_age
         .set(row.get::<_, Option<f64>>(1).unwrap_or(0.0));
+    let parked = client
+        .query_one(
+            &format!("SELECT coalesce(sum(cardinality(tags)), 0)::int8 FROM {s}.outbox_failed"),
+            &[],
+        )
+        .await?;
+    metrics.outbox_failed_tags.set(parked.get(0));
     // The history table appears with the first reconcile run.
     if let Ok(Some(row)) = client
         .query_opt(

@@ -22,7 +22,6 @@ const SECRET: &str = "fault-secret";
 const OK: u8 = 0;
 const FAIL_500: u8 = 1;
 const HANG: u8 = 2;
-const REFUSE_400: u8 = 3;
 
 #[derive(Clone)]
 struct Receiver {
@@ -47,7 +46,6 @@ async fn receiver() -> Receiver {
             async move {
                 match state.mode.load(Ordering::SeqCst) {
                     FAIL_500 => return axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                    REFUSE_400 => return axum::http::StatusCode::BAD_REQUEST,
                     HANG => {
                         tokio::time::sleep(Duration::from_secs(3600)).await;
                     }
@@ -544,55 +542,6 @@ async fn a_lost_slot_is_recreated_and_backfilled() {
         assert!(t.elapsed() < Duration::from_secs(10), "{e}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_refused_revalidation_is_kept_not_retried() {
-    let r = receiver().await;
-    r.mode.store(REFUSE_400, Ordering::SeqCst);
-    let (db, c) = prepared(Cluster::shared(), "fault_refused", 5).await;
-    let w = start(&db, &r, None);
-    c.batch_execute("UPDATE \"Price\" SET amount = 1 WHERE \"productId\" = 'p1'")
-        .await
-        .unwrap();
-    wait_until(
-        Duration::from_secs(10),
-        "the refusal recorded in outbox_failed",
-        || async {
-            c.query_opt(
-                "SELECT status FROM cdc_worker.outbox_failed WHERE 'product:p1' = ANY(tags)",
-                &[],
-            )
-            .await
-            .unwrap()
-            .is_some_and(|row| row.get::<_, Option<i32>>(0) == Some(400))
-        },
-    )
-    .await;
-    assert!(w.output().contains("refused"), "{}", w.log_tail(20));
-    // Definite: not retried, and the next change is delivered normally.
-    r.mode.store(OK, Ordering::SeqCst);
-    c.batch_execute("UPDATE \"Price\" SET amount = 2 WHERE \"productId\" = 'p2'")
-        .await
-        .unwrap();
-    wait_until(
-        Duration::from_secs(10),
-        "the next change delivered",
-        || async {
-            r.received
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|(t, _)| t == "product:p2")
-        },
-    )
-    .await;
-    assert!(!r
-        .received
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|(t, _)| t == "product:p1"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

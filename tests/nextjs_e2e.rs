@@ -241,3 +241,86 @@ async fn pages_are_fresh_within_5s_of_a_commit() {
         "a correctly signed request is accepted"
     );
 }
+
+/// Sends a POST of `size` bytes to `base`'s /api/revalidate over a raw connection (so the
+/// body can be chunked, without content-length) and returns the response's status line.
+/// The body is written on its own task: the server may answer, and stop reading, before it
+/// has all arrived.
+async fn raw_post_status(base: &str, size: usize, chunked: bool) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let length_header = if chunked {
+        "transfer-encoding: chunked".to_string()
+    } else {
+        format!("content-length: {size}")
+    };
+    let head = format!(
+        "POST /api/revalidate HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         x-cdc-signature: t=1,v1=00\r\n{length_header}\r\n\r\n"
+    );
+    let writer = tokio::spawn(async move {
+        wr.write_all(head.as_bytes()).await?;
+        let piece = vec![b'x'; 64 * 1024];
+        let mut sent = 0;
+        while sent < size {
+            let n = piece.len().min(size - sent);
+            if chunked {
+                wr.write_all(format!("{n:x}\r\n").as_bytes()).await?;
+                wr.write_all(&piece[..n]).await?;
+                wr.write_all(b"\r\n").await?;
+            } else {
+                wr.write_all(&piece[..n]).await?;
+            }
+            sent += n;
+        }
+        if chunked {
+            wr.write_all(b"0\r\n\r\n").await?;
+        }
+        std::io::Result::Ok(())
+    });
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(30), async {
+        while !buf.windows(2).any(|w| w == b"\r\n") {
+            match rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    writer.abort();
+    assert!(read.is_ok(), "no answer within 30 s to a {size}-byte POST");
+    let text = String::from_utf8_lossy(&buf);
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_revalidate_bodies_get_413_before_the_signature_is_checked() {
+    ensure_built();
+    let db = Cluster::shared().create_db("nextjs_413").await;
+    let next = start_next(&db.url);
+    let http = reqwest::Client::new();
+    let endpoint = format!("{}/api/revalidate", next.base);
+    wait_until(Duration::from_secs(60), "next start answers", || async {
+        http.post(&endpoint).body("{}").send().await.is_ok()
+    })
+    .await;
+    // The signature is bad on purpose: a 401 would mean the body was read and hashed first.
+    let two_mib = 2 * 1024 * 1024;
+    let declared = raw_post_status(&next.base, two_mib, false).await;
+    assert!(
+        declared.starts_with("HTTP/1.1 413"),
+        "with content-length: {declared:?}"
+    );
+    let chunked = raw_post_status(&next.base, two_mib, true).await;
+    assert!(chunked.starts_with("HTTP/1.1 413"), "chunked: {chunked:?}");
+    // A small body still reaches the signature check.
+    let small = raw_post_status(&next.base, 100, true).await;
+    assert!(
+        small.starts_with("HTTP/1.1 401"),
+        "small chunked body: {small:?}"
+    );
+}

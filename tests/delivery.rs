@@ -1,0 +1,508 @@
+//! Delivery safety: no endpoint answer loses a tag (every failure is retried for
+//! `revalidate.give_up_after_secs`, then parked and redelivered by command), redirects are
+//! not followed, and credentials in a revalidation URL never reach a log, a metric or a
+//! state table. The worker binary runs against real Postgres; the endpoints are small
+//! in-process HTTP servers whose answers the test sets.
+
+mod support;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::{free_port, seed, wait_until, Cluster, TestDb, WorkerProcess};
+use tokio_postgres::Client;
+
+const SECRET: &str = "delivery-secret";
+
+/// What an endpoint answers.
+#[derive(Clone, Debug)]
+enum Answer {
+    Ok,
+    Status(u16),
+    /// 302 to this location.
+    Redirect(String),
+}
+
+/// An in-process endpoint: answers every request (any method, any path) as `answer`
+/// says, counts requests, and records the tags of POSTs it answered 200.
+#[derive(Clone)]
+struct Endpoint {
+    /// `http://127.0.0.1:<port>`
+    base: String,
+    answer: Arc<Mutex<Answer>>,
+    requests: Arc<AtomicUsize>,
+    /// (method, path) of every request.
+    seen: Arc<Mutex<Vec<(String, String)>>>,
+    received: Arc<Mutex<Vec<String>>>,
+}
+
+async fn endpoint(answer: Answer) -> Endpoint {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let e = Endpoint {
+        base: format!("http://{}", listener.local_addr().unwrap()),
+        answer: Arc::new(Mutex::new(answer)),
+        requests: Arc::default(),
+        seen: Arc::default(),
+        received: Arc::default(),
+    };
+    let state = e.clone();
+    let app = axum::Router::new().fallback(
+        move |method: axum::http::Method, uri: axum::http::Uri, body: String| {
+            let state = state.clone();
+            async move {
+                use axum::http::{header, StatusCode};
+                use axum::response::IntoResponse;
+                state.requests.fetch_add(1, Ordering::SeqCst);
+                state
+                    .seen
+                    .lock()
+                    .unwrap()
+                    .push((method.to_string(), uri.path().to_string()));
+                let answer = state.answer.lock().unwrap().clone();
+                match answer {
+                    Answer::Status(code) => StatusCode::from_u16(code).unwrap().into_response(),
+                    Answer::Redirect(to) => {
+                        (StatusCode::FOUND, [(header::LOCATION, to)]).into_response()
+                    }
+                    Answer::Ok => {
+                        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) {
+                            let mut got = state.received.lock().unwrap();
+                            for t in v["tags"].as_array().into_iter().flatten() {
+                                got.push(t.as_str().unwrap_or_default().to_string());
+                            }
+                        }
+                        (StatusCode::OK, "ok").into_response()
+                    }
+                }
+            }
+        },
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    e
+}
+
+impl Endpoint {
+    fn url(&self) -> String {
+        format!("{}/api/revalidate", self.base)
+    }
+    fn set(&self, answer: Answer) {
+        *self.answer.lock().unwrap() = answer;
+    }
+    fn got(&self, tag: &str) -> bool {
+        self.received.lock().unwrap().iter().any(|t| t == tag)
+    }
+}
+
+async fn prepared(hint: &str, products: i32) -> (TestDb, Client) {
+    let db = Cluster::shared().create_db(hint).await;
+    let c = db.client().await;
+    seed(&c, 1, products).await;
+    let setup = WorkerProcess::run_to_end(&db, &["setup"], &[]);
+    assert!(setup.success, "{}", setup.output);
+    (db, c)
+}
+
+/// A config file that sets only `revalidate.give_up_after_secs`.
+fn config_giving_up_after(name: &str, secs: u64) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("delivery-{name}-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        format!("[revalidate]\ngive_up_after_secs = {secs}\n"),
+    )
+    .unwrap();
+    path
+}
+
+async fn parked_tags(c: &Client) -> Vec<String> {
+    c.query(
+        "SELECT unnest(tags) FROM cdc_worker.outbox_failed ORDER BY 1",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// Every row of the worker's delivery state, as text.
+async fn state_tables(c: &Client) -> String {
+    let mut out = String::new();
+    for table in ["outbox_cursor", "outbox_failed", "outbox", "checkpoint"] {
+        let rows = c
+            .query(&format!("SELECT t::text FROM cdc_worker.{table} t"), &[])
+            .await
+            .unwrap();
+        for r in rows {
+            out.push_str(table);
+            out.push_str(": ");
+            out.push_str(r.get::<_, &str>(0));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+async fn metrics_text(addr: &str) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Issue 9 item 7: a 401 (a secret being rotated, clock skew) used to be a definite
+/// refusal: the tags went to outbox_failed and were never sent again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_401_for_10_seconds_then_200_loses_no_tag() {
+    let e = endpoint(Answer::Status(401)).await;
+    let (db, c) = prepared("delivery_401", 5).await;
+    let url = e.url();
+    let w = WorkerProcess::start(
+        &db,
+        &["run"],
+        &[
+            ("CDC_REVALIDATE_URLS", &url),
+            ("CDC_REVALIDATE_SECRET", SECRET),
+        ],
+    );
+    w.wait_for_log(Duration::from_secs(20), "streaming").await;
+    let t = Instant::now();
+    for i in 1..=5 {
+        c.batch_execute(&format!(
+            "UPDATE \"Product\" SET title = 'v{i}' WHERE id = 'p{i}'"
+        ))
+        .await
+        .unwrap();
+    }
+    let flip = e.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        flip.set(Answer::Ok);
+    });
+    wait_until(
+        Duration::from_secs(60),
+        "every tag arrives once the endpoint accepts again",
+        || async { (1..=5).all(|i| e.got(&format!("product:p{i}"))) },
+    )
+    .await;
+    assert!(
+        t.elapsed() >= Duration::from_secs(10),
+        "delivered before the endpoint accepted?"
+    );
+    assert!(
+        e.requests.load(Ordering::SeqCst) >= 3,
+        "the 401s were not retried"
+    );
+    assert_eq!(parked_tags(&c).await, Vec::<String>::new());
+}
+
+/// Issue 9 item 7: after `give_up_after_secs` of failures the tags are parked (not lost),
+/// counted by a gauge, and `revalidate --failed` delivers them and empties the table.
+#[tokio::test(flavor = "multi_thread")]
+async fn tags_parked_after_give_up_are_redelivered_by_revalidate_failed() {
+    let e = endpoint(Answer::Status(404)).await;
+    let (db, c) = prepared("delivery_parked", 3).await;
+    let config = config_giving_up_after("parked", 2);
+    let config = config.to_str().unwrap();
+    let url = e.url();
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let env = [
+        ("CDC_REVALIDATE_URLS", url.as_str()),
+        ("CDC_REVALIDATE_SECRET", SECRET),
+    ];
+    let mut run_env = env.to_vec();
+    run_env.push(("CDC_METRICS_ADDR", &metrics_addr));
+    let w = WorkerProcess::start(&db, &["--config", config, "run"], &run_env);
+    w.wait_for_log(Duration::from_secs(20), "streaming").await;
+    c.batch_execute("UPDATE \"Price\" SET amount = 7 WHERE \"productId\" = 'p1'")
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "the tags parked in outbox_failed",
+        || async { parked_tags(&c).await.contains(&"product:p1".to_string()) },
+    )
+    .await;
+    assert!(
+        e.requests.load(Ordering::SeqCst) >= 2,
+        "parked without a retry"
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "cdc_outbox_failed_tags counts them",
+        || async {
+            metrics_text(&metrics_addr)
+                .await
+                .lines()
+                .any(|l| l.starts_with("cdc_outbox_failed_tags ") && !l.ends_with(" 0"))
+        },
+    )
+    .await;
+    assert!(
+        w.output().contains("revalidate --failed"),
+        "{}",
+        w.log_tail(20)
+    );
+
+    // Still failing: the command says so and keeps them.
+    let again = WorkerProcess::run_to_end(&db, &["revalidate", "--failed"], &env);
+    assert_eq!(again.code, Some(1), "{}", again.output);
+    assert!(again.output.contains("FAILED again"), "{}", again.output);
+    assert!(parked_tags(&c).await.contains(&"product:p1".to_string()));
+
+    e.set(Answer::Ok);
+    let out = WorkerProcess::run_to_end(&db, &["revalidate", "--failed"], &env);
+    assert!(out.success, "{}", out.output);
+    assert!(out.output.contains("redelivered"), "{}", out.output);
+    assert!(e.got("product:p1"));
+    assert_eq!(parked_tags(&c).await, Vec::<String>::new());
+    let out = WorkerProcess::run_to_end(&db, &["revalidate", "--failed"], &env);
+    assert!(out.success, "{}", out.output);
+    assert!(
+        out.output.contains("nothing to redeliver"),
+        "{}",
+        out.output
+    );
+    // Without the state tables the error says what to run.
+    let mut no_state = env.to_vec();
+    no_state.push(("CDC_SCHEMA", "no_such_state"));
+    let out = WorkerProcess::run_to_end(&db, &["revalidate", "--failed"], &no_state);
+    assert_eq!(out.code, Some(2), "{}", out.output);
+    assert!(out.output.contains("cdc-worker setup"), "{}", out.output);
+}
+
+/// Issue 9 item 8: reqwest followed redirects, turning the POST into a GET whose 200 (a
+/// login page, another host) counted as delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redirect_is_not_followed_and_not_counted_delivered() {
+    let elsewhere = endpoint(Answer::Ok).await;
+    let redirecting = endpoint(Answer::Redirect(format!("{}/login", elsewhere.base))).await;
+    let (db, c) = prepared("delivery_redirect", 3).await;
+    let url = redirecting.url();
+    let w = WorkerProcess::start(
+        &db,
+        &["run"],
+        &[
+            ("CDC_REVALIDATE_URLS", &url),
+            ("CDC_REVALIDATE_SECRET", SECRET),
+        ],
+    );
+    w.wait_for_log(Duration::from_secs(20), "streaming").await;
+    c.batch_execute("UPDATE \"Product\" SET title = 'moved' WHERE id = 'p1'")
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "the redirecting endpoint is retried (or the redirect followed)",
+        || async {
+            redirecting.requests.load(Ordering::SeqCst) >= 3
+                || elsewhere.requests.load(Ordering::SeqCst) > 0
+        },
+    )
+    .await;
+    assert_eq!(
+        elsewhere.requests.load(Ordering::SeqCst),
+        0,
+        "the redirect was followed: {:?}",
+        elsewhere.seen.lock().unwrap()
+    );
+    let delivered: i64 = c
+        .query_one(
+            "SELECT coalesce(max(delivered_id), 0) FROM cdc_worker.outbox_cursor",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let pending: i64 = c
+        .query_one(
+            "SELECT count(*) FROM cdc_worker.outbox WHERE tag = 'product:p1' AND id > $1",
+            &[&delivered],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(pending > 0, "product:p1 counted as delivered");
+    assert!(w.output().contains("redirect"), "{}", w.log_tail(20));
+    // The manual command does not follow it either.
+    let out = WorkerProcess::run_to_end(
+        &db,
+        &["revalidate", "--store", "s1"],
+        &[
+            ("CDC_REVALIDATE_URLS", &url),
+            ("CDC_REVALIDATE_SECRET", SECRET),
+        ],
+    );
+    assert_eq!(out.code, Some(1), "{}", out.output);
+    assert_eq!(elsewhere.requests.load(Ordering::SeqCst), 0);
+}
+
+/// Issue 9 item 12: the credentials of a revalidation URL appeared in reqwest's error text
+/// (logged), in the `endpoint` metric label and in outbox_cursor / outbox_failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_in_a_revalidate_url_appear_nowhere() {
+    let (db, c) = prepared("delivery_secrets", 3).await;
+    let closed = free_port();
+    let url = format!("http://user:s3cretpass@127.0.0.1:{closed}/api/revalidate?token=t0psecret");
+    let config = config_giving_up_after("secrets", 2);
+    let config = config.to_str().unwrap();
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let w = WorkerProcess::start(
+        &db,
+        &["--config", config, "run"],
+        &[
+            ("CDC_REVALIDATE_URLS", &url),
+            ("CDC_REVALIDATE_SECRET", SECRET),
+            ("CDC_METRICS_ADDR", &metrics_addr),
+            ("CDC_LOG", "debug"),
+        ],
+    );
+    w.wait_for_log(Duration::from_secs(20), "streaming").await;
+    c.batch_execute("UPDATE \"Price\" SET amount = 9 WHERE \"productId\" = 'p1'")
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "the failing tags parked",
+        || async { parked_tags(&c).await.contains(&"product:p1".to_string()) },
+    )
+    .await;
+    let metrics = metrics_text(&metrics_addr).await;
+    assert!(
+        metrics.contains("cdc_revalidate_requests_total{endpoint="),
+        "{metrics}"
+    );
+    let manual = WorkerProcess::run_to_end(
+        &db,
+        &["revalidate", "--product", "p1"],
+        &[
+            ("CDC_REVALIDATE_URLS", &url),
+            ("CDC_REVALIDATE_SECRET", SECRET),
+        ],
+    );
+    let failed = WorkerProcess::run_to_end(
+        &db,
+        &["revalidate", "--failed"],
+        &[
+            ("CDC_REVALIDATE_URLS", &url),
+            ("CDC_REVALIDATE_SECRET", SECRET),
+        ],
+    );
+    assert!(failed.output.contains("FAILED again"), "{}", failed.output);
+    let tables = state_tables(&c).await;
+    assert!(tables.contains("outbox_cursor"), "{tables}");
+    for (what, text) in [
+        ("the worker's log", w.output()),
+        ("/metrics", metrics),
+        ("the state tables", tables),
+        ("revalidate --product", manual.output),
+        ("revalidate --failed", failed.output),
+    ] {
+        for secret in ["s3cretpass", "t0psecret"] {
+            assert!(
+                !text.contains(secret),
+                "{secret} appears in {what}:\n{text}"
+            );
+        }
+    }
+}
+
+/// Issue 9 item 12: deployments that stored cursors keyed by the full URL keep their
+/// place when the key becomes the redacted URL: nothing is sent again, nothing skipped.
+#[tokio::test(flavor = "multi_thread")]
+async fn cursors_keyed_by_the_full_url_are_renamed_in_place() {
+    let e = endpoint(Answer::Ok).await;
+    let (db, c) = prepared("delivery_migrate", 3).await;
+    let port = e.base.rsplit(':').next().unwrap();
+    // As an earlier version stored it: the configured string, not normalized (the
+    // fragment, never sent, is dropped by normalization).
+    let url =
+        format!("http://user:s3cretpass@127.0.0.1:{port}/api/revalidate?token=t0psecret#main");
+    let row =
+        |tag: &str| format!("INSERT INTO cdc_worker.outbox (tag) VALUES ('{tag}') RETURNING id");
+    let mut last_old = 0i64;
+    for tag in ["old:1", "old:2", "old:3"] {
+        last_old = c.query_one(&row(tag), &[]).await.unwrap().get(0);
+    }
+    c.execute(
+        "INSERT INTO cdc_worker.outbox_cursor (endpoint, delivered_id) VALUES ($1, $2)",
+        &[&url, &last_old],
+    )
+    .await
+    .unwrap();
+    c.execute(
+        "INSERT INTO cdc_worker.outbox_failed (endpoint, tags, status, response) \
+         VALUES ($1, ARRAY['parked:1'], 401, 'nope')",
+        &[&url],
+    )
+    .await
+    .unwrap();
+    for tag in ["new:1", "new:2"] {
+        c.query_one(&row(tag), &[]).await.unwrap();
+    }
+    let w = WorkerProcess::start(
+        &db,
+        &["run"],
+        &[
+            ("CDC_REVALIDATE_URLS", &url),
+            ("CDC_REVALIDATE_SECRET", SECRET),
+        ],
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "the tags after the stored cursor arrive",
+        || async { e.got("new:1") && e.got("new:2") },
+    )
+    .await;
+    assert!(
+        !e.received
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|t| t.starts_with("old:")),
+        "tags before the cursor were sent again: {:?}",
+        e.received.lock().unwrap()
+    );
+    assert!(
+        w.output().contains("delivery cursor renamed"),
+        "{}",
+        w.log_tail(20)
+    );
+    let cursors: Vec<(String, i64)> = c
+        .query(
+            "SELECT endpoint, delivered_id FROM cdc_worker.outbox_cursor",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(cursors.len(), 1, "{cursors:?}");
+    assert_eq!(
+        cursors[0].0,
+        format!("http://***@127.0.0.1:{port}/api/revalidate?token=***")
+    );
+    assert!(cursors[0].1 > last_old, "{cursors:?}");
+    let tables = state_tables(&c).await;
+    for secret in ["s3cretpass", "t0psecret"] {
+        assert!(!tables.contains(secret), "{secret} in:\n{tables}");
+        assert!(!w.output().contains(secret), "{secret} in the log");
+    }
+    // The parked row follows its endpoint, so `revalidate --failed` still finds it.
+    let out = WorkerProcess::run_to_end(
+        &db,
+        &["revalidate", "--failed"],
+        &[
+            ("CDC_REVALIDATE_URLS", &url),
+            ("CDC_REVALIDATE_SECRET", SECRET),
+        ],
+    );
+    assert!(out.success, "{}", out.output);
+    assert!(e.got("parked:1"));
+}
