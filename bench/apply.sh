@@ -24,11 +24,15 @@ now() { date +%s.%N; }
 echo "# machine: $(machine)"
 start_cluster
 load_data "$N"
-BIN=$1 worker_setup
+# An empty config (the defaults) for every binary: one built from an older commit may not
+# know every key of this checkout's config/cdc-worker.toml.
+: >"$WORK/defaults.toml"
+(cd "$ROOT" && CDC_LOG=warn "$1" --config "$WORK/defaults.toml" setup) >"$WORK/setup.log" 2>&1 \
+    || { cat "$WORK/setup.log"; exit 1; }
 echo "| binary | round | transaction | commit -> checkpoint | apply backend CPU | worker CPU | worker peak RSS |"
 echo "|---|---|---|---|---|---|---|"
 for bin in "$@"; do
-    (cd "$ROOT" && exec "$bin" run) >"$WORK/worker.log" 2>&1 & WORKER_PID=$!
+    (cd "$ROOT" && exec "$bin" --config "$WORK/defaults.toml" run) >"$WORK/worker.log" 2>&1 & WORKER_PID=$!
     mark=$(psqlv -c "SELECT pg_logical_emit_message(true, 'bench', 'start')")
     until [ "$(psqlv -c "SELECT coalesce((SELECT lsn >= '$mark' FROM cdc_worker.checkpoint), false)")" = t ]; do sleep 0.1; done
     apply_pid=$(psqlv -c "SELECT pid FROM pg_stat_activity WHERE application_name = 'cdc-worker/apply'")
