@@ -201,7 +201,7 @@ impl Applier {
     /// snapshot sees every one of them.
     pub async fn apply(
         &mut self,
-        ids: &mut [String],
+        ids: &mut [&str],
         xids: &[u32],
         lsn: Option<Lsn>,
         commit_time: Option<SystemTime>,
@@ -224,7 +224,7 @@ impl Applier {
     /// One apply transaction (see [`Applier::apply`]).
     async fn apply_part(
         &mut self,
-        ids: &[String],
+        ids: &[&str],
         xids: &[u32],
         lsn: Option<Lsn>,
         commit_time: Option<SystemTime>,
@@ -319,13 +319,13 @@ impl Applier {
                         .await?
                 }
             };
-            let mut ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            let mut ids: Vec<&str> = rows.iter().map(|r| r.get(0)).collect();
             let last_page = (ids.len() as i64) < self.page_size;
             let page_lsn = if last_page { lsn } else { None };
             total.add(self.apply(&mut ids, &[], page_lsn, commit_time).await?);
             progress(total.products);
             match ids.last() {
-                Some(last) if !last_page => after = Some(last.clone()),
+                Some(last) if !last_page => after = Some(last.to_string()),
                 _ => return Ok(total),
             }
         }

@@ -2,15 +2,15 @@
 //! `max_pending` bound is hit. Under backlog apply stays busy, so batches grow and the
 //! cost follows the number of distinct products rather than the number of changes.
 
-use std::collections::HashSet;
-
 use pgwire_replication::Lsn;
+
+use crate::ids::IdSet;
 
 /// The work handed to apply at once (applied in parts of `max_products`).
 #[derive(Debug, Default)]
 pub struct Batch {
     /// Products to recompute.
-    pub ids: HashSet<String>,
+    pub ids: IdSet,
     /// Recompute every product (TRUNCATE, or a delete without a product id): why.
     pub all: Option<String>,
     /// Every change up to this LSN (a commit's end, or an idle keepalive position) is
@@ -32,9 +32,8 @@ pub struct Batch {
 
 impl Batch {
     pub fn mark(&mut self, id: &str) {
-        // Under backlog most ids are already present; look before allocating.
-        if self.all.is_none() && !self.ids.contains(id) {
-            self.ids.insert(id.to_owned());
+        if self.all.is_none() {
+            self.ids.insert(id);
         }
     }
 

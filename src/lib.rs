@@ -16,6 +16,7 @@ pub mod config;
 pub mod db;
 pub mod deliver;
 pub mod error;
+pub mod ids;
 pub mod layout;
 pub mod leader;
 pub mod metrics;

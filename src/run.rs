@@ -306,7 +306,7 @@ async fn apply_batch(
             a
         }
         None => {
-            let mut ids: Vec<String> = batch.ids.into_iter().collect();
+            let mut ids: Vec<&str> = batch.ids.iter().collect();
             applier
                 .apply(&mut ids, &batch.xids, batch.lsn, commit)
                 .await?

@@ -295,7 +295,7 @@ async fn fix(
     checker: &mut Checker,
     found: &[Discrepancy],
 ) -> anyhow::Result<(u64, u64)> {
-    let mut ids: Vec<String> = found.iter().map(|d| d.product_id.clone()).collect();
+    let mut ids: Vec<&str> = found.iter().map(|d| d.product_id.as_str()).collect();
     let applied = applier
         .apply(&mut ids, &[], None, None)
         .await
@@ -307,6 +307,7 @@ async fn fix(
         tags = applied.tags,
         "repaired"
     );
+    let ids = found.iter().map(|d| d.product_id.clone()).collect();
     let (left, _) = checker.persistent(ids).await?;
     for d in &left {
         tracing::warn!(product_id = %d.product_id, "still differs after the repair");
