@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use support::{seed, wait_converged, wait_until, Cluster, TestDb, WorkerProcess};
+use support::{seed, wait_converged, wait_until, Cluster, Proxy, TestDb, WorkerProcess};
 use tokio_postgres::Client;
 
 const SECRET: &str = "fault-secret";
@@ -287,55 +287,13 @@ async fn postgres_restart_mid_stream() {
     );
 }
 
-/// Forwards TCP connections to `target`; `cut()` closes every open one.
-struct Proxy {
-    port: u16,
-    generation: Arc<tokio::sync::watch::Sender<u64>>,
-}
-
-async fn proxy(target: u16) -> Proxy {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (tx, rx) = tokio::sync::watch::channel(0u64);
-    tokio::spawn(async move {
-        loop {
-            let (mut inbound, _) = listener.accept().await.unwrap();
-            let mut cut = rx.clone();
-            cut.mark_unchanged();
-            tokio::spawn(async move {
-                let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
-                else {
-                    return;
-                };
-                tokio::select! {
-                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                    _ = cut.changed() => {}
-                }
-            });
-        }
-    });
-    Proxy {
-        port,
-        generation: Arc::new(tx),
-    }
-}
-
-impl Proxy {
-    fn cut(&self) {
-        self.generation.send_modify(|g| *g += 1);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_cut_by_a_tcp_proxy() {
     let cluster = Cluster::shared();
     let r = receiver().await;
     let (db, c) = prepared(cluster, "fault_proxy", 200).await;
-    let p = proxy(cluster.port).await;
-    let via_proxy = db
-        .url
-        .replacen(&format!(":{}/", cluster.port), &format!(":{}/", p.port), 1);
-    assert_ne!(via_proxy, db.url);
+    let p = Proxy::start(cluster.port).await;
+    let via_proxy = p.url(&db.url, cluster.port);
     let worker = start(&db, &r, Some(&via_proxy));
     let load = workload(db.url.clone(), 200);
     for _ in 0..5 {

@@ -102,6 +102,8 @@ pub struct Cluster {
     /// `CDC_TEST_PG_DIR` of a local cluster (None for external).
     script_dir: Option<PathBuf>,
     private: bool,
+    /// `PostgreSQL 18.4`... of a local cluster (from `postgres --version`); empty for external.
+    pub server_version: String,
 }
 
 impl Cluster {
@@ -111,9 +113,16 @@ impl Cluster {
     /// lock). The cluster is left running at exit; `make test` stops it.
     pub fn shared() -> &'static Cluster {
         static SHARED: OnceLock<Cluster> = OnceLock::new();
-        SHARED.get_or_init(|| match std::env::var(DATABASE_URL_ENV) {
-            Ok(url) if !url.trim().is_empty() => Cluster::external(url.trim()),
-            _ => Cluster::local(None, false),
+        SHARED.get_or_init(|| {
+            let c = match std::env::var(DATABASE_URL_ENV) {
+                Ok(url) if !url.trim().is_empty() => Cluster::external(url.trim()),
+                _ => Cluster::local(None, false),
+            };
+            // Once per test binary, so a matrix run's output says which server each suite ran on.
+            if c.is_local() {
+                eprintln!("test cluster: {} on port {}", c.server_version, c.port);
+            }
+            c
         })
     }
 
@@ -121,14 +130,7 @@ impl Cluster {
     /// on drop (kept if the test panicked, for its log). Always local, even when
     /// `CDC_TEST_DATABASE_URL` is set.
     pub fn private(name: &str) -> Cluster {
-        let shared_dir = Self::default_dir();
-        let dir = PathBuf::from(format!("{}-private", shared_dir.display())).join(format!(
-            "{}-{}-{}",
-            sanitize(name, 30),
-            std::process::id(),
-            next_id()
-        ));
-        Cluster::local(Some(dir), true)
+        Cluster::local(Some(Self::private_dir(name)), true)
     }
 
     /// The directory `scripts/test-cluster.sh` uses when `CDC_TEST_PG_DIR` is unset.
@@ -136,9 +138,55 @@ impl Cluster {
         PathBuf::from(run_script(None, &["default-dir"]).trim())
     }
 
+    fn private_dir(name: &str) -> PathBuf {
+        let shared_dir = Self::default_dir();
+        PathBuf::from(format!("{}-private", shared_dir.display())).join(format!(
+            "{}-{}-{}",
+            sanitize(name, 30),
+            std::process::id(),
+            next_id()
+        ))
+    }
+
+    /// A private physical standby of this private cluster, streaming from it through a
+    /// physical slot (`scripts/test-cluster.sh standby-of`); on 17+ it synchronizes the
+    /// primary's failover slots. May stop and restart this cluster to copy it, so call it
+    /// before connecting to this one. Stopped and deleted on drop, like [`Cluster::private`].
+    pub fn standby(&self, name: &str) -> Cluster {
+        assert!(self.private, "only a private cluster can get a standby");
+        let primary_dir = self.script_dir.as_deref().expect("a local cluster");
+        let dir = Self::private_dir(name);
+        let t = Instant::now();
+        run_script(
+            Some(&dir),
+            &["standby-of", primary_dir.to_str().expect("UTF-8 path")],
+        );
+        Cluster::local_started(Some(dir), true, t)
+    }
+
+    /// Promotes this standby (`pg_ctl promote -w`): it accepts writes when this returns.
+    pub fn promote(&self) {
+        self.script("promote");
+    }
+
+    /// The server's major version (15, 16, ...), asked from the server.
+    pub async fn major_version(&self) -> u32 {
+        let c = self.admin_client("postgres").await;
+        let num: String = c
+            .query_one("SHOW server_version_num", &[])
+            .await
+            .expect("SHOW server_version_num")
+            .get(0);
+        num.parse::<u32>().expect("server_version_num is a number") / 10000
+    }
+
     fn local(dir: Option<PathBuf>, private: bool) -> Cluster {
         let t = Instant::now();
         run_script(dir.as_deref(), &["start"]);
+        Self::local_started(dir, private, t)
+    }
+
+    fn local_started(dir: Option<PathBuf>, private: bool, t: Instant) -> Cluster {
         let info = parse_info(&run_script(dir.as_deref(), &["info"]));
         let port: u16 = info["PORT"].parse().expect("PORT is a number");
         let host = info["HOST"].clone();
@@ -167,6 +215,7 @@ impl Cluster {
                 )
             }),
             private,
+            server_version: info.get("SERVER_VERSION").cloned().unwrap_or_default(),
         }
     }
 
@@ -192,6 +241,7 @@ impl Cluster {
             url_query,
             script_dir: None,
             private: false,
+            server_version: String::new(),
         }
     }
 
@@ -877,4 +927,68 @@ pub async fn summary_of(c: &tokio_postgres::Client, product: &str) -> Option<tok
     )
     .await
     .unwrap()
+}
+
+// ---- A TCP proxy between the worker and Postgres ----------------------------------------
+
+/// Forwards TCP connections on 127.0.0.1:`port` to a target port that can change
+/// (`retarget`, e.g. to a promoted standby); `cut()` closes every open connection, as a
+/// network failure would.
+pub struct Proxy {
+    pub port: u16,
+    target: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    generation: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Proxy {
+    /// Listens on a free port (spawned on the current tokio runtime).
+    pub async fn start(target: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = tokio::sync::watch::channel(0u64);
+        let target = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(target));
+        let to = target.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut inbound, _) = listener.accept().await.unwrap();
+                let mut cut = rx.clone();
+                cut.mark_unchanged();
+                let port = to.load(Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            port,
+            target,
+            generation: std::sync::Arc::new(tx),
+        }
+    }
+
+    /// Closes every open connection; new ones are accepted at once.
+    pub fn cut(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// New connections go to `port`; open ones are cut.
+    pub fn retarget(&self, port: u16) {
+        self.target.store(port, Ordering::SeqCst);
+        self.cut();
+    }
+
+    /// `url` with its port (`:PORT/`) replaced by the proxy's.
+    pub fn url(&self, url: &str, port: u16) -> String {
+        let via = url.replacen(&format!(":{port}/"), &format!(":{}/", self.port), 1);
+        assert_ne!(via, url, "no :{port}/ in the URL");
+        via
+    }
 }
