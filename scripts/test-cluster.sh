@@ -11,6 +11,7 @@
 #   scripts/test-cluster.sh stop-all  stop this cluster and every private cluster of this checkout
 #   scripts/test-cluster.sh clean     stop-all, then delete their directories
 #   scripts/test-cluster.sh default-dir   print the directory used when CDC_TEST_PG_DIR is unset
+#   scripts/test-cluster.sh bindir    print the server binaries' directory it uses
 #   scripts/test-cluster.sh psql [DB [PSQL ARGS...]]   psql as the superuser on DB (default postgres)
 #   scripts/test-cluster.sh standby-of PRIMARY_DIR   make and start, in CDC_TEST_PG_DIR, a physical
 #                                     standby of the running cluster in PRIMARY_DIR (see below)
@@ -327,6 +328,7 @@ case "$cmd" in
         url_for
         ;;
     default-dir) echo "$default_dir" ;;
+    bindir) echo "$bindir" ;;
     psql)
         [[ -f $portfile ]] || die "no cluster in $dir yet: run '$0 start'"
         db=${2:-postgres}
@@ -385,7 +387,7 @@ case "$cmd" in
         done
         ;;
     *)
-        sed -n '2,16p' "$0" >&2
+        sed -n '2,17p' "$0" >&2
         exit 2
         ;;
 esac

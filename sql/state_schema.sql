@@ -11,6 +11,11 @@ CREATE TABLE IF NOT EXISTS {schema}.checkpoint (
     lsn        pg_lsn NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
+-- Set (durably, before the slot is touched) when every product must be recomputed before
+-- streaming: the slot was missing, lost or ahead, or the checkpoint ahead of the server.
+-- Cleared in the transaction that stores the checkpoint after the last recomputed page, so
+-- a crash in between resumes the recompute at the next start.
+ALTER TABLE {schema}.checkpoint ADD COLUMN IF NOT EXISTS recompute_reason text;
 
 -- Cache tags waiting for delivery, written in the same transaction as the summary change
 -- that caused them (an outbox): a crash can neither lose them nor send tags of a change

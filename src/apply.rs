@@ -49,7 +49,6 @@ impl Applied {
 
 struct Statements {
     lock: Statement,
-    invisible: Statement,
     desired: Statement,
     current: Statement,
     upsert: Statement,
@@ -66,6 +65,9 @@ pub struct Applier {
     templates: TagTemplates,
     /// Tags are enqueued only when someone will deliver them.
     enqueue_tags: bool,
+    /// The checkpoint write sets the LSN (instead of only moving it forward) and clears
+    /// the recompute mark: the last page of a recovery recompute.
+    reset_checkpoint: bool,
     slot: String,
     currency: String,
     lock_key: i32,
@@ -125,18 +127,6 @@ impl Applier {
         };
         let stmts = Statements {
             lock: prepare("SELECT pg_advisory_xact_lock($1::int4, $2::int4)".into()).await?,
-            // How many of these (32-bit) xids the current snapshot does not see yet. The
-            // epoch comes from the snapshot's xmax: an xid above xmax's low half belongs to
-            // the previous epoch.
-            invisible: prepare(
-                "WITH s AS (SELECT pg_current_snapshot() AS snap, \
-                 pg_snapshot_xmax(pg_current_snapshot())::text::int8 AS xmax) \
-                 SELECT count(*)::int8 FROM s, unnest($1::int8[]) AS x(xid) \
-                 WHERE NOT pg_visible_in_snapshot((((s.xmax >> 32) - CASE WHEN x.xid > (s.xmax & 4294967295) \
-                 THEN 1 ELSE 0 END) * 4294967296 + x.xid)::text::xid8, s.snap)"
-                    .into(),
-            )
-            .await?,
             desired: prepare(format!("{select} WHERE s.product_id = ANY($2::text[])")).await?,
             current: prepare(format!(
                 "{} WHERE t.\"productId\" = ANY($1::text[])",
@@ -162,9 +152,14 @@ impl Applier {
                 "INSERT INTO {state}.outbox (tag, commit_time) SELECT unnest($1::text[]), $2"
             ))
             .await?,
+            // While streaming the checkpoint only moves forward; a recompute that recovers
+            // from a broken invariant sets it to the slot's start (possibly lower, after a
+            // restore) and clears the recompute mark in the same transaction.
             checkpoint: prepare(format!(
                 "INSERT INTO {state}.checkpoint AS c (slot_name, lsn) VALUES ($1, $2) \
-                 ON CONFLICT (slot_name) DO UPDATE SET lsn = greatest(c.lsn, EXCLUDED.lsn), \
+                 ON CONFLICT (slot_name) DO UPDATE SET lsn = CASE WHEN $3 THEN EXCLUDED.lsn \
+                 ELSE greatest(c.lsn, EXCLUDED.lsn) END, \
+                 recompute_reason = CASE WHEN $3 THEN NULL ELSE c.recompute_reason END, \
                  updated_at = now()"
             ))
             .await?,
@@ -182,6 +177,7 @@ impl Applier {
             stmts,
             templates: TagTemplates::from_config(cfg),
             enqueue_tags: !cfg.revalidate.urls.is_empty(),
+            reset_checkpoint: false,
             slot: cfg.slot.clone(),
             currency: cfg.currency.clone(),
             lock_key: lock_key(&cfg.schema),
@@ -189,9 +185,22 @@ impl Applier {
         })
     }
 
-    /// Stop enqueueing cache tags (initial backfill: nothing can have cached them yet).
-    pub fn without_tags(&mut self) {
-        self.enqueue_tags = false;
+    /// The recovery recompute (`slot::prepare`): every product, with tags unless `tags`
+    /// is false, and a last transaction that sets the checkpoint to `lsn` (even below the
+    /// stored one) and clears the recompute mark.
+    pub async fn recompute_all(
+        &mut self,
+        lsn: Lsn,
+        tags: bool,
+        progress: impl FnMut(usize),
+    ) -> anyhow::Result<Applied> {
+        let enqueue_tags = self.enqueue_tags;
+        self.enqueue_tags &= tags;
+        self.reset_checkpoint = true;
+        let result = self.apply_all(&[], Some(lsn), None, progress).await;
+        self.enqueue_tags = enqueue_tags;
+        self.reset_checkpoint = false;
+        result
     }
 
     pub fn client(&self) -> &Client {
@@ -239,11 +248,19 @@ impl Applier {
         lsn: Option<Lsn>,
         commit_time: Option<SystemTime>,
     ) -> anyhow::Result<Applied> {
-        let tx = self.client.transaction().await?;
+        // READ COMMITTED whatever the database's default: the visibility wait needs a
+        // new snapshot per statement (under REPEATABLE READ it would never end), and the
+        // recompute must read what is committed now.
+        let tx = self
+            .client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
+            .start()
+            .await?;
         tx.execute(&self.stmts.lock, &[&APPLY_LOCK_CLASS, &self.lock_key])
             .await?;
-        if !ids.is_empty() && !xids.is_empty() {
-            wait_visible(&tx, &self.stmts.invisible, xids).await?;
+        if !ids.is_empty() {
+            crate::visibility::wait_visible(&tx, xids).await?;
         }
         let mut applied = Applied {
             products: ids.len(),
@@ -307,8 +324,11 @@ impl Applier {
             }
         }
         if let Some(lsn) = lsn {
-            tx.execute(&self.stmts.checkpoint, &[&self.slot, &PgLsn::from(lsn.0)])
-                .await?;
+            tx.execute(
+                &self.stmts.checkpoint,
+                &[&self.slot, &PgLsn::from(lsn.0), &self.reset_checkpoint],
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(applied)
@@ -324,6 +344,9 @@ impl Applier {
         commit_time: Option<SystemTime>,
         mut progress: impl FnMut(usize),
     ) -> anyhow::Result<Applied> {
+        // Before the first page is listed: a new product inserted by a not yet visible
+        // transaction of this batch would otherwise be missing from the list.
+        crate::visibility::wait_visible(&self.client, xids).await?;
         let mut total = Applied::default();
         let mut after = String::new();
         loop {
@@ -336,43 +359,13 @@ impl Applier {
                 .collect();
             let last_page = (ids.len() as i64) < self.page_size;
             let page_lsn = if last_page { lsn } else { None };
-            let page_xids = if after.is_empty() { xids } else { &[] };
-            total.add(
-                self.apply(&mut ids, page_xids, page_lsn, commit_time)
-                    .await?,
-            );
+            total.add(self.apply(&mut ids, &[], page_lsn, commit_time).await?);
             progress(total.products);
             match ids.last() {
                 Some(last) if !last_page => after = last.clone(),
                 _ => return Ok(total),
             }
         }
-    }
-}
-
-/// Waits until the transaction's snapshot sees every one of `xids`.
-async fn wait_visible(
-    tx: &tokio_postgres::Transaction<'_>,
-    invisible: &Statement,
-    xids: &[u32],
-) -> anyhow::Result<()> {
-    let xids: Vec<i64> = xids.iter().map(|&x| i64::from(x)).collect();
-    let started = std::time::Instant::now();
-    let mut warned = false;
-    loop {
-        let pending: i64 = tx.query_one(invisible, &[&xids]).await?.get(0);
-        if pending == 0 {
-            return Ok(());
-        }
-        if !warned && started.elapsed() > Duration::from_secs(5) {
-            tracing::warn!(
-                invisible = pending,
-                "transactions already streamed are still not visible after 5 s \
-                 (a commit waiting for synchronous replication?); waiting"
-            );
-            warned = true;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 

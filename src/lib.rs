@@ -5,6 +5,10 @@
 //! stream ([`run`]) → decode ([`pgoutput`]) → route ([`route`]) → batch ([`batch`]) →
 //! apply ([`apply`], with [`summary`] defining a row and its tags) → ack ([`run`]);
 //! apply also fills the outbox that [`deliver`] drains to Next.js.
+//!
+//! Around it: [`slot`] checks the slot/checkpoint invariants at every start and recovers,
+//! [`leader`] keeps one instance streaming, [`visibility`] decides when a streamed change
+//! may be read.
 
 pub mod apply;
 pub mod batch;
@@ -12,6 +16,7 @@ pub mod config;
 pub mod db;
 pub mod deliver;
 pub mod error;
+pub mod leader;
 pub mod metrics;
 pub mod monitor;
 pub mod pgoutput;
@@ -19,4 +24,6 @@ pub mod reconcile;
 pub mod route;
 pub mod run;
 pub mod setup;
+pub mod slot;
 pub mod summary;
+pub mod visibility;

@@ -105,6 +105,8 @@ enum Command {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    // Named crash points for the fault tests (FAILPOINTS=name=return;...); inert otherwise.
+    let _failpoints = fail::FailScenario::setup();
     match real_main(cli).await {
         Ok(code) => code,
         Err(e) => {

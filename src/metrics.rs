@@ -30,6 +30,11 @@ pub struct StatusLabels {
     pub status: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 pub struct Metrics {
@@ -48,7 +53,8 @@ pub struct Metrics {
     pub slot_safe_wal_size: Gauge,
     pub reconcile_discrepancies: Gauge,
     pub leader: Gauge,
-    pub slot_recreated: Counter,
+    pub slot_recreated: Family<ReasonLabels, Counter>,
+    pub recomputes: Family<ReasonLabels, Counter>,
     /// Commit time (unix µs) of the newest source transaction applied, for lag_seconds.
     last_applied_commit: AtomicI64,
     /// Whether the stream is running (readyz).
@@ -84,7 +90,8 @@ impl Metrics {
             slot_safe_wal_size: Gauge::default(),
             reconcile_discrepancies: Gauge::default(),
             leader: Gauge::default(),
-            slot_recreated: Counter::default(),
+            slot_recreated: Family::default(),
+            recomputes: Family::default(),
             last_applied_commit: AtomicI64::new(0),
             streaming: AtomicBool::new(false),
             ready_max_lag: (heartbeat * 3).max(Duration::from_secs(30)),
@@ -163,8 +170,13 @@ impl Metrics {
         );
         r.register(
             "cdc_slot_recreated",
-            "Times a lost slot was recreated and the summary re-backfilled",
+            "Times the slot was recreated (missing, lost) before a full recompute, by reason",
             m.slot_recreated.clone(),
+        );
+        r.register(
+            "cdc_recovery_recomputes",
+            "Full recomputes done at start because a slot/checkpoint invariant failed, by reason",
+            m.recomputes.clone(),
         );
         Arc::new(Metrics { registry, ..m })
     }
@@ -211,6 +223,17 @@ impl Metrics {
             let t = SystemTime::UNIX_EPOCH + Duration::from_micros(micros as u64);
             SystemTime::now().duration_since(t).unwrap_or_default()
         })
+    }
+
+    /// A recovery recompute at start (`slot::prepare`).
+    pub fn record_recovery(&self, reason: &str, recreated: bool) {
+        let labels = ReasonLabels {
+            reason: reason.to_string(),
+        };
+        self.recomputes.get_or_create(&labels).inc();
+        if recreated {
+            self.slot_recreated.get_or_create(&labels).inc();
+        }
     }
 
     pub fn set_streaming(&self, on: bool) {

@@ -10,17 +10,16 @@ use anyhow::Context as _;
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
 use tokio::sync::{mpsc, watch};
 
-use crate::apply::{pg_time, read_checkpoint, Applied, Applier};
+use crate::apply::{pg_time, Applied, Applier};
 use crate::batch::Batch;
 use crate::config::Config;
 use crate::db::Database;
 use crate::error::{definite, is_transient};
+use crate::leader;
 use crate::metrics::Metrics;
 use crate::pgoutput;
 use crate::route::{Route, Router};
-
-/// Advisory lock class of leadership: the instance holding it streams, others wait.
-const LEADER_LOCK_CLASS: i32 = 0x6364_0002;
+use crate::slot;
 
 /// How often the acknowledged LSN reaches the server.
 const STATUS_INTERVAL: Duration = Duration::from_millis(500);
@@ -71,17 +70,20 @@ async fn session(ctx: &Context) -> anyhow::Result<()> {
         .connect("cdc-worker/apply")
         .await
         .with_context(|| format!("connecting to {}", ctx.db.display()))?;
-    if !wait_for_leadership(ctx, &client).await? {
+    if !leader::wait_for_leadership(&client, cfg, &ctx.shutdown).await? {
         return Ok(());
     }
-    check_slot(ctx, &client).await?;
-    let start = match read_checkpoint(&client, &cfg.schema, &cfg.slot).await {
-        Ok(Some(lsn)) => lsn,
-        Ok(None) => return Err(definite(not_set_up(cfg))),
-        Err(e) if is_undefined_table(&e) => return Err(definite(not_set_up(cfg))),
-        Err(e) => return Err(e),
-    };
+    slot::ensure_state(&client, cfg).await?;
     let mut applier = Applier::new(client, cfg).await?;
+    let mode = slot::Mode {
+        setup: false,
+        tags: true,
+    };
+    let start = slot::prepare(cfg, &mut applier, mode).await?;
+    if let Some(r) = &start.recovered {
+        ctx.metrics.record_recovery(r.reason.label(), r.recreated);
+    }
+    let start = start.lsn;
 
     let repl_cfg = ctx
         .db
@@ -305,73 +307,6 @@ async fn apply_batch(
     Ok((applied, batch.lsn))
 }
 
-/// Waits until this instance holds the leader lock (a session advisory lock on the apply
-/// connection, released by Postgres the moment that connection dies). Returns false on
-/// shutdown while waiting.
-async fn wait_for_leadership(
-    ctx: &Context,
-    client: &tokio_postgres::Client,
-) -> anyhow::Result<bool> {
-    let key = crate::apply::lock_key(&ctx.cfg.slot);
-    let mut shutdown = ctx.shutdown.clone();
-    let mut logged = false;
-    loop {
-        let got: bool = client
-            .query_one(
-                "SELECT pg_try_advisory_lock($1::int4, $2::int4)",
-                &[&LEADER_LOCK_CLASS, &key],
-            )
-            .await?
-            .get(0);
-        if got {
-            if logged {
-                tracing::info!("took over as leader");
-            }
-            return Ok(true);
-        }
-        if !logged {
-            tracing::info!(slot = %ctx.cfg.slot, "another instance holds the slot; waiting as standby");
-            logged = true;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = shutdown.wait_for(|s| *s) => return Ok(false),
-        }
-    }
-}
-
-async fn check_slot(ctx: &Context, client: &tokio_postgres::Client) -> anyhow::Result<()> {
-    let cfg = &ctx.cfg;
-    let row = client
-        .query_opt(
-            "SELECT wal_status::text FROM pg_replication_slots WHERE slot_name = $1",
-            &[&cfg.slot],
-        )
-        .await?;
-    match row {
-        None => Err(definite(format!(
-            "replication slot {} does not exist. Fix: run `cdc-worker setup` (it creates the slot and backfills)",
-            cfg.slot
-        ))),
-        Some(r) if r.get::<_, Option<String>>(0).as_deref() == Some("lost") => {
-            if !cfg.recover_lost_slot {
-                return Err(definite(format!(
-                    "replication slot {} is lost: Postgres removed WAL it still needed (max_slot_wal_keep_size). \
-                     Fix: SELECT pg_drop_replication_slot('{}'); then `cdc-worker setup` recreates and backfills \
-                     (or set recover_lost_slot = true to do this automatically)",
-                    cfg.slot, cfg.slot
-                )));
-            }
-            tracing::error!(slot = %cfg.slot, "replication slot is lost (max_slot_wal_keep_size removed WAL it needed); recreating it and recomputing every product");
-            crate::setup::recreate_lost_slot(&ctx.db, cfg).await?;
-            ctx.metrics.slot_recreated.inc();
-            tracing::info!(slot = %cfg.slot, "slot recreated and summary re-backfilled");
-            Ok(())
-        }
-        Some(_) => Ok(()),
-    }
-}
-
 /// Writes a tiny transactional message into the WAL at a fixed interval. It reaches us
 /// through the slot like any commit, so the checkpoint, the slot and lag-in-seconds keep
 /// moving while the published tables are idle.
@@ -395,19 +330,6 @@ async fn heartbeat(db: Database, every: Duration) {
             }
         }
     }
-}
-
-fn not_set_up(cfg: &Config) -> String {
-    format!(
-        "no checkpoint for slot {} in schema {}: the database is not set up. Fix: run `cdc-worker setup` first",
-        cfg.slot, cfg.schema
-    )
-}
-
-fn is_undefined_table(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<tokio_postgres::Error>()
-        .and_then(|e| e.code())
-        .is_some_and(|c| c.code() == "42P01" || c.code() == "3F000")
 }
 
 /// The walsender's error when the slot was invalidated under a running stream; the next

@@ -3,17 +3,15 @@
 //! slot) and backfills the summary. Idempotent: a second run checks and changes nothing.
 
 use std::collections::BTreeSet;
-use std::time::Instant;
 
 use anyhow::Context;
-use pgwire_replication::Lsn;
-use tokio_postgres::types::PgLsn;
 use tokio_postgres::Client;
 
-use crate::apply::{read_checkpoint, Applier};
+use crate::apply::Applier;
 use crate::config::Config;
 use crate::db::Database;
 use crate::error::definite;
+use crate::slot;
 use crate::summary::{qualified, quote_ident};
 
 const SUMMARY_DDL: &str = include_str!("../sql/product_summary.sql");
@@ -41,17 +39,26 @@ pub async fn run(cfg: &Config) -> anyhow::Result<()> {
     tracing::info!(database = %db.display(), "checking the database");
     let plan = check(&client, cfg).await?;
     create(&client, cfg, &plan).await?;
-    let created_slot = ensure_slot(&client, cfg).await?;
-    let checkpoint = read_checkpoint(&client, &cfg.schema, &cfg.slot).await?;
-    if created_slot || checkpoint.is_none() {
-        // No tags: pages could not have cached rows of a summary that did not exist yet.
-        backfill(&db, cfg, false).await?;
-    } else {
-        tracing::info!(
+    // The slot and the checkpoint are the leader's to change; a running worker checks them
+    // at its own start and recovers by itself.
+    if !crate::leader::try_lead(&client, cfg).await? {
+        tracing::info!(slot = %cfg.slot, "a worker is running for this slot; it keeps the slot and the checkpoint itself: setup complete");
+        return Ok(());
+    }
+    // A summary table that existed before (the app's migrations made it, pages may have
+    // cached its rows) gets the tags of every row the backfill changes.
+    let tags = !plan.create_summary;
+    if tags && cfg.revalidate.urls.is_empty() {
+        tracing::warn!("the summary table existed before setup: pages that cached its rows are revalidated only when CDC_REVALIDATE_URLS is set for setup too (or later with `cdc-worker revalidate`)");
+    }
+    let mut applier = Applier::new(client, cfg).await?;
+    let mode = slot::Mode { setup: true, tags };
+    match slot::prepare(cfg, &mut applier, mode).await?.recovered {
+        None => tracing::info!(
             slot = %cfg.slot,
-            checkpoint = %checkpoint.map(|l| l.to_string()).unwrap_or_default(),
-            "slot and checkpoint exist; no backfill needed (`cdc-worker reconcile --fix` repairs drift)"
-        );
+            "slot and checkpoint exist and agree; no backfill needed (`cdc-worker reconcile --fix` repairs drift)"
+        ),
+        Some(r) => tracing::info!(reason = r.reason.label(), "summary backfilled"),
     }
     tracing::info!("setup complete: start the worker with `cdc-worker run`");
     Ok(())
@@ -331,128 +338,5 @@ async fn create(client: &Client, cfg: &Config, plan: &Plan) -> anyhow::Result<()
             })?;
         tracing::info!(publication = %cfg.publication, %tables, "created the publication");
     }
-    Ok(())
-}
-
-/// Creates the slot unless it exists; true when it was created.
-async fn ensure_slot(client: &Client, cfg: &Config) -> anyhow::Result<bool> {
-    let row = client
-        .query_opt(
-            "SELECT plugin::text, slot_type::text, database::text, current_database()::text, \
-                    wal_status::text \
-             FROM pg_replication_slots WHERE slot_name = $1",
-            &[&cfg.slot],
-        )
-        .await?;
-    if let Some(row) = row {
-        let (plugin, kind, slot_db, db): (Option<String>, String, Option<String>, String) =
-            (row.get(0), row.get(1), row.get(2), row.get(3));
-        if kind != "logical" || plugin.as_deref() != Some("pgoutput") {
-            return Err(definite(format!(
-                "replication slot {} exists but is a {kind} slot for plugin {}, not pgoutput. Fix: \
-                 choose another name with CDC_SLOT, or drop it: SELECT pg_drop_replication_slot('{}')",
-                cfg.slot,
-                plugin.unwrap_or_else(|| "none".into()),
-                cfg.slot
-            )));
-        }
-        if slot_db.as_deref() != Some(db.as_str()) {
-            return Err(definite(format!(
-                "replication slot {} belongs to database {}, not {db}. Fix: choose another name \
-                 with CDC_SLOT",
-                cfg.slot,
-                slot_db.unwrap_or_default()
-            )));
-        }
-        if row.get::<_, Option<String>>(4).as_deref() == Some("lost") {
-            return Err(definite(format!(
-                "replication slot {} is lost (its WAL was removed, see max_slot_wal_keep_size). \
-                 Fix: drop it (SELECT pg_drop_replication_slot('{}')) and run setup again, which \
-                 recreates and backfills",
-                cfg.slot, cfg.slot
-            )));
-        }
-        return Ok(false);
-    }
-    // Created through SQL, before the backfill reads anything: every change committed
-    // after the slot's consistent point is streamed, every change before it is seen by
-    // the backfill (which starts later), and apply recomputes from the current source
-    // rather than replaying row images, so the overlap is harmless. Nothing is lost
-    // between backfill and stream without needing an exported snapshot.
-    let lsn: PgLsn = client
-        .query_one(
-            "SELECT lsn FROM pg_create_logical_replication_slot($1, 'pgoutput')",
-            &[&cfg.slot],
-        )
-        .await
-        .with_context(|| format!("creating replication slot {}", cfg.slot))?
-        .get(0);
-    tracing::info!(slot = %cfg.slot, lsn = %Lsn(u64::from(lsn)), "created the replication slot");
-    Ok(true)
-}
-
-/// A lost slot (Postgres removed WAL it needed) cannot be resumed: the changes in the gap
-/// are unknown. Drop it, create it anew, and recompute every product, enqueueing the tags
-/// of whatever differs, so the summary and the pages converge without a manual step.
-pub async fn recreate_lost_slot(db: &Database, cfg: &Config) -> anyhow::Result<()> {
-    let client = db.connect("cdc-worker/recover").await?;
-    client
-        .execute("SELECT pg_drop_replication_slot($1)", &[&cfg.slot])
-        .await
-        .with_context(|| format!("dropping lost slot {}", cfg.slot))?;
-    ensure_slot(&client, cfg).await?;
-    backfill(db, cfg, true).await
-}
-
-/// Recomputes every product and stores the slot's starting point as the checkpoint.
-/// `tags`: enqueue the cache tags of rows that changed.
-async fn backfill(db: &Database, cfg: &Config, tags: bool) -> anyhow::Result<()> {
-    let mut applier = Applier::connect(db, cfg, "backfill").await?;
-    if !tags {
-        applier.without_tags();
-    }
-    let start: PgLsn = applier
-        .client()
-        .query_one(
-            "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = $1",
-            &[&cfg.slot],
-        )
-        .await?
-        .get(0);
-    let total: i64 = applier
-        .client()
-        .query_one(
-            &format!(
-                "SELECT count(*) FROM {}",
-                qualified(&cfg.tables.schema, &cfg.tables.product)
-            ),
-            &[],
-        )
-        .await?
-        .get(0);
-    tracing::info!(products = total, "backfilling the summary");
-    let started = Instant::now();
-    let mut last_report = Instant::now();
-    let applied = applier
-        .apply_all(&[], Some(Lsn(u64::from(start))), None, |done| {
-            if last_report.elapsed().as_secs() >= 2 {
-                last_report = Instant::now();
-                let pct = if total > 0 {
-                    100.0 * done as f64 / total as f64
-                } else {
-                    100.0
-                };
-                tracing::info!(done, total, "backfill {pct:.0}%");
-            }
-        })
-        .await?;
-    tracing::info!(
-        products = applied.products,
-        inserted = applied.inserted,
-        updated = applied.updated,
-        deleted = applied.deleted,
-        seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
-        "backfill done"
-    );
     Ok(())
 }

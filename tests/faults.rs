@@ -413,7 +413,9 @@ async fn a_lost_slot_is_recreated_and_backfilled() {
     let worker = start(&db, &r, None);
     wait_converged(&c, "summary rebuilt after the slot was recreated").await;
     assert!(
-        worker.output().contains("slot recreated"),
+        worker
+            .output()
+            .contains("recovered: every product recomputed"),
         "{}",
         worker.log_tail(30)
     );

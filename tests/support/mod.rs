@@ -992,3 +992,10 @@ impl Proxy {
         via
     }
 }
+
+/// The directory of the PostgreSQL server binaries the clusters run, as
+/// scripts/test-cluster.sh picks it (the single definition: $PG_BINDIR, else the newest
+/// /usr/lib/postgresql/*/bin, ...).
+pub fn pg_bindir() -> PathBuf {
+    PathBuf::from(run_script(None, &["bindir"]).trim())
+}

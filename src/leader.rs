@@ -1,0 +1,121 @@
+//! Leadership: one instance per slot streams and applies; the others wait as standbys.
+//!
+//! The leader holds a session advisory lock on its apply connection, which Postgres
+//! releases the moment that connection's backend ends. Two things would make that
+//! promise hollow, and both are checked here:
+//!
+//! - a connection pooler in transaction mode (PgBouncer): the "session" is lent out per
+//!   transaction, so the lock belongs to whichever client the pooler hands it to next;
+//! - a half-open connection (a network cut without RST): the backend keeps the lock until
+//!   the server notices, which by TCP keepalive alone can take hours. The leader's
+//!   session therefore carries server-side idle timeouts: its apply connection is never
+//!   idle longer than a heartbeat while it is alive, so a silent one is ended by the
+//!   server and a standby takes over.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_postgres::Client;
+
+use crate::config::Config;
+use crate::error::definite;
+
+/// Advisory lock class of leadership: the instance holding it streams, others wait.
+const LEADER_LOCK_CLASS: i32 = 0x6364_0002;
+
+/// How often a standby tries to take over.
+const STANDBY_POLL: Duration = Duration::from_millis(500);
+
+/// The lock's key for this slot.
+fn key(cfg: &Config) -> i32 {
+    crate::apply::lock_key(&cfg.slot)
+}
+
+/// Tries once to become the leader of `cfg.slot` on this connection.
+pub async fn try_lead(client: &Client, cfg: &Config) -> anyhow::Result<bool> {
+    Ok(client
+        .query_one(
+            "SELECT pg_try_advisory_lock($1::int4, $2::int4)",
+            &[&LEADER_LOCK_CLASS, &key(cfg)],
+        )
+        .await?
+        .get(0))
+}
+
+/// Waits until this instance holds the leader lock. Returns false on shutdown while
+/// waiting. Once leader, the session gets the idle timeouts that end it on the server
+/// when this process is gone.
+pub async fn wait_for_leadership(
+    client: &Client,
+    cfg: &Config,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<bool> {
+    refuse_pooler(client, cfg).await?;
+    let mut shutdown = shutdown.clone();
+    let mut logged = false;
+    loop {
+        if try_lead(client, cfg).await? {
+            if logged {
+                tracing::info!("took over as leader");
+            }
+            hold_only_while_alive(client, cfg).await?;
+            return Ok(true);
+        }
+        if !logged {
+            tracing::info!(slot = %cfg.slot, "another instance holds the slot; waiting as standby");
+            logged = true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(STANDBY_POLL) => {}
+            _ = shutdown.wait_for(|s| *s) => return Ok(false),
+        }
+    }
+}
+
+/// The longest the leader's apply connection is idle while the leader is alive: a batch
+/// (at least the WAL heartbeat's) is applied every heartbeat interval. Twice that, and a
+/// little, is the server-side limit after which the session is taken for dead.
+pub fn idle_limit(cfg: &Config) -> Duration {
+    cfg.heartbeat() * 2 + Duration::from_secs(5)
+}
+
+async fn hold_only_while_alive(client: &Client, cfg: &Config) -> anyhow::Result<()> {
+    let ms = idle_limit(cfg).as_millis();
+    // idle_session_timeout exists from Postgres 14; both are user-settable.
+    client
+        .batch_execute(&format!(
+            "SET idle_session_timeout = {ms}; SET idle_in_transaction_session_timeout = {ms}"
+        ))
+        .await?;
+    Ok(())
+}
+
+/// Refuses a transaction-mode pooler between the worker and Postgres. Prisma users often
+/// have one in DATABASE_URL (`pgbouncer=true`); failing that, a backend pid that changes
+/// between statements on one connection gives the pooler away.
+async fn refuse_pooler(client: &Client, cfg: &Config) -> anyhow::Result<()> {
+    let fix = "Fix: give the worker a direct connection to Postgres (the database host and \
+               port, not the pooler's): the leader lock and the replication slot need a session \
+               of their own";
+    if cfg.database_url.contains("pgbouncer=true") {
+        return Err(definite(format!(
+            "DATABASE_URL goes through PgBouncer (pgbouncer=true), where a session advisory \
+             lock does not mean leadership. {fix}"
+        )));
+    }
+    let mut pids = Vec::with_capacity(3);
+    for _ in 0..3 {
+        let pid: i32 = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await?
+            .get(0);
+        pids.push(pid);
+    }
+    if pids.windows(2).any(|w| w[0] != w[1]) {
+        return Err(definite(format!(
+            "DATABASE_URL goes through a connection pooler in transaction mode (the backend \
+             changed between statements: pids {pids:?}). {fix}"
+        )));
+    }
+    Ok(())
+}

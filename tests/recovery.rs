@@ -1,0 +1,479 @@
+//! The start-up invariants (DESIGN.md 6) and the paths on which a change could be lost
+//! without any error: a slot missing, advanced or recreated; a checkpoint ahead of the
+//! server; a crash in the middle of recovery or of setup's backfill (at named failpoints);
+//! a change read before it is visible (xid epochs, full recomputes, serializable
+//! defaults). Each ends with the summary equal to the source.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{
+    drift, seed, summary_of, wait_converged, wait_until, Cluster, TestDb, WorkerProcess,
+};
+use tokio_postgres::Client;
+
+/// A config file with small apply parts, so a recompute of 300 products takes 6 pages.
+fn small_parts(db: &TestDb) -> String {
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.toml", db.name));
+    std::fs::write(&path, "[batch]\nmax_products = 50\n").unwrap();
+    path.display().to_string()
+}
+
+/// A set-up database with `n` products and no worker running.
+async fn set_up(hint: &str, n: i32) -> (TestDb, Client, String) {
+    let db = Cluster::shared().create_db(hint).await;
+    let c = db.client().await;
+    seed(&c, 1, n).await;
+    let config = small_parts(&db);
+    let setup = WorkerProcess::run_to_end(&db, &["--config", &config, "setup"], &[]);
+    assert!(setup.success, "setup failed:\n{}", setup.output);
+    (db, c, config)
+}
+
+/// Changes every product's price while nothing streams them (the slot is gone or about
+/// to be moved past them): only a recompute can bring them into the summary.
+async fn change_every_price(c: &Client) {
+    c.batch_execute("UPDATE \"Price\" SET amount = amount + 1")
+        .await
+        .unwrap();
+}
+
+async fn mark_and_checkpoint(c: &Client, slot: &str) -> (Option<String>, u64) {
+    let row = c
+        .query_one(
+            "SELECT recompute_reason, (lsn - '0/0')::int8 FROM cdc_worker.checkpoint WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get::<_, i64>(1) as u64)
+}
+
+async fn slot_confirmed(c: &Client, slot: &str) -> Option<u64> {
+    c.query_opt(
+        "SELECT (confirmed_flush_lsn - '0/0')::int8 FROM pg_replication_slots WHERE slot_name = $1",
+        &[&slot],
+    )
+    .await
+    .unwrap()
+    .map(|r| r.get::<_, i64>(0) as u64)
+}
+
+/// After recovery: converged, mark cleared, slot not ahead of the checkpoint, and a new
+/// change still streams (the checkpoint the recovery stored is a real position).
+async fn assert_recovered(db: &TestDb, c: &Client, what: &str) {
+    wait_converged(c, what).await;
+    let (mark, checkpoint) = mark_and_checkpoint(c, &db.slot()).await;
+    assert_eq!(mark, None, "the recompute mark is cleared after {what}");
+    let confirmed = slot_confirmed(c, &db.slot())
+        .await
+        .expect("the slot exists");
+    assert!(
+        confirmed <= checkpoint,
+        "slot {confirmed:X} ahead of checkpoint {checkpoint:X}"
+    );
+    c.batch_execute("UPDATE \"Inventory\" SET quantity = 1000 WHERE id = 'inv2-1'")
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(5), "a new change to stream", || async {
+        summary_of(c, "p2").await.unwrap().get::<_, i32>(4) == 1000 - 3 + 7
+    })
+    .await;
+    assert_eq!(drift(c).await, 0);
+}
+
+/// The slot vanished (failover to a server without it, a restore, a provider dropping
+/// it) while a checkpoint exists: the worker recreates it and recomputes by itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_slot_is_recreated_and_everything_recomputed() {
+    let (db, c, config) = set_up("missing_slot", 60).await;
+    c.execute("SELECT pg_drop_replication_slot($1)", &[&db.slot()])
+        .await
+        .unwrap();
+    change_every_price(&c).await;
+    let w = WorkerProcess::start(&db, &["--config", &config, "run"], &[]);
+    assert_recovered(&db, &c, "the missing slot recreated").await;
+    let log = w.output();
+    assert!(
+        log.contains("reason=\"missing\"") && log.contains("does not exist"),
+        "the log says what happened:\n{}",
+        w.log_tail(20)
+    );
+}
+
+/// A kill -9 at each step of recovery: marked, slot recreated, part of the products
+/// recomputed. The next start finds the mark and finishes the recompute.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_at_any_point_of_recovery_is_finished_by_the_next_start() {
+    for point in ["recompute-marked", "slot-recreated", "recompute-page"] {
+        let (db, c, config) = set_up(&format!("crash_{}", point.replace('-', "_")), 300).await;
+        c.execute("SELECT pg_drop_replication_slot($1)", &[&db.slot()])
+            .await
+            .unwrap();
+        change_every_price(&c).await;
+        let fail = format!("{point}=return");
+        let mut crashed =
+            WorkerProcess::start(&db, &["--config", &config, "run"], &[("FAILPOINTS", &fail)]);
+        let status = crashed.wait_exit(Duration::from_secs(60));
+        assert!(
+            !status.success() && crashed.output().contains("failpoint reached"),
+            "{point}: the worker should abort there:\n{}",
+            crashed.log_tail(20)
+        );
+        assert!(drift(&c).await > 0, "{point}: the crash left work undone");
+        let (mark, _) = mark_and_checkpoint(&c, &db.slot()).await;
+        assert_eq!(
+            mark.as_deref(),
+            Some("missing"),
+            "{point}: the mark is durable"
+        );
+        // More changes while it is down.
+        c.batch_execute("UPDATE \"Product\" SET title = title || '!' WHERE id IN ('p1', 'p299')")
+            .await
+            .unwrap();
+        let w = WorkerProcess::start(&db, &["--config", &config, "run"], &[]);
+        assert_recovered(&db, &c, &format!("restart after a crash at {point}")).await;
+        assert!(
+            w.output().contains("reason=\"resumed\""),
+            "{point}: the restart resumes the recompute:\n{}",
+            w.log_tail(20)
+        );
+    }
+}
+
+/// `setup` killed in the middle of its backfill: a second setup, or the worker itself,
+/// finishes it (a checkpoint row alone no longer means "backfilled").
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_during_setups_backfill_is_finished_later() {
+    for finisher in ["setup", "run"] {
+        let db = Cluster::shared()
+            .create_db(&format!("setup_crash_{finisher}"))
+            .await;
+        let c = db.client().await;
+        seed(&c, 1, 300).await;
+        let config = small_parts(&db);
+        let crashed = WorkerProcess::run_to_end(
+            &db,
+            &["--config", &config, "setup"],
+            &[("FAILPOINTS", "recompute-page=return")],
+        );
+        assert!(!crashed.success, "setup should abort:\n{}", crashed.output);
+        let summarized: i64 = c
+            .query_one("SELECT count(*) FROM \"ProductSummary\"", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(
+            summarized > 0 && summarized < 300,
+            "part of the backfill was done: {summarized}"
+        );
+        if finisher == "setup" {
+            let again = WorkerProcess::run_to_end(&db, &["--config", &config, "setup"], &[]);
+            assert!(again.success, "{}", again.output);
+            assert!(
+                again.output.contains("reason=\"resumed\""),
+                "{}",
+                again.output
+            );
+        }
+        let _w = WorkerProcess::start(&db, &["--config", &config, "run"], &[]);
+        assert_recovered(&db, &c, &format!("{finisher} after a crashed setup")).await;
+    }
+}
+
+/// Something else advanced the slot past the checkpoint (another consumer,
+/// pg_replication_slot_advance): the changes in between were never applied.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slot_advanced_past_the_checkpoint_is_detected_and_recomputed() {
+    let (db, c, config) = set_up("slot_advanced", 40).await;
+    change_every_price(&c).await;
+    c.execute(
+        "SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())",
+        &[&db.slot()],
+    )
+    .await
+    .unwrap();
+    let w = WorkerProcess::start(&db, &["--config", &config, "run"], &[]);
+    assert_recovered(&db, &c, "the advanced slot").await;
+    assert!(
+        w.output().contains("reason=\"slot_ahead\""),
+        "{}",
+        w.log_tail(20)
+    );
+}
+
+/// A checkpoint above the server's WAL position (a dump restored elsewhere, a blue/green
+/// move) would skip every commit below it: detected, recomputed, reset.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_checkpoint_ahead_of_the_server_is_reset() {
+    let (db, c, config) = set_up("checkpoint_ahead", 40).await;
+    c.execute(
+        "UPDATE cdc_worker.checkpoint SET lsn = 'FF/0' WHERE slot_name = $1",
+        &[&db.slot()],
+    )
+    .await
+    .unwrap();
+    change_every_price(&c).await;
+    let w = WorkerProcess::start(&db, &["--config", &config, "run"], &[]);
+    assert_recovered(&db, &c, "the checkpoint ahead of the server").await;
+    let (_, checkpoint) = mark_and_checkpoint(&c, &db.slot()).await;
+    assert!(
+        checkpoint < 0xFF_0000_0000,
+        "checkpoint reset: {checkpoint:X}"
+    );
+    assert!(
+        w.output().contains("reason=\"checkpoint_ahead\""),
+        "{}",
+        w.log_tail(20)
+    );
+}
+
+/// Setup against a summary table the app already filled (and pages already cached):
+/// the rows the backfill changes are revalidated.
+#[tokio::test(flavor = "multi_thread")]
+async fn setup_over_an_existing_summary_enqueues_the_tags_it_changes() {
+    let db = Cluster::shared().create_db("existing_summary").await;
+    let c = db.client().await;
+    seed(&c, 1, 3).await;
+    c.batch_execute(include_str!("../sql/product_summary.sql"))
+        .await
+        .unwrap();
+    c.batch_execute(
+        "INSERT INTO \"ProductSummary\" (id, \"productId\", \"storeId\", title, price, active, \
+         \"inventoryAvailable\", \"updatedAt\") VALUES ('x1', 'p1', 'store-1', 'Stale', 1, true, 0, now())",
+    )
+    .await
+    .unwrap();
+    let env = [
+        ("CDC_REVALIDATE_URLS", "http://127.0.0.1:9/api/revalidate"),
+        ("CDC_REVALIDATE_SECRET", "s"),
+    ];
+    let setup = WorkerProcess::run_to_end(&db, &["setup"], &env);
+    assert!(setup.success, "{}", setup.output);
+    let tags: Vec<String> = c
+        .query("SELECT tag FROM cdc_worker.outbox ORDER BY tag", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        tags.contains(&"product:p1".to_string()) && tags.contains(&"product:p2".to_string()),
+        "tags of the changed and the new rows: {tags:?}"
+    );
+    assert_eq!(drift(&c).await, 0);
+}
+
+// ---- Visibility: a change must never be read before other sessions can see it ----------
+
+/// A cluster whose commits by `writer()` sessions are streamed but stay invisible until
+/// cancelled: the commit waits for a synchronous standby that does not exist.
+struct HeldCommits {
+    cluster: Cluster,
+    db: TestDb,
+    c: Client,
+}
+
+impl HeldCommits {
+    async fn new(name: &str, products: i32) -> HeldCommits {
+        let cluster = Cluster::private(name);
+        HeldCommits::on(cluster, name, products).await
+    }
+
+    async fn on(cluster: Cluster, name: &str, products: i32) -> HeldCommits {
+        let db = cluster.create_db(name).await;
+        let c = db.client().await;
+        seed(&c, 1, products).await;
+        for sql in [
+            "SET synchronous_commit = local".to_string(),
+            "ALTER SYSTEM SET synchronous_standby_names = 'nobody'".to_string(),
+            "SELECT pg_reload_conf()".to_string(),
+            format!(
+                "ALTER DATABASE \"{}\" SET synchronous_commit = local",
+                db.name
+            ),
+        ] {
+            c.batch_execute(&sql).await.unwrap();
+        }
+        HeldCommits { cluster, db, c }
+    }
+
+    /// Runs `sql` in a session whose commit is streamed and then held invisible; returns
+    /// a function that releases it.
+    async fn hold(&self, sql: &'static str) -> Held {
+        let writer = self.db.client().await;
+        writer
+            .batch_execute("SET synchronous_commit = on")
+            .await
+            .unwrap();
+        let pid: i32 = writer
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let task = tokio::spawn(async move { writer.batch_execute(sql).await });
+        // Until the commit record is written and the session waits for the standby.
+        wait_until(Duration::from_secs(5), "the commit to wait", || async {
+            self.c
+                .query_one(
+                    "SELECT wait_event IS NOT DISTINCT FROM 'SyncRep' FROM pg_stat_activity WHERE pid = $1",
+                    &[&pid],
+                )
+                .await
+                .unwrap()
+                .get::<_, bool>(0)
+        })
+        .await;
+        Held { pid, task }
+    }
+
+    async fn release(&self, held: Held) {
+        self.c
+            .execute("SELECT pg_cancel_backend($1)", &[&held.pid])
+            .await
+            .unwrap();
+        // Cancelling the wait gives a warning, not an error: the commit stands.
+        held.task.await.unwrap().unwrap();
+    }
+
+    async fn finish(self) {
+        for sql in [
+            "ALTER SYSTEM RESET synchronous_standby_names",
+            "SELECT pg_reload_conf()",
+        ] {
+            self.c.batch_execute(sql).await.unwrap();
+        }
+        drop(self.cluster);
+    }
+}
+
+struct Held {
+    pid: i32,
+    task: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+}
+
+async fn inventory_of(c: &Client, product: &str) -> i32 {
+    summary_of(c, product).await.unwrap().get::<_, i32>(4)
+}
+
+/// From epoch 1 on (every database that has used 2^32 xids), a streamed xid above the
+/// snapshot's xmax (an older transaction still open holds it back) was mapped to the
+/// previous epoch, judged visible, and the recompute read the old rows for good.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_held_commit_at_xid_epoch_1_is_waited_for() {
+    let cluster = Cluster::private("epoch1");
+    cluster.stop();
+    let bindir = support::pg_bindir();
+    let out = std::process::Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(bindir.join("pg_resetwal"))
+        .args(["-e", "1", "-D"])
+        .arg(&cluster.data_dir)
+        .output()
+        .expect("running pg_resetwal");
+    assert!(
+        out.status.success(),
+        "pg_resetwal: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cluster.start();
+    let h = HeldCommits::on(cluster, "epoch1", 5).await;
+    let epoch: i64 =
+        h.c.query_one("SELECT (txid_current() >> 32)::int8", &[])
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(epoch, 1);
+    let setup = WorkerProcess::run_to_end(&h.db, &["setup"], &[]);
+    assert!(setup.success, "{}", setup.output);
+    let _w = WorkerProcess::start(&h.db, &["run"], &[]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // An older transaction with an xid, left open: xmax stays below the held commit's xid.
+    let older = h.db.client().await;
+    older
+        .batch_execute("BEGIN; SELECT txid_current();")
+        .await
+        .unwrap();
+    let held = h
+        .hold("UPDATE \"Inventory\" SET quantity = 500 WHERE id = 'inv1-1'")
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(inventory_of(&h.c, "p1").await, 14, "not visible yet");
+    h.release(held).await;
+    wait_until(
+        Duration::from_secs(5),
+        "the change once visible",
+        || async { inventory_of(&h.c, "p1").await == 497 + 7 },
+    )
+    .await;
+    older.batch_execute("COMMIT").await.unwrap();
+    h.finish().await;
+}
+
+/// A full recompute (here a TRUNCATE) batched with a not yet visible INSERT of a new
+/// product: the product list must be read after the wait, or the new product is missed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_recompute_waits_before_listing_products() {
+    let h = HeldCommits::new("recompute_all_visibility", 5).await;
+    let setup = WorkerProcess::run_to_end(&h.db, &["setup"], &[]);
+    assert!(setup.success, "{}", setup.output);
+    let w = WorkerProcess::start(&h.db, &["run"], &[]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Keep apply busy on a first held commit, so the next two arrive in one batch.
+    let first = h
+        .hold("UPDATE \"Inventory\" SET quantity = 100 WHERE id = 'inv2-1'")
+        .await;
+    h.c.batch_execute("TRUNCATE \"ProductImage\"")
+        .await
+        .unwrap();
+    let insert = h
+        .hold(
+            "INSERT INTO \"Product\"(id, \"storeId\", title) VALUES ('p999', 'store-1', 'New'); \
+             INSERT INTO \"Price\" VALUES ('u999', 'p999', 'USD', 999)",
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    h.release(first).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    h.release(insert).await;
+    wait_until(
+        Duration::from_secs(5),
+        "the new product in the summary",
+        || async { summary_of(&h.c, "p999").await.is_some() },
+    )
+    .await;
+    assert_eq!(drift(&h.c).await, 0);
+    assert!(w.output().contains("recomputing every product"));
+    h.finish().await;
+}
+
+/// `default_transaction_isolation = serializable` on the database: apply's transaction is
+/// READ COMMITTED regardless, or its wait for a held commit would never see it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_serializable_default_does_not_freeze_the_visibility_wait() {
+    let h = HeldCommits::new("serializable_default", 5).await;
+    h.c.batch_execute(&format!(
+        "ALTER DATABASE \"{}\" SET default_transaction_isolation = 'serializable'",
+        h.db.name
+    ))
+    .await
+    .unwrap();
+    let setup = WorkerProcess::run_to_end(&h.db, &["setup"], &[]);
+    assert!(setup.success, "{}", setup.output);
+    let _w = WorkerProcess::start(&h.db, &["run"], &[]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = h
+        .hold("UPDATE \"Inventory\" SET quantity = 500 WHERE id = 'inv1-1'")
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    h.release(held).await;
+    wait_until(
+        Duration::from_secs(5),
+        "the change once visible",
+        || async { inventory_of(&h.c, "p1").await == 497 + 7 },
+    )
+    .await;
+    h.finish().await;
+}
