@@ -33,8 +33,9 @@
 # (default cdc-test-password).
 #
 # Postgres refuses to run as root: as root the server runs as the `postgres` OS user, which must
-# own the data directory (hence /tmp and not the checkout). Binaries: $PG_BINDIR, else the highest
-# /usr/lib/postgresql/*/bin, else `pg_config --bindir`, else $PATH. scripts/install-pg.sh MAJOR
+# own the data directory (hence /tmp and not the checkout). Binaries: $PG_BINDIR, else those that
+# last started the cluster in CDC_TEST_PG_DIR, else the highest /usr/lib/postgresql/*/bin, else
+# `pg_config --bindir`, else $PATH. scripts/install-pg.sh MAJOR
 # installs 14-18 and prints the value for PG_BINDIR. psql comes from PG_BINDIR when it has one,
 # else from any installed version (the npm builds of install-pg.sh have no client programs).
 #
@@ -57,6 +58,8 @@ standby_slot=cdc_test_standby
 
 find_bindir() {
     if [[ -n ${PG_BINDIR:-} ]]; then echo "$PG_BINDIR"; return; fi
+    # An existing cluster keeps the binaries that started it (recorded at each start).
+    if [[ -n ${CDC_TEST_PG_DIR:-} && -f $CDC_TEST_PG_DIR/bindir ]]; then cat "$CDC_TEST_PG_DIR/bindir"; return; fi
     local d best=""
     for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V); do
         [[ -x $d/initdb ]] && best=$d

@@ -70,6 +70,7 @@ async fn session(ctx: &Context) -> anyhow::Result<()> {
         .connect("cdc-worker/apply")
         .await
         .with_context(|| format!("connecting to {}", ctx.db.display()))?;
+    crate::server::check_version(&client).await?;
     if !leader::wait_for_leadership(&client, cfg, &ctx.shutdown).await? {
         return Ok(());
     }

@@ -42,10 +42,19 @@ fn cluster_script() -> PathBuf {
 /// Runs `scripts/test-cluster.sh <args>` (with `CDC_TEST_PG_DIR` when `dir` is given) and
 /// returns its stdout; panics with its stderr on failure.
 fn run_script(dir: Option<&Path>, args: &[&str]) -> String {
+    run_script_with(dir, None, args)
+}
+
+/// [`run_script`] with `PG_BINDIR` set to `bindir` (a cluster of another version than the
+/// test run's).
+fn run_script_with(dir: Option<&Path>, bindir: Option<&Path>, args: &[&str]) -> String {
     let mut cmd = Command::new("bash");
     cmd.arg(cluster_script()).args(args).stdin(Stdio::null());
     if let Some(dir) = dir {
         cmd.env("CDC_TEST_PG_DIR", dir);
+    }
+    if let Some(bindir) = bindir {
+        cmd.env("PG_BINDIR", bindir);
     }
     let out = cmd
         .output()
@@ -104,6 +113,8 @@ pub struct Cluster {
     private: bool,
     /// `PostgreSQL 18.4`... of a local cluster (from `postgres --version`); empty for external.
     pub server_version: String,
+    /// `PG_BINDIR` of a cluster of another version than the test run's ([`Cluster::private_version`]).
+    bindir: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -131,6 +142,35 @@ impl Cluster {
     /// `CDC_TEST_DATABASE_URL` is set.
     pub fn private(name: &str) -> Cluster {
         Cluster::local(Some(Self::private_dir(name)), true)
+    }
+
+    /// Like [`Cluster::private`], on PostgreSQL `major` whatever the test run's version:
+    /// `scripts/install-pg.sh MAJOR` provides the binaries (fetching them if needed).
+    pub fn private_version(name: &str, major: u32) -> Cluster {
+        let out = Command::new("bash")
+            .arg(manifest_dir().join("scripts/install-pg.sh"))
+            .arg(major.to_string())
+            .stdin(Stdio::null())
+            .output()
+            .expect("running scripts/install-pg.sh");
+        assert!(
+            out.status.success(),
+            "scripts/install-pg.sh {major} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bindir = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        let default_dir = run_script_with(None, Some(&bindir), &["default-dir"]);
+        let dir = PathBuf::from(format!("{}-private", default_dir.trim())).join(format!(
+            "{}-{}-{}",
+            sanitize(name, 30),
+            std::process::id(),
+            next_id()
+        ));
+        let t = Instant::now();
+        run_script_with(Some(&dir), Some(&bindir), &["start"]);
+        let mut c = Cluster::local_started(Some(dir), true, t);
+        c.bindir = Some(bindir);
+        c
     }
 
     /// The directory `scripts/test-cluster.sh` uses when `CDC_TEST_PG_DIR` is unset.
@@ -187,6 +227,7 @@ impl Cluster {
     }
 
     fn local_started(dir: Option<PathBuf>, private: bool, t: Instant) -> Cluster {
+        // `info` needs no binaries of the cluster's own version.
         let info = parse_info(&run_script(dir.as_deref(), &["info"]));
         let port: u16 = info["PORT"].parse().expect("PORT is a number");
         let host = info["HOST"].clone();
@@ -216,6 +257,7 @@ impl Cluster {
             }),
             private,
             server_version: info.get("SERVER_VERSION").cloned().unwrap_or_default(),
+            bindir: None,
         }
     }
 
@@ -242,6 +284,7 @@ impl Cluster {
             script_dir: None,
             private: false,
             server_version: String::new(),
+            bindir: None,
         }
     }
 
@@ -257,7 +300,7 @@ impl Cluster {
         let dir = self.script_dir.as_deref().unwrap_or_else(|| {
             panic!("cannot {cmd} an external server ({DATABASE_URL_ENV}); use Cluster::private")
         });
-        run_script(Some(dir), &[cmd]);
+        run_script_with(Some(dir), self.bindir.as_deref(), &[cmd]);
     }
 
     /// Stops the server (`pg_ctl stop -m fast`) and starts it again on the same port.
