@@ -34,6 +34,10 @@ pub struct Config {
     /// When Postgres invalidates the slot (max_slot_wal_keep_size), recreate it and
     /// recompute every product instead of stopping.
     pub recover_lost_slot: bool,
+    /// Create the slot with `failover = true` on PostgreSQL 17+, so that physical standbys
+    /// running with `sync_replication_slots = on` keep a synchronized copy and the worker
+    /// streams on from it after a promotion instead of recomputing every product.
+    pub failover_slot: bool,
     pub tables: Tables,
     pub batch: Batch,
     pub revalidate: Revalidate,
@@ -112,6 +116,7 @@ impl Default for Config {
             schema: "cdc_worker".into(),
             currency: "USD".into(),
             recover_lost_slot: true,
+            failover_slot: true,
             tables: Tables::default(),
             batch: Batch::default(),
             revalidate: Revalidate::default(),

@@ -46,6 +46,15 @@ pub async fn check_version(client: &Client) -> anyhow::Result<i32> {
     Ok(num)
 }
 
+/// Whether the server can create failover slots (17+).
+pub async fn supports_failover_slots(client: &Client) -> anyhow::Result<bool> {
+    let num: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int4", &[])
+        .await?
+        .get(0);
+    Ok(num >= FAILOVER_SLOTS_VERSION_NUM)
+}
+
 /// Who runs the server, as far as its settings and roles tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Provider {

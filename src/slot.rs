@@ -412,16 +412,21 @@ async fn end_stale_walsender(
 /// committed after its consistent point is streamed, everything before it is read by the
 /// recompute, which waits for it to be visible first).
 pub async fn create(client: &Client, cfg: &Config) -> anyhow::Result<Lsn> {
+    // 17+: a failover slot is synchronized to standbys that ask for it, so it survives
+    // their promotion (arguments: name, plugin, temporary, two_phase, failover).
+    let failover = cfg.failover_slot && crate::server::supports_failover_slots(client).await?;
+    let sql = if failover {
+        "SELECT lsn FROM pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)"
+    } else {
+        "SELECT lsn FROM pg_create_logical_replication_slot($1, 'pgoutput')"
+    };
     let lsn: PgLsn = client
-        .query_one(
-            "SELECT lsn FROM pg_create_logical_replication_slot($1, 'pgoutput')",
-            &[&cfg.slot],
-        )
+        .query_one(sql, &[&cfg.slot])
         .await
         .with_context(|| format!("creating replication slot {}", cfg.slot))?
         .get(0);
     let lsn = Lsn(u64::from(lsn));
-    tracing::info!(slot = %cfg.slot, %lsn, "created the replication slot");
+    tracing::info!(slot = %cfg.slot, %lsn, failover, "created the replication slot");
     Ok(lsn)
 }
 
