@@ -81,6 +81,7 @@ async fn session(ctx: &Context) -> anyhow::Result<()> {
         tags: true,
     };
     let start = slot::prepare(cfg, &mut applier, mode).await?;
+    crate::server::log_slot_state(applier.client(), &cfg.slot, cfg.failover_slot).await;
     if let Some(r) = &start.recovered {
         ctx.metrics.record_recovery(r.reason.label(), r.recreated);
     }

@@ -301,6 +301,31 @@ impl SlotState {
     }
 }
 
+/// Logs the slot's state once (at each session start), and warns when a 17+ server's slot
+/// is not a failover slot although `failover_slot` asks for one (made by an older version
+/// or with failover_slot = false: a promoted standby will not have it).
+pub async fn log_slot_state(client: &Client, slot: &str, want_failover: bool) {
+    match slot_state(client, slot).await {
+        Ok(Some(s)) => {
+            let show = |v: Option<bool>| v.map_or("n/a (< 17)".to_string(), |b| b.to_string());
+            tracing::info!(
+                slot,
+                state = %s.summary(),
+                wal_status = s.wal_status.as_deref().unwrap_or("none"),
+                failover = %show(s.failover),
+                synced = %show(s.synced),
+                invalidation_reason = s.invalidation_reason.as_deref().unwrap_or("none"),
+                "replication slot state"
+            );
+            if want_failover && s.failover == Some(false) {
+                tracing::warn!(slot, "the slot is not a failover slot, so a promoted standby will not have it and the worker will recompute every product after a failover. Fix: drop the slot while the worker is stopped (SELECT pg_drop_replication_slot('{slot}')); the worker recreates it as a failover slot and recomputes once");
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::debug!(error = %e, "cannot read the slot's state"),
+    }
+}
+
 /// Reads the slot's failover and invalidation state with the columns this server version
 /// has; `None` when there is no slot of that name.
 pub async fn slot_state(client: &Client, slot: &str) -> anyhow::Result<Option<SlotState>> {

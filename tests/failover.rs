@@ -222,6 +222,12 @@ async fn failover_slot_survives_promotion_without_a_recompute() {
     }
     let out = failover("fo_synced", 200, true).await;
     assert!(!out.log.contains(RECOMPUTE), "{}", out.log);
+    // The slot the worker streams from on the new primary is the synchronized copy.
+    assert!(
+        out.log.contains("replication slot state") && out.log.contains("failover=true synced=true"),
+        "{}",
+        out.log
+    );
     eprintln!(
         "promotion to convergence (synchronized slot, 200 products): {:?}",
         out.promotion_to_convergence
