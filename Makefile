@@ -4,8 +4,10 @@
 
 CARGO ?= cargo
 CLUSTER := scripts/test-cluster.sh
+# Read by scripts/test-versions.sh: `make test PG_VERSIONS="15 18"`.
+export PG_VERSIONS
 
-.PHONY: build test lint nextjs demo clean-test-cluster
+.PHONY: build test test-matrix lint nextjs demo clean-test-cluster
 
 build:
 	$(CARGO) build --all-targets
@@ -14,12 +16,16 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-# Runs every test target; the shared test cluster (and any private cluster a crashed test
-# left) is stopped afterwards whether the tests passed or not, and make exits with cargo's status.
+# Runs every test target on each PostgreSQL major version in PG_VERSIONS (default 15, or the
+# binaries of PG_BINDIR when that is set); scripts/install-pg.sh fetches versions that are
+# missing. The test clusters (and any private cluster a crashed test left) are stopped
+# afterwards whether the tests passed or not; make fails if any version failed.
 test: lint nextjs
-	@status=0; $(CARGO) test --all-targets || status=$$?; \
-	bash $(CLUSTER) stop-all || true; \
-	exit $$status
+	@bash scripts/test-versions.sh --all-targets
+
+# The whole suite on every supported version, one after the other.
+test-matrix:
+	@$(MAKE) --no-print-directory test PG_VERSIONS="15 16 17 18"
 
 # The storefront the end-to-end test starts with `next start` (tests/nextjs_e2e.rs).
 nextjs:

@@ -11,12 +11,17 @@
 #   scripts/test-cluster.sh stop-all  stop this cluster and every private cluster of this checkout
 #   scripts/test-cluster.sh clean     stop-all, then delete their directories
 #   scripts/test-cluster.sh default-dir   print the directory used when CDC_TEST_PG_DIR is unset
+#   scripts/test-cluster.sh bindir    print the server binaries' directory it uses
 #   scripts/test-cluster.sh psql [DB [PSQL ARGS...]]   psql as the superuser on DB (default postgres)
+#   scripts/test-cluster.sh standby-of PRIMARY_DIR   make and start, in CDC_TEST_PG_DIR, a physical
+#                                     standby of the running cluster in PRIMARY_DIR (see below)
+#   scripts/test-cluster.sh promote   promote this standby to a primary (waits until it is one)
 #
 # This script is the single definition of the test cluster: the Rust harness
 # (tests/support/mod.rs) shells out to it, so settings live only here.
 #
-# Where: CDC_TEST_PG_DIR if set, else /tmp/cdc-worker-test-pg/<hash of this checkout's path>.
+# Where: CDC_TEST_PG_DIR if set, else /tmp/cdc-worker-test-pg/<hash of this checkout's path>-pg<major>
+# (one cluster per server major version, so runs on 15 and on 18 never share a data directory).
 # That directory holds data/ (PGDATA), port, server.log and the socket directory; a sibling
 # <dir>.lock serializes concurrent callers (several test processes) with flock(1).
 # Private clusters of the Rust harness live under <default dir>-private/.
@@ -28,27 +33,33 @@
 # (default cdc-test-password).
 #
 # Postgres refuses to run as root: as root the server runs as the `postgres` OS user, which must
-# own the data directory (hence /tmp and not the checkout). Binaries: $PG_BINDIR, else the highest
-# /usr/lib/postgresql/*/bin, else `pg_config --bindir`, else $PATH.
+# own the data directory (hence /tmp and not the checkout). Binaries: $PG_BINDIR, else those that
+# last started the cluster in CDC_TEST_PG_DIR, else the highest /usr/lib/postgresql/*/bin, else
+# `pg_config --bindir`, else $PATH. scripts/install-pg.sh MAJOR
+# installs 14-18 and prints the value for PG_BINDIR. psql comes from PG_BINDIR when it has one,
+# else from any installed version (the npm builds of install-pg.sh have no client programs).
+#
+# Standbys (standby-of): a physical replica streaming from the primary through a physical slot
+# `cdc_test_standby`, with hot_standby_feedback; on 17+ also sync_replication_slots = on (the
+# primary lists the physical slot in synchronized_standby_slots), so failover-enabled logical
+# slots are synchronized to it. Made with `pg_basebackup -R` when PG_BINDIR has a pg_basebackup
+# of the server's version, else by copying the primary's data directory while it is stopped.
 set -euo pipefail
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 repo_hash=$(printf '%s' "$repo_root" | sha256sum | cut -c1-12)
 base_root=/tmp/cdc-worker-test-pg
-default_dir="$base_root/$repo_hash"
-dir=${CDC_TEST_PG_DIR:-$default_dir}
 password=${CDC_TEST_PG_PASSWORD:-cdc-test-password}
 host=127.0.0.1
-data="$dir/data"
-sock="$dir/socket"
-log="$dir/server.log"
-portfile="$dir/port"
 
 say() { echo "test-cluster: $*" >&2; }
 die() { say "error: $*"; exit 1; }
+standby_slot=cdc_test_standby
 
 find_bindir() {
     if [[ -n ${PG_BINDIR:-} ]]; then echo "$PG_BINDIR"; return; fi
+    # An existing cluster keeps the binaries that started it (recorded at each start).
+    if [[ -n ${CDC_TEST_PG_DIR:-} && -f $CDC_TEST_PG_DIR/bindir ]]; then cat "$CDC_TEST_PG_DIR/bindir"; return; fi
     local d best=""
     for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V); do
         [[ -x $d/initdb ]] && best=$d
@@ -59,6 +70,17 @@ find_bindir() {
     fi
     if command -v initdb >/dev/null; then dirname "$(command -v initdb)"; return; fi
     die "no PostgreSQL server binaries (initdb) found: install postgresql or set PG_BINDIR"
+}
+
+# psql of any version speaks to newer servers for what this script does with it.
+find_psql() {
+    if [[ -x $bindir/psql ]]; then echo "$bindir/psql"; return; fi
+    local d best=""
+    for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V); do
+        [[ -x $d/psql ]] && best=$d/psql
+    done
+    if [[ -n $best ]]; then echo "$best"; return; fi
+    command -v psql || die "no psql found: install postgresql-client (any version)"
 }
 
 # Run a command as the cluster's OS user: `postgres` when we are root, else ourselves.
@@ -150,7 +172,7 @@ CONF
 # Drop what earlier test runs left behind: databases and roles named t_*, every replication slot.
 # Only called right after this script started the shared server, when no test can be using them.
 drop_leftovers() {
-    local psql=("$bindir/psql" -X -q -At -h "$sock" -p "$(cat "$portfile")" -U postgres -d postgres)
+    local psql=("$(find_psql)" -X -q -At -h "$sock" -p "$(cat "$portfile")" -U postgres -d postgres)
     as_pg "${psql[@]}" -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots" >/dev/null || true
     local db n=0
     while read -r db; do
@@ -186,6 +208,8 @@ ssl = on
 ssl_cert_file = 'server.crt'
 ssl_key_file = 'server.key'
 log_line_prefix = '%m [%p] %q%u@%d '
+# Primary/standby settings of standby-of, when this cluster is one of a pair.
+include_if_exists 'replication-role.conf'
 CONF
 }
 
@@ -205,7 +229,8 @@ start_locked() {
         as_pg mkdir -p "$sock"
         # 9>&-: the server must not inherit the lock's descriptor, or it would hold the lock forever.
         if as_pg "$bindir/pg_ctl" start -D "$data" -l "$log" -w -t 60 >/dev/null 2>&1 9>&-; then
-            say "started on port $port (data $data, log $log)"
+            echo "$bindir" >"$dir/bindir"
+            say "started $server_version on port $port (data $data, log $log, binaries $bindir)"
             # Only the shared cluster, and only on `start`: a private cluster's (re)start must
             # keep the databases of the test that restarts it.
             [[ $cmd == start && $dir == "$default_dir" ]] && drop_leftovers
@@ -219,12 +244,63 @@ start_locked() {
 }
 
 stop_dir() { # stop_dir DIR MODE
-    local d=$1/data
+    local d=$1/data b=$bindir
     [[ -f $d/PG_VERSION ]] || return 0
-    if as_pg "$bindir/pg_ctl" status -D "$d" >/dev/null 2>&1; then
-        as_pg "$bindir/pg_ctl" stop -D "$d" -m "$2" -w -t 60 >/dev/null
+    # The binaries that started it (stop-all also stops clusters of other versions).
+    [[ -f $1/bindir ]] && b=$(cat "$1/bindir")
+    if as_pg "$b/pg_ctl" status -D "$d" >/dev/null 2>&1; then
+        as_pg "$b/pg_ctl" stop -D "$d" -m "$2" -w -t 60 >/dev/null
         say "stopped ($2) $d"
     fi
+}
+
+# make_standby PRIMARY_DIR: a physical standby of the running cluster in PRIMARY_DIR, in $dir.
+make_standby() {
+    local pdir=$1 pdata=$1/data psock=$1/socket pport
+    [[ -f $1/port ]] || die "no cluster in $pdir"
+    pport=$(cat "$1/port")
+    as_pg "$bindir/pg_ctl" status -D "$pdata" >/dev/null 2>&1 || die "the primary in $pdir is not running"
+    [[ ! -f $data/PG_VERSION ]] || die "$data already holds a cluster"
+    local psql=("$(find_psql)" -X -q -At -h "$psock" -p "$pport" -U postgres -d postgres)
+    as_pg "${psql[@]}" -c "SELECT pg_create_physical_replication_slot('$standby_slot', true)
+        WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = '$standby_slot')" >/dev/null
+    if (( major >= 17 )); then
+        # Logical walsenders of failover slots wait until the standby has the WAL they send, so a
+        # synchronized slot is never ahead of what the standby can replay after a promotion.
+        as_pg sh -c "echo \"synchronized_standby_slots = '$standby_slot'\" > \"\$1\"" sh "$pdata/replication-role.conf"
+        as_pg "$bindir/pg_ctl" reload -D "$pdata" >/dev/null
+    fi
+    mkdir -p "$dir"
+    [[ $(id -u) == 0 ]] && chown postgres: "$dir"
+    local basebackup=$bindir/pg_basebackup
+    if [[ -x $basebackup ]] && [[ $("$basebackup" --version) == *") $major."* ]]; then
+        as_pg "$basebackup" -h "$psock" -p "$pport" -U postgres -D "$data" -X stream -S "$standby_slot" \
+            -R -c fast --no-sync >"$dir/basebackup.log" 2>&1 \
+            || { cat "$dir/basebackup.log" >&2; die "pg_basebackup failed"; }
+        say "pg_basebackup of $pdir into $data"
+    else
+        # No pg_basebackup of this version (the npm builds have none, and an older one refuses a
+        # newer server): copy the data directory while the primary is cleanly stopped.
+        as_pg "$bindir/pg_ctl" stop -D "$pdata" -m fast -w -t 60 >/dev/null
+        as_pg cp -a "$pdata" "$data"
+        as_pg "$bindir/pg_ctl" start -D "$pdata" -l "$pdir/server.log" -w -t 60 >/dev/null 2>&1 9>&- \
+            || die "could not restart the primary in $pdir"
+        # What pg_basebackup leaves out: the primary's pid file and its slots.
+        as_pg sh -c 'rm -f "$1/postmaster.pid" "$1/postmaster.opts" && rm -rf "$1"/pg_replslot/*' sh "$data"
+        say "copied $pdata into $data (primary stopped and restarted)"
+    fi
+    as_pg touch "$data/standby.signal"
+    # dbname: the slot sync worker of 17+ needs a database to read the primary's slots from.
+    local sync=""
+    (( major >= 17 )) && sync="sync_replication_slots = on"
+    as_pg tee "$data/replication-role.conf" >/dev/null <<CONF
+# Generated by scripts/test-cluster.sh standby-of: a standby of $pdir
+primary_conninfo = 'host=$psock port=$pport user=postgres dbname=postgres application_name=cdc_test_standby'
+primary_slot_name = '$standby_slot'
+hot_standby_feedback = on
+$sync
+CONF
+    start_locked
 }
 
 with_lock() {
@@ -238,17 +314,29 @@ with_lock() {
 
 cmd=${1:-}
 bindir=$(find_bindir)
+[[ -x $bindir/postgres ]] || die "no postgres in $bindir (PG_BINDIR)"
+# `postgres --version` prints e.g. "postgres (PostgreSQL) 18.4".
+server_version=$("$bindir/postgres" --version | sed 's/^postgres (PostgreSQL) /PostgreSQL /')
+major=$(sed -E 's/^PostgreSQL ([0-9]+).*/\1/' <<<"$server_version")
+[[ $major =~ ^[0-9]+$ ]] || die "cannot tell the major version of '$server_version' ($bindir/postgres)"
+default_dir="$base_root/$repo_hash-pg$major"
+dir=${CDC_TEST_PG_DIR:-$default_dir}
+data="$dir/data"
+sock="$dir/socket"
+log="$dir/server.log"
+portfile="$dir/port"
 case "$cmd" in
     start)
         with_lock start_locked
         url_for
         ;;
     default-dir) echo "$default_dir" ;;
+    bindir) echo "$bindir" ;;
     psql)
         [[ -f $portfile ]] || die "no cluster in $dir yet: run '$0 start'"
         db=${2:-postgres}
         shift $(( $# < 2 ? $# : 2 ))
-        exec "$bindir/psql" -X "$(url_for "$db")" "$@"
+        exec "$(find_psql)" -X "$(url_for "$db")" "$@"
         ;;
     stop)    with_lock stop_dir "$dir" fast ;;
     crash)   with_lock stop_dir "$dir" immediate ;;
@@ -272,19 +360,37 @@ case "$cmd" in
         echo "URL=$(url_for)"
         echo "SSL_CERT=$data/server.crt"
         echo "LOG=$log"
+        echo "SERVER_VERSION=$server_version"
+        echo "BINDIR=$bindir"
+        ;;
+    standby-of)
+        [[ -n ${2:-} ]] || die "usage: CDC_TEST_PG_DIR=STANDBY_DIR $0 standby-of PRIMARY_DIR"
+        [[ -n ${CDC_TEST_PG_DIR:-} ]] || die "standby-of needs CDC_TEST_PG_DIR (the standby's directory)"
+        primary_dir=$(cd "$2" && pwd -P)
+        with_lock make_standby "$primary_dir"
+        url_for
+        ;;
+    promote)
+        [[ -f $data/standby.signal ]] || die "$data is not a standby"
+        with_lock as_pg "$bindir/pg_ctl" promote -D "$data" -w -t 60 >/dev/null
+        say "promoted $data"
         ;;
     stop-all|clean)
-        for d in "$default_dir" "$default_dir"-private/*; do
-            [[ -d $d ]] || continue
-            CDC_TEST_PG_DIR=$d dir=$d with_lock stop_dir "$d" fast
+        # Every version's cluster of this checkout (a matrix run leaves one per version).
+        for base in "$base_root/$repo_hash"-pg*; do
+            [[ $base =~ -pg[0-9]+$ && -d $base ]] || continue
+            for d in "$base" "$base"-private/*; do
+                [[ -d $d ]] || continue
+                CDC_TEST_PG_DIR=$d dir=$d with_lock stop_dir "$d" fast
+            done
+            if [[ $cmd == clean ]]; then
+                rm -rf "$base" "$base-private" "$base.lock"
+                say "removed $base and its private clusters"
+            fi
         done
-        if [[ $cmd == clean ]]; then
-            rm -rf "$default_dir" "$default_dir-private" "$default_dir.lock"
-            say "removed $default_dir and its private clusters"
-        fi
         ;;
     *)
-        sed -n '2,14p' "$0" >&2
+        sed -n '2,17p' "$0" >&2
         exit 2
         ;;
 esac

@@ -36,8 +36,9 @@ pub struct Config {
     /// When Postgres invalidates the slot (max_slot_wal_keep_size), recreate it and
     /// recompute every product instead of stopping.
     pub recover_lost_slot: bool,
-    /// On Postgres 17+, create the slot with `failover = true`, so that it is synchronized
-    /// to physical standbys (`sync_replication_slots`) and survives a promotion.
+    /// Create the slot with `failover = true` on PostgreSQL 17+, so that physical standbys
+    /// running with `sync_replication_slots = on` keep a synchronized copy and the worker
+    /// streams on from it after a promotion instead of recomputing every product.
     pub failover_slot: bool,
     pub tables: Tables,
     pub batch: Batch,

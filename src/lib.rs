@@ -25,6 +25,7 @@ pub mod pgoutput;
 pub mod reconcile;
 pub mod route;
 pub mod run;
+pub mod server;
 pub mod setup;
 pub mod slot;
 pub mod summary;

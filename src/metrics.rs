@@ -31,6 +31,11 @@ pub struct StatusLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
 }
@@ -56,6 +61,10 @@ pub struct Metrics {
     pub leader: Gauge,
     pub slot_recreated: Family<ReasonLabels, Counter>,
     pub recomputes: Family<ReasonLabels, Counter>,
+    pub slot_failover: Gauge,
+    pub slot_state: Family<StateLabels, Gauge>,
+    /// The label `slot_state` is 1 for, so that a change can zero it.
+    last_slot_state: std::sync::Mutex<String>,
     /// Commit time (unix µs) of the newest source transaction applied, for lag_seconds.
     last_applied_commit: AtomicI64,
     /// Whether the stream is running (readyz).
@@ -94,6 +103,9 @@ impl Metrics {
             leader: Gauge::default(),
             slot_recreated: Family::default(),
             recomputes: Family::default(),
+            slot_failover: Gauge::default(),
+            slot_state: Family::default(),
+            last_slot_state: std::sync::Mutex::new(String::new()),
             last_applied_commit: AtomicI64::new(0),
             streaming: AtomicBool::new(false),
             ready_max_lag: (heartbeat * 3).max(Duration::from_secs(30)),
@@ -185,6 +197,16 @@ impl Metrics {
             "Full recomputes done at start because a slot/checkpoint invariant failed, by reason",
             m.recomputes.clone(),
         );
+        r.register(
+            "cdc_slot_failover",
+            "1: the slot is a failover slot (17+, synchronized to standbys that ask); 0: it is not; -1: the server has no failover slots (< 17)",
+            m.slot_failover.clone(),
+        );
+        r.register(
+            "cdc_slot_state",
+            "1 for the slot's state: ok, unreserved, conflicting, lost, or invalidated_<invalidation_reason> (17+)",
+            m.slot_state.clone(),
+        );
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -274,6 +296,29 @@ impl Metrics {
         }
     }
 
+    /// The slot's failover and invalidation state (`server::slot_state`).
+    pub fn set_slot_state(&self, s: &crate::server::SlotState) {
+        self.slot_failover.set(s.failover.map_or(-1, i64::from));
+        let state = s.summary();
+        let mut last = self
+            .last_slot_state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if *last != state && !last.is_empty() {
+            self.slot_state
+                .get_or_create(&StateLabels {
+                    state: last.clone(),
+                })
+                .set(0);
+        }
+        self.slot_state
+            .get_or_create(&StateLabels {
+                state: state.clone(),
+            })
+            .set(1);
+        *last = state;
+    }
+
     /// `endpoint` must be the redacted URL (`db::redact_url`): labels are public.
     pub fn record_request(&self, endpoint: &str, outcome: &str) {
         self.revalidate_requests
@@ -327,4 +372,42 @@ pub async fn serve(addr: &str, metrics: Arc<Metrics>) -> anyhow::Result<()> {
         );
     axum::serve(listener, app).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::SlotState;
+
+    #[test]
+    fn slot_state_is_one_hot_and_failover_is_minus_one_before_17() {
+        let m = Metrics::new(Duration::from_secs(10));
+        let ok = SlotState {
+            wal_status: Some("reserved".into()),
+            conflicting: Some(false),
+            failover: Some(true),
+            synced: Some(false),
+            invalidation_reason: None,
+            confirmed_flush: None,
+        };
+        m.set_slot_state(&ok);
+        let out = m.render();
+        assert!(out.contains("cdc_slot_failover 1"), "{out}");
+        assert!(out.contains("cdc_slot_state{state=\"ok\"} 1"), "{out}");
+        m.set_slot_state(&SlotState {
+            invalidation_reason: Some("wal_removed".into()),
+            ..ok.clone()
+        });
+        let out = m.render();
+        assert!(out.contains("cdc_slot_state{state=\"ok\"} 0"), "{out}");
+        assert!(
+            out.contains("cdc_slot_state{state=\"invalidated_wal_removed\"} 1"),
+            "{out}"
+        );
+        m.set_slot_state(&SlotState {
+            failover: None,
+            ..ok
+        });
+        assert!(m.render().contains("cdc_slot_failover -1"));
+    }
 }

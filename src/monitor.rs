@@ -15,10 +15,11 @@ const EVERY: Duration = Duration::from_secs(2);
 /// Runs until aborted; database errors are logged at debug and retried.
 pub async fn run(cfg: Config, db: Database, metrics: Arc<Metrics>) {
     let mut last_status = String::new();
+    let mut last_state = String::new();
     loop {
         match db.connect("cdc-worker/monitor").await {
             Ok(client) => loop {
-                match poll(&client, &cfg, &metrics, &mut last_status).await {
+                match poll(&client, &cfg, &metrics, &mut last_status, &mut last_state).await {
                     Ok(()) => tokio::time::sleep(EVERY).await,
                     Err(e) => {
                         tracing::debug!(error = %e, "monitor query failed");
@@ -37,6 +38,7 @@ async fn poll(
     cfg: &Config,
     metrics: &Metrics,
     last_status: &mut String,
+    last_state: &mut String,
 ) -> Result<(), tokio_postgres::Error> {
     let s = quote_ident(&cfg.schema);
     if let Some(row) = client
@@ -70,6 +72,22 @@ async fn poll(
             }
             *last_status = status;
         }
+    }
+    match crate::server::slot_state(client, &cfg.slot).await {
+        Ok(Some(state)) => {
+            metrics.set_slot_state(&state);
+            let summary = state.summary();
+            if summary != *last_state {
+                if summary.starts_with("invalidated_") || summary == "conflicting" {
+                    tracing::error!(slot = %cfg.slot, state = %summary, "the replication slot is unusable; the worker recreates it and recomputes every product at its next session start");
+                } else if !last_state.is_empty() {
+                    tracing::info!(slot = %cfg.slot, state = %summary, "replication slot state changed");
+                }
+                *last_state = summary;
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::debug!(error = %format!("{e:#}"), "cannot read the slot's state"),
     }
     let row = client
         .query_one(

@@ -70,6 +70,7 @@ async fn session(ctx: &Context) -> anyhow::Result<()> {
         .connect("cdc-worker/apply")
         .await
         .with_context(|| format!("connecting to {}", ctx.db.display()))?;
+    crate::server::check_version(&client).await?;
     if !leader::wait_for_leadership(&ctx.db, &client, cfg, &ctx.shutdown).await? {
         return Ok(());
     }
@@ -80,6 +81,7 @@ async fn session(ctx: &Context) -> anyhow::Result<()> {
         tags: true,
     };
     let start = slot::prepare(cfg, &mut applier, mode).await?;
+    crate::server::log_slot_state(applier.client(), &cfg.slot, cfg.failover_slot).await;
     if let Some(r) = &start.recovered {
         ctx.metrics.record_recovery(r.reason.label(), r.recreated);
     }

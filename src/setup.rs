@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::db::Database;
 use crate::error::definite;
 use crate::layout::Layout;
+use crate::server;
 use crate::slot;
 use crate::summary::{qualified, quote_ident};
 
@@ -64,13 +65,10 @@ struct Plan {
 }
 
 async fn check(client: &Client, cfg: &Config) -> anyhow::Result<Plan> {
+    server::check_version(client).await?;
     let wal_level: String = client.query_one("SHOW wal_level", &[]).await?.get(0);
     if wal_level != "logical" {
-        return Err(definite(format!(
-            "wal_level is '{wal_level}', logical replication needs 'logical'. Fix: \
-             ALTER SYSTEM SET wal_level = logical; then restart Postgres (on managed Postgres, \
-             enable logical replication in the provider's parameter group / flags)"
-        )));
+        return Err(definite(server::wal_level_error(client, &wal_level).await));
     }
     let role = client
         .query_one(
@@ -80,11 +78,8 @@ async fn check(client: &Client, cfg: &Config) -> anyhow::Result<Plan> {
         .await?;
     let user: String = role.get(0);
     let (is_super, can_replicate): (bool, bool) = (role.get(1), role.get(2));
-    if !is_super && !can_replicate {
-        return Err(definite(format!(
-            "role {user} lacks the REPLICATION attribute. Fix (as an admin): ALTER ROLE {} REPLICATION",
-            quote_ident(&user)
-        )));
+    if !is_super && !can_replicate && !server::has_replication_role(client).await? {
+        return Err(definite(server::replication_error(client, &user).await));
     }
 
     let mut plan = Plan::default();

@@ -414,13 +414,10 @@ async fn end_stale_walsender(
 /// failover slot (`failover_slot`, on by default), which the server synchronizes to
 /// physical standbys that have `sync_replication_slots` on, so a promoted standby has it.
 pub async fn create(client: &Client, cfg: &Config) -> anyhow::Result<Lsn> {
-    let version: i32 = client
-        .query_one("SELECT current_setting('server_version_num')::int4", &[])
-        .await?
-        .get(0);
-    let failover = cfg.failover_slot && version >= 170_000;
+    // 17+: a failover slot is synchronized to standbys that ask for it, so it survives
+    // their promotion (arguments: name, plugin, temporary, two_phase, failover).
+    let failover = cfg.failover_slot && crate::server::supports_failover_slots(client).await?;
     let sql = if failover {
-        // (slot_name, plugin, temporary, twophase, failover)
         "SELECT lsn FROM pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)"
     } else {
         "SELECT lsn FROM pg_create_logical_replication_slot($1, 'pgoutput')"

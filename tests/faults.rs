@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use support::{seed, wait_converged, wait_until, Cluster, TestDb, WorkerProcess};
+use support::{seed, wait_converged, wait_until, Cluster, Proxy, TestDb, WorkerProcess};
 use tokio_postgres::Client;
 
 const SECRET: &str = "fault-secret";
@@ -285,70 +285,13 @@ async fn postgres_restart_mid_stream() {
     );
 }
 
-/// Forwards TCP connections to `target`; `cut()` closes every open one, `freeze()` stops
-/// forwarding on every open one without closing anything (a network cut without RST: the
-/// kernel still acknowledges, nothing passes).
-struct Proxy {
-    port: u16,
-    generation: Arc<tokio::sync::watch::Sender<u64>>,
-    frozen: Arc<tokio::sync::watch::Sender<bool>>,
-}
-
-async fn proxy(target: u16) -> Proxy {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (tx, rx) = tokio::sync::watch::channel(0u64);
-    let (freeze_tx, freeze_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        loop {
-            let (mut inbound, _) = listener.accept().await.unwrap();
-            let mut cut = rx.clone();
-            cut.mark_unchanged();
-            let mut frozen = freeze_rx.clone();
-            tokio::spawn(async move {
-                let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
-                else {
-                    return;
-                };
-                let froze = tokio::select! {
-                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => false,
-                    _ = cut.changed() => false,
-                    f = frozen.wait_for(|f| *f) => f.is_ok(),
-                };
-                if froze {
-                    // Hold both sockets open, forwarding nothing, until cut.
-                    let _ = cut.changed().await;
-                }
-            });
-        }
-    });
-    Proxy {
-        port,
-        generation: Arc::new(tx),
-        frozen: Arc::new(freeze_tx),
-    }
-}
-
-impl Proxy {
-    fn cut(&self) {
-        self.generation.send_modify(|g| *g += 1);
-    }
-
-    fn freeze(&self) {
-        self.frozen.send_replace(true);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_cut_by_a_tcp_proxy() {
     let cluster = Cluster::shared();
     let r = receiver().await;
     let (db, c) = prepared(cluster, "fault_proxy", 200).await;
-    let p = proxy(cluster.port).await;
-    let via_proxy = db
-        .url
-        .replacen(&format!(":{}/", cluster.port), &format!(":{}/", p.port), 1);
-    assert_ne!(via_proxy, db.url);
+    let p = Proxy::start(cluster.port).await;
+    let via_proxy = p.url(&db.url, cluster.port);
     let worker = start(&db, &r, Some(&via_proxy));
     let load = workload(db.url.clone(), 200);
     for _ in 0..5 {
@@ -431,10 +374,8 @@ async fn a_silent_network_cut_hands_over_within_30s() {
     let cluster = Cluster::shared();
     let r = receiver().await;
     let (db, c) = prepared(cluster, "fault_silent", 20).await;
-    let p = proxy(cluster.port).await;
-    let via_proxy = db
-        .url
-        .replacen(&format!(":{}/", cluster.port), &format!(":{}/", p.port), 1);
+    let p = Proxy::start(cluster.port).await;
+    let via_proxy = p.url(&db.url, cluster.port);
     let (_leader, standby) = leader_and_standby(&db, &r, Some(&via_proxy)).await;
     let t = Instant::now();
     p.freeze();

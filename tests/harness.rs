@@ -314,3 +314,79 @@ async fn wait_until_panics_with_what_on_timeout() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn shared_cluster_runs_the_version_of_its_binaries_in_a_directory_of_its_own() {
+    let cluster = Cluster::shared();
+    if !cluster.is_local() {
+        eprintln!("skipped: external server");
+        return;
+    }
+    let c = cluster.admin_client("postgres").await;
+    let running: String = c
+        .query_one("SHOW server_version", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // "PostgreSQL 15.18 (Debian 15.18-0+deb12u1)" from `postgres --version` vs "15.18 (Debian ...)".
+    assert_eq!(cluster.server_version, format!("PostgreSQL {running}"));
+    let major = cluster.major_version().await;
+    let dir = cluster.data_dir.parent().unwrap().display().to_string();
+    assert!(
+        dir.ends_with(&format!("-pg{major}")),
+        "clusters of different versions must not share {dir}"
+    );
+}
+
+#[tokio::test]
+async fn standby_replays_the_primary_and_takes_writes_once_promoted() {
+    let primary = Cluster::private("primary");
+    let standby = primary.standby("standby");
+    assert_ne!(primary.port, standby.port);
+    let db = primary.create_db("standby").await;
+    let c = db.client().await;
+    c.execute(
+        r#"INSERT INTO "Product" ("id", "storeId", "title") VALUES ('p1', 's1', 'replicated')"#,
+        &[],
+    )
+    .await
+    .unwrap();
+    let on_standby = standby.url_for("postgres", "cdc-test-password", &db.name);
+    wait_until(
+        Duration::from_secs(20),
+        "the standby has the row",
+        || async {
+            match tokio_postgres::connect(&on_standby, tokio_postgres::NoTls).await {
+                Ok((s, conn)) => {
+                    tokio::spawn(conn);
+                    s.query_one(r#"SELECT count(*) FROM "Product""#, &[])
+                        .await
+                        .is_ok_and(|r| r.get::<_, i64>(0) == 1)
+                }
+                Err(_) => false,
+            }
+        },
+    )
+    .await;
+    let s = support::connect(&on_standby).await;
+    let in_recovery: bool = s
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(in_recovery);
+    assert!(s.execute(r#"DELETE FROM "Product""#, &[]).await.is_err());
+
+    primary.stop();
+    standby.promote();
+    let s = support::connect(&on_standby).await;
+    s.execute(
+        r#"INSERT INTO "Product" ("id", "storeId", "title") VALUES ('p2', 's1', 'after')"#,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(count_products(&s).await, 2);
+    // The TestDb lives on the (stopped) primary: keep its drop from waiting for it.
+    std::mem::forget(db);
+}

@@ -42,10 +42,19 @@ fn cluster_script() -> PathBuf {
 /// Runs `scripts/test-cluster.sh <args>` (with `CDC_TEST_PG_DIR` when `dir` is given) and
 /// returns its stdout; panics with its stderr on failure.
 fn run_script(dir: Option<&Path>, args: &[&str]) -> String {
+    run_script_with(dir, None, args)
+}
+
+/// [`run_script`] with `PG_BINDIR` set to `bindir` (a cluster of another version than the
+/// test run's).
+fn run_script_with(dir: Option<&Path>, bindir: Option<&Path>, args: &[&str]) -> String {
     let mut cmd = Command::new("bash");
     cmd.arg(cluster_script()).args(args).stdin(Stdio::null());
     if let Some(dir) = dir {
         cmd.env("CDC_TEST_PG_DIR", dir);
+    }
+    if let Some(bindir) = bindir {
+        cmd.env("PG_BINDIR", bindir);
     }
     let out = cmd
         .output()
@@ -102,6 +111,10 @@ pub struct Cluster {
     /// `CDC_TEST_PG_DIR` of a local cluster (None for external).
     script_dir: Option<PathBuf>,
     private: bool,
+    /// `PostgreSQL 18.4`... of a local cluster (from `postgres --version`); empty for external.
+    pub server_version: String,
+    /// `PG_BINDIR` of a cluster of another version than the test run's ([`Cluster::private_version`]).
+    bindir: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -111,9 +124,16 @@ impl Cluster {
     /// lock). The cluster is left running at exit; `make test` stops it.
     pub fn shared() -> &'static Cluster {
         static SHARED: OnceLock<Cluster> = OnceLock::new();
-        SHARED.get_or_init(|| match std::env::var(DATABASE_URL_ENV) {
-            Ok(url) if !url.trim().is_empty() => Cluster::external(url.trim()),
-            _ => Cluster::local(None, false),
+        SHARED.get_or_init(|| {
+            let c = match std::env::var(DATABASE_URL_ENV) {
+                Ok(url) if !url.trim().is_empty() => Cluster::external(url.trim()),
+                _ => Cluster::local(None, false),
+            };
+            // Once per test binary, so a matrix run's output says which server each suite ran on.
+            if c.is_local() {
+                eprintln!("test cluster: {} on port {}", c.server_version, c.port);
+            }
+            c
         })
     }
 
@@ -121,14 +141,36 @@ impl Cluster {
     /// on drop (kept if the test panicked, for its log). Always local, even when
     /// `CDC_TEST_DATABASE_URL` is set.
     pub fn private(name: &str) -> Cluster {
-        let shared_dir = Self::default_dir();
-        let dir = PathBuf::from(format!("{}-private", shared_dir.display())).join(format!(
+        Cluster::local(Some(Self::private_dir(name)), true)
+    }
+
+    /// Like [`Cluster::private`], on PostgreSQL `major` whatever the test run's version:
+    /// `scripts/install-pg.sh MAJOR` provides the binaries (fetching them if needed).
+    pub fn private_version(name: &str, major: u32) -> Cluster {
+        let out = Command::new("bash")
+            .arg(manifest_dir().join("scripts/install-pg.sh"))
+            .arg(major.to_string())
+            .stdin(Stdio::null())
+            .output()
+            .expect("running scripts/install-pg.sh");
+        assert!(
+            out.status.success(),
+            "scripts/install-pg.sh {major} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bindir = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        let default_dir = run_script_with(None, Some(&bindir), &["default-dir"]);
+        let dir = PathBuf::from(format!("{}-private", default_dir.trim())).join(format!(
             "{}-{}-{}",
             sanitize(name, 30),
             std::process::id(),
             next_id()
         ));
-        Cluster::local(Some(dir), true)
+        let t = Instant::now();
+        run_script_with(Some(&dir), Some(&bindir), &["start"]);
+        let mut c = Cluster::local_started(Some(dir), true, t);
+        c.bindir = Some(bindir);
+        c
     }
 
     /// The directory `scripts/test-cluster.sh` uses when `CDC_TEST_PG_DIR` is unset.
@@ -136,9 +178,56 @@ impl Cluster {
         PathBuf::from(run_script(None, &["default-dir"]).trim())
     }
 
+    fn private_dir(name: &str) -> PathBuf {
+        let shared_dir = Self::default_dir();
+        PathBuf::from(format!("{}-private", shared_dir.display())).join(format!(
+            "{}-{}-{}",
+            sanitize(name, 30),
+            std::process::id(),
+            next_id()
+        ))
+    }
+
+    /// A private physical standby of this private cluster, streaming from it through a
+    /// physical slot (`scripts/test-cluster.sh standby-of`); on 17+ it synchronizes the
+    /// primary's failover slots. May stop and restart this cluster to copy it, so call it
+    /// before connecting to this one. Stopped and deleted on drop, like [`Cluster::private`].
+    pub fn standby(&self, name: &str) -> Cluster {
+        assert!(self.private, "only a private cluster can get a standby");
+        let primary_dir = self.script_dir.as_deref().expect("a local cluster");
+        let dir = Self::private_dir(name);
+        let t = Instant::now();
+        run_script(
+            Some(&dir),
+            &["standby-of", primary_dir.to_str().expect("UTF-8 path")],
+        );
+        Cluster::local_started(Some(dir), true, t)
+    }
+
+    /// Promotes this standby (`pg_ctl promote -w`): it accepts writes when this returns.
+    pub fn promote(&self) {
+        self.script("promote");
+    }
+
+    /// The server's major version (15, 16, ...), asked from the server.
+    pub async fn major_version(&self) -> u32 {
+        let c = self.admin_client("postgres").await;
+        let num: String = c
+            .query_one("SHOW server_version_num", &[])
+            .await
+            .expect("SHOW server_version_num")
+            .get(0);
+        num.parse::<u32>().expect("server_version_num is a number") / 10000
+    }
+
     fn local(dir: Option<PathBuf>, private: bool) -> Cluster {
         let t = Instant::now();
         run_script(dir.as_deref(), &["start"]);
+        Self::local_started(dir, private, t)
+    }
+
+    fn local_started(dir: Option<PathBuf>, private: bool, t: Instant) -> Cluster {
+        // `info` needs no binaries of the cluster's own version.
         let info = parse_info(&run_script(dir.as_deref(), &["info"]));
         let port: u16 = info["PORT"].parse().expect("PORT is a number");
         let host = info["HOST"].clone();
@@ -167,6 +256,8 @@ impl Cluster {
                 )
             }),
             private,
+            server_version: info.get("SERVER_VERSION").cloned().unwrap_or_default(),
+            bindir: None,
         }
     }
 
@@ -192,6 +283,8 @@ impl Cluster {
             url_query,
             script_dir: None,
             private: false,
+            server_version: String::new(),
+            bindir: None,
         }
     }
 
@@ -207,7 +300,7 @@ impl Cluster {
         let dir = self.script_dir.as_deref().unwrap_or_else(|| {
             panic!("cannot {cmd} an external server ({DATABASE_URL_ENV}); use Cluster::private")
         });
-        run_script(Some(dir), &[cmd]);
+        run_script_with(Some(dir), self.bindir.as_deref(), &[cmd]);
     }
 
     /// Stops the server (`pg_ctl stop -m fast`) and starts it again on the same port.
@@ -879,24 +972,88 @@ pub async fn summary_of(c: &tokio_postgres::Client, product: &str) -> Option<tok
     .unwrap()
 }
 
-/// The directory of the PostgreSQL server binaries the clusters run (as
-/// scripts/test-cluster.sh picks it: $PG_BINDIR, else the newest /usr/lib/postgresql/*/bin).
-pub fn pg_bindir() -> PathBuf {
-    if let Ok(dir) = std::env::var("PG_BINDIR") {
-        return PathBuf::from(dir);
+// ---- A TCP proxy between the worker and Postgres ----------------------------------------
+
+/// Forwards TCP connections on 127.0.0.1:`port` to a target port that can change
+/// (`retarget`, e.g. to a promoted standby); `cut()` closes every open connection, as a
+/// network failure would; `freeze()` stops forwarding on every open one without closing
+/// anything (a cut without RST: the kernel still acknowledges, nothing passes).
+pub struct Proxy {
+    pub port: u16,
+    target: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    generation: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    frozen: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Proxy {
+    /// Listens on a free port (spawned on the current tokio runtime).
+    pub async fn start(target: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = tokio::sync::watch::channel(0u64);
+        let (freeze_tx, freeze_rx) = tokio::sync::watch::channel(false);
+        let target = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(target));
+        let to = target.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut inbound, _) = listener.accept().await.unwrap();
+                let mut cut = rx.clone();
+                cut.mark_unchanged();
+                let mut frozen = freeze_rx.clone();
+                let port = to.load(Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                    else {
+                        return;
+                    };
+                    let froze = tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => false,
+                        _ = cut.changed() => false,
+                        f = frozen.wait_for(|f| *f) => f.is_ok(),
+                    };
+                    if froze {
+                        // Hold both sockets open, forwarding nothing, until cut.
+                        let _ = cut.changed().await;
+                    }
+                });
+            }
+        });
+        Proxy {
+            port,
+            target,
+            generation: std::sync::Arc::new(tx),
+            frozen: std::sync::Arc::new(freeze_tx),
+        }
     }
-    let mut dirs: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let major = e.file_name().to_str()?.parse().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("initdb").exists().then_some((major, bin))
-        })
-        .collect();
-    dirs.sort();
-    dirs.pop()
-        .map(|(_, bin)| bin)
-        .expect("no PostgreSQL server binaries: set PG_BINDIR")
+
+    /// Closes every open connection; new ones are accepted at once.
+    pub fn cut(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Open connections stop passing anything, and stay open.
+    pub fn freeze(&self) {
+        self.frozen.send_replace(true);
+    }
+
+    /// New connections go to `port`; open ones are cut.
+    pub fn retarget(&self, port: u16) {
+        self.target.store(port, Ordering::SeqCst);
+        self.cut();
+    }
+
+    /// `url` with its port (`:PORT/`) replaced by the proxy's.
+    pub fn url(&self, url: &str, port: u16) -> String {
+        let via = url.replacen(&format!(":{port}/"), &format!(":{}/", self.port), 1);
+        assert_ne!(via, url, "no :{port}/ in the URL");
+        via
+    }
+}
+
+/// The directory of the PostgreSQL server binaries the clusters run, as
+/// scripts/test-cluster.sh picks it (the single definition: $PG_BINDIR, else the newest
+/// /usr/lib/postgresql/*/bin, ...).
+pub fn pg_bindir() -> PathBuf {
+    PathBuf::from(run_script(None, &["bindir"]).trim())
 }
