@@ -6,7 +6,8 @@ export default function Home() {
   return (
     <>
       <h1>Stores</h1>
-      <Suspense fallback={<p>Loading…</p>}>
+      <p className="subtle">Pick a store to browse its products.</p>
+      <Suspense fallback={<p className="subtle">Loading…</p>}>
         <StoreList />
       </Suspense>
     </>
@@ -19,7 +20,7 @@ async function StoreList() {
   const storeIds = await getStoreIds();
   if (storeIds.length === 0) return <p data-empty="stores">No stores yet.</p>;
   return (
-    <ul data-list="stores">
+    <ul className="store-list" data-list="stores">
       {storeIds.map((id) => (
         <li key={id} data-store-id={id}>
           <a href={`/stores/${encodeURIComponent(id)}`}>{id}</a>

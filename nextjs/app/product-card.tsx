@@ -8,35 +8,84 @@ import { formatPrice } from "@/lib/data";
  *   <article data-product-id="…" data-store-id="…" data-updated-at="…">
  *     <… data-field="title" data-value="…">
  *     <… data-field="price" data-value="1299">$12.99</…>        (minor units)
- *     <… data-field="inventory" data-value="7">7 available</…>
+ *     <… data-field="inventory" data-value="7">7 in stock</…>
  *     <… data-field="active" data-value="true|false">
  *     <… data-field="image" data-value="url or empty">
+ *
+ * `variant="card"` is a tile of the store grid, `variant="detail"` the product page.
  */
-export function ProductCard({ p, link }: { p: ProductSummary; link: boolean }) {
-  const title = link ? <a href={`/products/${encodeURIComponent(p.productId)}`}>{p.title}</a> : p.title;
+export function ProductCard({
+  p,
+  variant,
+  children,
+}: {
+  p: ProductSummary;
+  variant: "card" | "detail";
+  children?: React.ReactNode;
+}) {
+  const href = `/products/${encodeURIComponent(p.productId)}`;
+  const title = variant === "card" ? <a href={href}>{p.title}</a> : p.title;
   return (
     <article
+      className={variant}
       data-product-id={p.productId}
       data-store-id={p.storeId}
       data-updated-at={p.updatedAt}
-      style={{ borderBottom: "1px solid #ddd", padding: "0.75rem 0" }}
     >
-      <h2 data-field="title" data-value={p.title} style={{ margin: 0, fontSize: "1.1rem" }}>
-        {title}
-      </h2>
-      <div data-field="price" data-value={String(p.price)}>{formatPrice(p.price)}</div>
-      <div data-field="inventory" data-value={String(p.inventoryAvailable)}>
-        {p.inventoryAvailable > 0 ? `${p.inventoryAvailable} available` : "Out of stock"}
+      <div className="media" data-field="image" data-value={p.primaryImageUrl ?? ""}>
+        {/* eslint-disable-next-line @next/next/no-img-element -- an SVG the app serves itself */}
+        <img
+          src={imageSrc(p)}
+          alt={p.title}
+          width={400}
+          height={400}
+          loading={variant === "card" ? "lazy" : "eager"}
+        />
       </div>
-      <div data-field="active" data-value={String(p.active)}>{p.active ? "Active" : "Inactive"}</div>
-      <div data-field="image" data-value={p.primaryImageUrl ?? ""}>
-        {p.primaryImageUrl ? (
-          // eslint-disable-next-line @next/next/no-img-element -- arbitrary remote hosts
-          <img src={p.primaryImageUrl} alt={p.title} width={120} height={120} />
-        ) : (
-          "No image"
-        )}
+      <div className="body">
+        <h2 data-field="title" data-value={p.title}>
+          {title}
+        </h2>
+        <div className="price" data-field="price" data-value={String(p.price)}>
+          {formatPrice(p.price)}
+        </div>
+        <div className="row">
+          <StockBadge available={p.inventoryAvailable} />
+          <span className="status" data-field="active" data-value={String(p.active)}>
+            {p.active ? "" : "Not for sale"}
+          </span>
+        </div>
+        {children}
       </div>
     </article>
   );
+}
+
+/** Fewer than this many available reads "Only N left". */
+const LOW_STOCK = 5;
+
+function StockBadge({ available }: { available: number }) {
+  const [cls, text] =
+    available <= 0
+      ? ["out", "Out of stock"]
+      : available < LOW_STOCK
+        ? ["low", `Only ${available} left`]
+        : ["in", `${available} in stock`];
+  return (
+    <span className={`badge ${cls}`} data-field="inventory" data-value={String(available)}>
+      {text}
+    </span>
+  );
+}
+
+/**
+ * The product's own image when it is served by this app (a path such as
+ * `/placeholder/p1.svg`) or when STOREFRONT_REMOTE_IMAGES=true; otherwise the app's own
+ * placeholder, so that the example never depends on an image host it cannot reach.
+ * A real shop would set STOREFRONT_REMOTE_IMAGES (or use next/image with remotePatterns).
+ */
+function imageSrc(p: ProductSummary): string {
+  const url = p.primaryImageUrl;
+  if (url && (url.startsWith("/") || process.env.STOREFRONT_REMOTE_IMAGES === "true")) return url;
+  return `/placeholder/${encodeURIComponent(p.productId)}.svg`;
 }

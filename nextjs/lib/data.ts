@@ -63,13 +63,17 @@ export async function getStoreProducts(storeId: string): Promise<ProductSummary[
   return rows.map(toSummary);
 }
 
-/** One product's summary, active or not (null if there is no row). Tagged `product:{id}` and `inventory:{id}`. */
-export async function getProduct(productId: string): Promise<ProductSummary | null> {
+/**
+ * One product's summary, active or not (null if there is no row), with `readAt`: when
+ * this cached read hit the database (for the product page's freshness note). Tagged
+ * `product:{id}` and `inventory:{id}`.
+ */
+export async function getProduct(productId: string): Promise<(ProductSummary & { readAt: string }) | null> {
   "use cache";
   cacheLife("days");
   cacheTag(productTag(productId), inventoryTag(productId));
   const row = await db().productSummary.findUnique({ where: { productId }, select });
-  return row ? toSummary(row) : null;
+  return row ? { ...toSummary(row), readAt: new Date().toISOString() } : null;
 }
 
 /** Store ids that have at least one active product (for the index page). */

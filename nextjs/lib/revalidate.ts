@@ -1,4 +1,5 @@
 import { revalidateTag } from "next/cache";
+import * as sharedCache from "@/cache/redis";
 
 /**
  * Cache tags shared by the storefront pages, the app's own write paths and cdc-worker.
@@ -63,4 +64,20 @@ export function revalidateProduct(productId: string, storeId?: string): string[]
  */
 export function expireTag(tag: string): void {
   revalidateTag(tag, { expire: 0 });
+}
+
+/**
+ * Expire `tags` for every instance that can serve them, and only then return: what
+ * /api/revalidate does before answering 200.
+ *
+ * With the shared cache (REDIS_URL), the tags are first recorded in Redis and awaited,
+ * because Next.js runs a route handler's revalidateTag() side effects after the response
+ * and never reports their failure: a 200 must mean every instance now sees the tags.
+ * If Redis cannot record them this throws, the route answers 503 and cdc-worker keeps
+ * the tags and retries. Without it, revalidateTag() expires this instance's own
+ * in-memory cache.
+ */
+export async function expireTags(tags: string[]): Promise<void> {
+  if (sharedCache.enabled()) await sharedCache.recordTags(tags, { expire: 0 });
+  for (const tag of tags) expireTag(tag);
 }

@@ -1,4 +1,4 @@
-import { expireTag } from "@/lib/revalidate";
+import { expireTags } from "@/lib/revalidate";
 import { SIGNATURE_HEADER, verifySignature } from "@/lib/signature";
 
 /**
@@ -12,6 +12,7 @@ import { SIGNATURE_HEADER, verifySignature } from "@/lib/signature";
  *   401 header missing/malformed, timestamp more than 5 minutes off, or bad signature
  *   413 body larger than 1 MiB (checked before the signature)
  *   500 CDC_REVALIDATE_SECRET not configured
+ *   503 the shared cache (REDIS_URL) could not record the tags; retry
  */
 const MAX_TAG_LENGTH = 256; // Next.js ignores longer tags (NEXT_CACHE_TAG_MAX_LENGTH)
 
@@ -93,6 +94,12 @@ export async function POST(req: Request): Promise<Response> {
   }
 
   const unique = [...new Set(tags as string[])];
-  for (const tag of unique) expireTag(tag);
+  try {
+    await expireTags(unique);
+  } catch (e) {
+    // Shared cache unreachable: not recorded for the other instances, so not a 200;
+    // the worker keeps the tags and retries.
+    return json(503, { error: `tags not recorded: ${e instanceof Error ? e.message : String(e)}` });
+  }
   return json(200, { revalidated: unique.length });
 }

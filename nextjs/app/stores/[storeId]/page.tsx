@@ -7,7 +7,7 @@ type Props = { params: Promise<{ storeId: string }> };
 
 export default function StorePage({ params }: Props) {
   return (
-    <Suspense fallback={<p>Loading…</p>}>
+    <Suspense fallback={<p className="subtle">Loading products…</p>}>
       <StoreListing params={params} />
     </Suspense>
   );
@@ -19,15 +19,19 @@ async function StoreListing({ params }: Props) {
   const products = await getStoreProducts(storeId);
   return (
     <section data-store-id={storeId} data-product-count={products.length}>
-      <h1>Store {storeId}</h1>
-      <p>
+      <h1>{storeId}</h1>
+      <p className="subtle">
         {products.length === 0
           ? "No products."
-          : `Showing ${products.length} product${products.length === 1 ? "" : "s"} (at most ${STORE_LISTING_LIMIT}).`}
+          : `${products.length} product${products.length === 1 ? "" : "s"}${
+              products.length === STORE_LISTING_LIMIT ? ` (the first ${STORE_LISTING_LIMIT})` : ""
+            }, prices and stock live from the database.`}
       </p>
-      {products.map((p) => (
-        <ProductCard key={p.productId} p={p} link />
-      ))}
+      <div className="grid">
+        {products.map((p) => (
+          <ProductCard key={p.productId} p={p} variant="card" />
+        ))}
+      </div>
     </section>
   );
 }

@@ -1,0 +1,106 @@
+//! The storefront as a person sees it: headless Chromium (Debian's `chromium`, driven by
+//! `nextjs/scripts/browser-check.mjs` through playwright-core) opens a store page of a
+//! real `next start`, a price is changed in the source database, and the page is
+//! reloaded until the new price is on screen, through the worker and /api/revalidate:
+//! within 1 s. Screenshots land in `target/browser-test/`.
+
+mod nextjs_support;
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use nextjs_support::{ensure_built, nextjs_dir, start_next, SECRET};
+use support::{Cluster, WorkerProcess};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_price_change_is_on_screen_within_1s() {
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: apt-get install chromium"
+    );
+    ensure_built();
+    let db = Cluster::shared().create_db("browser").await;
+    let c = db.client().await;
+    c.batch_execute(
+        "INSERT INTO \"Product\"(id, \"storeId\", title)
+           SELECT 'p' || g, 'corner-store', (ARRAY['Mug', 'Tee', 'Cap', 'Poster', 'Socks', 'Tote'])[1 + g % 6] || ' no. ' || g
+           FROM generate_series(1, 8) g;
+         INSERT INTO \"Price\"(id, \"productId\", currency, amount)
+           SELECT 'u' || g, 'p' || g, 'USD', 900 + g * 250 FROM generate_series(1, 8) g;
+         INSERT INTO \"Inventory\"(id, \"productId\", \"locationId\", quantity, reserved)
+           SELECT 'i' || g, 'p' || g, 'l1', (g * 3) % 11, 0 FROM generate_series(1, 8) g;
+         INSERT INTO \"ProductImage\"(id, \"productId\", url, position)
+           SELECT 'img' || g, 'p' || g, '/placeholder/p' || g || '.svg', 1 FROM generate_series(1, 8) g;",
+    )
+    .await
+    .unwrap();
+    let setup = WorkerProcess::run_to_end(&db, &["setup"], &[]);
+    assert!(setup.success, "{}", setup.output);
+
+    let next = start_next(&db.url, &[]);
+    let http = reqwest::Client::new();
+    next.wait_ready(&http, "/stores/corner-store").await;
+    let endpoint = next.url("/api/revalidate");
+    let mut worker = WorkerProcess::start(
+        &db,
+        &["run"],
+        &[
+            ("CDC_REVALIDATE_URLS", endpoint.as_str()),
+            ("CDC_REVALIDATE_SECRET", SECRET),
+        ],
+    );
+    worker
+        .wait_for_log(Duration::from_secs(30), "streaming")
+        .await;
+
+    let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-test");
+    let db_url = db.url.clone();
+    let base = next.base.clone();
+    let out = tokio::task::spawn_blocking({
+        let out_dir = out_dir.clone();
+        move || {
+            Command::new("node")
+                .arg("scripts/browser-check.mjs")
+                .current_dir(nextjs_dir())
+                .env("BASE_URL", base)
+                .env("STORE_ID", "corner-store")
+                .env("PRODUCT_ID", "p3")
+                .env("PRICE_ID", "u3")
+                .env("NEW_AMOUNT", "1234")
+                .env("DATABASE_URL", db_url)
+                .env("OUT_DIR", &out_dir)
+                .env("CHROMIUM", CHROMIUM)
+                .output()
+                .expect("node runs")
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "browser-check failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    let line = stdout.lines().last().unwrap_or_default();
+    let result: serde_json::Value = serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("browser-check printed {line:?}: {e}\n{stderr}"));
+    eprintln!("browser: {result}");
+    assert_eq!(
+        result["after"], "$12.34",
+        "the formatted price is on screen"
+    );
+    let ms = result["visible_after_ms"].as_u64().unwrap();
+    assert!(ms <= 1000, "new price on screen after {ms} ms");
+    for shot in result["screenshots"].as_array().unwrap() {
+        let path = shot.as_str().unwrap();
+        let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        assert!(len > 10_000, "screenshot {path} is {len} bytes");
+    }
+    assert!(worker.is_running());
+}

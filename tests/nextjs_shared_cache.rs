@@ -1,0 +1,217 @@
+//! The shared cache (REDIS_URL, `nextjs/cache/`): two real `next start` instances share a
+//! private `redis-server`, the worker delivers its tags to instance A only, and a price
+//! change shows on instance B's product page and store page within 1 s. The control run
+//! without Redis shows that B, which nobody told, stays stale. With Redis killed the
+//! pages still render (200, fresh from the database), the revalidation route answers 503
+//! so the worker keeps the tags, and once Redis is back the worker's retry succeeds.
+
+mod nextjs_support;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use nextjs_support::{ensure_built, field, get, start_next, time_until_field, RedisServer, SECRET};
+use support::{wait_until, Cluster, TestDb, WorkerProcess};
+
+async fn shop(hint: &str) -> TestDb {
+    let db = Cluster::shared().create_db(hint).await;
+    db.client()
+        .await
+        .batch_execute(
+            "INSERT INTO \"Product\"(id, \"storeId\", title) VALUES ('p1', 'store-a', 'Alpha'), ('p2', 'store-a', 'Beta');
+             INSERT INTO \"Price\" VALUES ('u1', 'p1', 'USD', 1299), ('u2', 'p2', 'USD', 500);
+             INSERT INTO \"Inventory\" VALUES ('i1', 'p1', 'l1', 10, 3), ('i2', 'p2', 'l1', 4, 0);",
+        )
+        .await
+        .unwrap();
+    let setup = WorkerProcess::run_to_end(&db, &["setup"], &[]);
+    assert!(setup.success, "{}", setup.output);
+    db
+}
+
+async fn outbox_len(c: &tokio_postgres::Client) -> i64 {
+    c.query_one("SELECT count(*) FROM cdc_worker.outbox", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revalidation_at_one_instance_refreshes_the_other_within_1s() {
+    ensure_built();
+    let db = shop("shared_cache").await;
+    let c = db.client().await;
+    let mut redis = RedisServer::start();
+    let redis_url = redis.url();
+    let a = start_next(&db.url, &[("REDIS_URL", &redis_url)]);
+    let b = start_next(&db.url, &[("REDIS_URL", &redis_url)]);
+    let http = reqwest::Client::new();
+    a.wait_ready(&http, "/stores/store-a").await;
+    b.wait_ready(&http, "/stores/store-a").await;
+    let (b_store, b_product) = (b.url("/stores/store-a"), b.url("/products/p1"));
+    assert_eq!(
+        field(&get(&http, &b_store).await, "p1", "price").as_deref(),
+        Some("1299")
+    );
+    assert_eq!(
+        field(&get(&http, &b_product).await, "p1", "price").as_deref(),
+        Some("1299")
+    );
+
+    // The shared cache really caches: a summary change nobody revalidates stays
+    // invisible on both instances.
+    c.batch_execute("UPDATE \"ProductSummary\" SET title = 'Sneaky' WHERE \"productId\" = 'p2'")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for server in [&a, &b] {
+        let html = get(&http, &server.url("/stores/store-a")).await;
+        assert_eq!(field(&html, "p2", "title").as_deref(), Some("Beta"));
+    }
+
+    let endpoint_a = a.url("/api/revalidate");
+    let env = [
+        ("CDC_REVALIDATE_URLS", endpoint_a.as_str()),
+        ("CDC_REVALIDATE_SECRET", SECRET),
+    ];
+    let mut worker = WorkerProcess::start(&db, &["run"], &env);
+    worker
+        .wait_for_log(Duration::from_secs(30), "streaming")
+        .await;
+
+    // Measured: commit, then B's product page and B's store page (each polled while the
+    // other is, so neither waits for the other), through the worker and instance A only.
+    let t = Instant::now();
+    c.batch_execute("UPDATE \"Price\" SET amount = 1499 WHERE id = 'u1'")
+        .await
+        .unwrap();
+    let limit = Duration::from_secs(5);
+    let (product, store) = tokio::join!(
+        time_until_field(&http, &b_product, "p1", "price", "1499", t, limit),
+        time_until_field(&http, &b_store, "p1", "price", "1499", t, limit),
+    );
+    eprintln!(
+        "shared cache: price change visible on instance B (told nothing) after: product page {product:?}, store page {store:?}"
+    );
+    let product = product.expect("B's product page shows the new price within 5 s");
+    let store = store.expect("B's store page shows the new price within 5 s");
+    assert!(
+        product <= Duration::from_secs(1),
+        "product page: {product:?}"
+    );
+    assert!(store <= Duration::from_secs(1), "store page: {store:?}");
+
+    // Redis killed: pages still render, from the database (a cache miss, not a 500).
+    redis.kill();
+    c.batch_execute("UPDATE \"Price\" SET amount = 1599 WHERE id = 'u1'")
+        .await
+        .unwrap();
+    let t = Instant::now();
+    for server in [&a, &b] {
+        for path in ["/stores/store-a", "/products/p1", "/"] {
+            let resp = http.get(server.url(path)).send().await.unwrap();
+            assert_eq!(resp.status().as_u16(), 200, "{path} with Redis down");
+        }
+        let seen = time_until_field(
+            &http,
+            &server.url("/products/p1"),
+            "p1",
+            "price",
+            "1599",
+            t,
+            limit,
+        )
+        .await;
+        assert!(
+            seen.is_some(),
+            "{}: uncached pages show the database",
+            server.base
+        );
+    }
+    // The tag could not be recorded for the other instances, so A refuses it (503) and
+    // the worker keeps it: it is still in the outbox, and the worker still runs.
+    wait_until(
+        Duration::from_secs(10),
+        "the worker was refused with 503",
+        || async { worker.log().contains("503") },
+    )
+    .await;
+    assert!(
+        outbox_len(&c).await > 0,
+        "the refused tags stay in the outbox"
+    );
+    assert!(worker.is_running());
+
+    // Redis back (empty): the worker's retry is accepted and the outbox drains.
+    redis.restart();
+    wait_until(
+        Duration::from_secs(40),
+        "the outbox drains after Redis is back",
+        || async { outbox_len(&c).await == 0 },
+    )
+    .await;
+    let t = Instant::now();
+    c.batch_execute("UPDATE \"Price\" SET amount = 1699 WHERE id = 'u1'")
+        .await
+        .unwrap();
+    let (product, store) = tokio::join!(
+        time_until_field(&http, &b_product, "p1", "price", "1699", t, limit),
+        time_until_field(&http, &b_store, "p1", "price", "1699", t, limit),
+    );
+    eprintln!("shared cache after Redis restart: B product page {product:?}, store page {store:?}");
+    assert!(product.is_some_and(|d| d <= Duration::from_secs(1)));
+    assert!(store.is_some_and(|d| d <= Duration::from_secs(1)));
+}
+
+/// Control: the same two instances without Redis. The worker tells only A; B keeps
+/// serving its own cached page, so the shared cache is what made B fresh above.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_the_shared_cache_the_instance_not_told_stays_stale() {
+    ensure_built();
+    let db = shop("no_shared_cache").await;
+    let c = db.client().await;
+    let a = start_next(&db.url, &[]);
+    let b = start_next(&db.url, &[]);
+    let http = reqwest::Client::new();
+    a.wait_ready(&http, "/stores/store-a").await;
+    b.wait_ready(&http, "/stores/store-a").await;
+    let (a_store, b_store) = (a.url("/stores/store-a"), b.url("/stores/store-a"));
+    for url in [&a_store, &b_store] {
+        assert_eq!(
+            field(&get(&http, url).await, "p1", "price").as_deref(),
+            Some("1299")
+        );
+    }
+    let endpoint_a = a.url("/api/revalidate");
+    let _worker = WorkerProcess::start(
+        &db,
+        &["run"],
+        &[
+            ("CDC_REVALIDATE_URLS", endpoint_a.as_str()),
+            ("CDC_REVALIDATE_SECRET", SECRET),
+        ],
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t = Instant::now();
+    c.batch_execute("UPDATE \"Price\" SET amount = 1499 WHERE id = 'u1'")
+        .await
+        .unwrap();
+    let fresh_a = time_until_field(
+        &http,
+        &a_store,
+        "p1",
+        "price",
+        "1499",
+        t,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("A, which the worker told, is fresh");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let b_price = field(&get(&http, &b_store).await, "p1", "price");
+    eprintln!(
+        "control without Redis: A fresh after {fresh_a:?}; B still shows price {b_price:?} {:?} after the commit",
+        t.elapsed()
+    );
+    assert_eq!(b_price.as_deref(), Some("1299"), "B was never told");
+}
