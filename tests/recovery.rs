@@ -64,8 +64,14 @@ async fn slot_confirmed(c: &Client, slot: &str) -> Option<u64> {
 /// change still streams (the checkpoint the recovery stored is a real position).
 async fn assert_recovered(db: &TestDb, c: &Client, what: &str) {
     wait_converged(c, what).await;
-    let (mark, checkpoint) = mark_and_checkpoint(c, &db.slot()).await;
-    assert_eq!(mark, None, "the recompute mark is cleared after {what}");
+    // The last recomputed page clears the mark; the rows may match before it commits.
+    wait_until(
+        Duration::from_secs(10),
+        "the recompute mark cleared",
+        || async { mark_and_checkpoint(c, &db.slot()).await.0.is_none() },
+    )
+    .await;
+    let (_, checkpoint) = mark_and_checkpoint(c, &db.slot()).await;
     let confirmed = slot_confirmed(c, &db.slot())
         .await
         .expect("the slot exists");
@@ -400,9 +406,15 @@ async fn a_change_is_never_read_before_it_is_visible() {
 /// previous epoch, judged visible, and the recompute read the old rows for good.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_held_commit_at_xid_epoch_1_is_waited_for() {
+    let bindir = support::pg_bindir();
+    if !bindir.join("pg_resetwal").exists() {
+        // The npm builds of 16-18 (make test-matrix) ship no pg_resetwal; make test (15,
+        // Debian) always has it.
+        eprintln!("skipped: no pg_resetwal in {}", bindir.display());
+        return;
+    }
     let cluster = Cluster::private("epoch1");
     cluster.stop();
-    let bindir = support::pg_bindir();
     let out = std::process::Command::new("runuser")
         .args(["-u", "postgres", "--"])
         .arg(bindir.join("pg_resetwal"))
