@@ -47,11 +47,12 @@ sleep 2
 
 # walsender pid of a slot
 slot_pid() { psqlv -c "SELECT active_pid FROM pg_replication_slots WHERE slot_name = '$1'"; }
-# sample lags every 0.5 s into ceil.lag until killed (one psql session)
+# sample lags every 0.5 s into ceil.lag until $WORK/stop exists (one psql session)
 sampler() { # consumer rate slot
     local applied="NULL"
     [ "$1" = worker ] && applied="pg_current_wal_lsn() - (SELECT lsn FROM cdc_worker.checkpoint)"
-    while :; do
+    rm -f "$WORK/stop"
+    while [ ! -e "$WORK/stop" ]; do
         echo "INSERT INTO ceil.lag SELECT '$1', $2, extract(epoch FROM clock_timestamp()), $applied,
               pg_current_wal_lsn() - (SELECT sent_lsn FROM pg_stat_replication WHERE pid = (SELECT active_pid FROM pg_replication_slots WHERE slot_name = '$3'));"
         sleep 0.5
@@ -96,7 +97,7 @@ SQL
     read -r tps n < <(run_pgbench "$rate")
     tend=$(now)
     end=$(psqlv -c "SELECT pg_logical_emit_message(true, 'bench', 'end')")
-    kill "$SAMPLER"; wait "$SAMPLER" 2>/dev/null || true
+    touch "$WORK/stop"; wait "$SAMPLER" 2>/dev/null || true
     dec=$(wait_for "(SELECT sent_lsn >= '$end' FROM pg_stat_replication WHERE pid = $(slot_pid cdc_worker))" "$tend")
     app=$(wait_for "(SELECT lsn >= '$end' FROM cdc_worker.checkpoint)" "$tend")
     pgc=$(echo "$(pg_cpu) - $pg0" | bc); wc=$(echo "$(proc_cpu "$WORKER_PID") - $w0" | bc)
@@ -174,7 +175,7 @@ if [ "$RECV" = 1 ]; then
         read -r tps n < <(run_pgbench "$rate")
         tend=$(now)
         end=$(psqlv -c "SELECT pg_current_wal_insert_lsn()")
-        kill "$SAMPLER"; wait "$SAMPLER" 2>/dev/null || true
+        touch "$WORK/stop"; wait "$SAMPLER" 2>/dev/null || true
         dec=$(wait_for "(SELECT sent_lsn >= '$end' FROM pg_stat_replication WHERE pid = $(slot_pid bench_recv))" "$tend")
         R_CPU[$rate]="$(echo "$(pg_cpu) - $pg0" | bc) $(echo "$(proc_cpu "$RECVL_PID") - $r0" | bc)"
         R_TPS[$rate]=$tps; R_LAG[$rate]=$(lag_stats recvlogical "$rate" decoded); R_CU[$rate]=$dec
