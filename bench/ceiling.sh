@@ -68,11 +68,11 @@ wait_for() {
     done
     echo "n/a"
 }
-lag_stats() { # consumer rate column -> "p50 max end" in MiB over the pgbench window
-    psqlv -F ' ' -c "SELECT round((percentile_cont(0.5) WITHIN GROUP (ORDER BY $3) / 1048576)::numeric, 1),
-        round((max($3) / 1048576.0)::numeric, 1),
-        round(((array_agg($3 ORDER BY t DESC))[1] / 1048576.0)::numeric, 1)
-        FROM ceil.lag WHERE consumer = '$1' AND rate = $2"
+lag_stats() { # consumer rate column -> "p50 max q1 q2 q3 q4" in MiB over the pgbench window (q = mean of each quarter)
+    psqlv -F ' ' -c "WITH l AS (SELECT t, $3 AS v, ntile(4) OVER (ORDER BY t) AS q FROM ceil.lag WHERE consumer = '$1' AND rate = $2)
+        SELECT round((percentile_cont(0.5) WITHIN GROUP (ORDER BY v) / 1048576)::numeric, 1), round((max(v) / 1048576.0)::numeric, 1),
+               $(for q in 1 2 3 4; do printf "round((avg(v) FILTER (WHERE q = $q) / 1048576)::numeric, 1)"; [ $q = 4 ] || printf ', '; done)
+        FROM l"
 }
 run_pgbench() { # rate -> "tps transactions"
     "$PGBIN/pgbench" -n -M prepared -c "$(clients_for "$1")" -j 2 -R "$1" -T "$SECS" -D products="$N" \
@@ -93,19 +93,19 @@ SELECT 1 FROM pg_replication_slot_advance('bench_trace', pg_current_wal_lsn()) \
 SQL
     : >"$WORK/recv.log"
     sampler worker "$rate" cdc_worker & SAMPLER=$!
-    pg0=$(pg_cpu); w0=$(proc_cpu "$WORKER_PID"); t0=$(now)
+    pg0=$(pg_cpu); w0=$(proc_cpu "$WORKER_PID"); t0=$(now); lsn0=$(psqlv -c "SELECT pg_current_wal_lsn()")
     read -r tps n < <(run_pgbench "$rate")
     tend=$(now)
+    walrate=$(psqlv -c "SELECT round(((pg_current_wal_lsn() - '$lsn0') / 1048576.0 / ($tend - $t0))::numeric, 2)")
     end=$(psqlv -c "SELECT pg_logical_emit_message(true, 'bench', 'end')")
     touch "$WORK/stop"; wait "$SAMPLER" 2>/dev/null || true
-    dec=$(wait_for "(SELECT sent_lsn >= '$end' FROM pg_stat_replication WHERE pid = $(slot_pid cdc_worker))" "$tend")
-    app=$(wait_for "(SELECT lsn >= '$end' FROM cdc_worker.checkpoint)" "$tend")
+    wait_for "(SELECT lsn >= '$end' FROM cdc_worker.checkpoint)" "$tend" >/dev/null
     pgc=$(echo "$(pg_cpu) - $pg0" | bc); wc=$(echo "$(proc_cpu "$WORKER_PID") - $w0" | bc)
     W_CPU[$rate]="$pgc $wc"
     sleep 1   # the last tags reach the receiver
     W_TPS[$rate]=$tps; W_N[$rate]=$n
     W_LAG[$rate]="$(lag_stats worker "$rate" applied) $(lag_stats worker "$rate" decoded)"
-    W_CU[$rate]="$app $dec"
+    W_CU[$rate]=$walrate
     # the trace of this rate: source changes and summary writes, with commit times
     psqlq <<SQL
 DROP TABLE IF EXISTS ceil.tr, ceil.src, ceil.sum;
@@ -139,7 +139,7 @@ TRUNCATE ceil.recv;
 CREATE INDEX ON ceil.recv (tag, t);
 ANALYZE ceil.src, ceil.sum, ceil.recv;
 SQL
-    W_LAT[$rate]=$(psqlv -F ' ' <<'SQL'
+    W_LAT[$rate]=$(psqlv -F ' ' <<SQL
 WITH m AS (
   SELECT l.kind, l.product_id, l.t,
     (SELECT min(s.t) FROM ceil.sum s WHERE s.product_id = l.product_id AND s.t >= l.t
@@ -150,7 +150,7 @@ WITH m AS (
                 WHERE r.tag = m.kind || ':' || m.product_id AND r.t >= extract(epoch FROM m.ts)) AS tr
   FROM m
 ), ms AS (SELECT extract(epoch FROM ts - t) * 1000 AS s, extract(epoch FROM tr - t) * 1000 AS e FROM r)
-SELECT count(*),
+SELECT count(*), (SELECT round((extract(epoch FROM max(ts)) - $tend)::numeric, 2) FROM m),
   round(percentile_cont(0.5) WITHIN GROUP (ORDER BY s)::numeric, 1), round(percentile_cont(0.99) WITHIN GROUP (ORDER BY s)::numeric, 1), round(max(s)::numeric, 1), count(s),
   round(percentile_cont(0.5) WITHIN GROUP (ORDER BY e)::numeric, 1), round(percentile_cont(0.99) WITHIN GROUP (ORDER BY e)::numeric, 1), round(max(e)::numeric, 1), count(e)
 FROM ms;
@@ -171,14 +171,15 @@ if [ "$RECV" = 1 ]; then
     sleep 1
     for rate in "${RATES[@]}"; do
         sampler recvlogical "$rate" bench_recv & SAMPLER=$!
-        pg0=$(pg_cpu); r0=$(proc_cpu "$RECVL_PID")
+        pg0=$(pg_cpu); r0=$(proc_cpu "$RECVL_PID"); t0=$(now); lsn0=$(psqlv -c "SELECT pg_current_wal_lsn()")
         read -r tps n < <(run_pgbench "$rate")
         tend=$(now)
+        walrate=$(psqlv -c "SELECT round(((pg_current_wal_lsn() - '$lsn0') / 1048576.0 / ($tend - $t0))::numeric, 2)")
         end=$(psqlv -c "SELECT pg_current_wal_insert_lsn()")
         touch "$WORK/stop"; wait "$SAMPLER" 2>/dev/null || true
         dec=$(wait_for "(SELECT sent_lsn >= '$end' FROM pg_stat_replication WHERE pid = $(slot_pid bench_recv))" "$tend")
         R_CPU[$rate]="$(echo "$(pg_cpu) - $pg0" | bc) $(echo "$(proc_cpu "$RECVL_PID") - $r0" | bc)"
-        R_TPS[$rate]=$tps; R_LAG[$rate]=$(lag_stats recvlogical "$rate" decoded); R_CU[$rate]=$dec
+        R_TPS[$rate]=$tps; R_LAG[$rate]=$(lag_stats recvlogical "$rate" decoded); R_CU[$rate]="$walrate $dec"
         echo "# rate $rate done (pg_recvlogical), load $(cut -d' ' -f1 /proc/loadavg)"
     done
     kill "$RECVL_PID"; wait "$RECVL_PID" 2>/dev/null || true
@@ -188,28 +189,31 @@ echo
 echo "# machine after: loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "products=$N secs=$SECS pgbench -M prepared -j 2 -R rate, 4/5 Inventory + 1/5 USD Price single-row updates; triggers=${TRIGGERS:-0}"
 echo
-echo "worker (lags in MiB of WAL behind pg_current_wal_lsn during the run: p50 / max / at the end; catch-up = s after pgbench ended)"
-printf '%6s %7s %5s %8s | %-23s | %-23s | %6s %6s %6s | %6s %6s %6s | %-15s | %-15s | %s\n' \
-    rate tps cli updates "applied lag p50/max/end" "decoded lag p50/max/end" s_p50 s_p99 s_max e_p50 e_p99 e_max "catch-up app/dec" "pg/worker CPU s" "matched s/e"
+echo "worker: lags = MiB of WAL behind pg_current_wal_lsn, sampled every 0.5 s during the run: p50, max, and the mean of each"
+echo "quarter of the run (growing = not keeping up); 'last in summary' = last change's summary commit, s after pgbench ended"
+printf '%6s %7s %4s %7s %6s | %-34s | %-9s | %6s %6s %6s | %6s %6s %6s | %8s | %-11s | %s\n' \
+    rate tps cli updates "WAL/s" "applied lag p50 max | q1 q2 q3 q4" "decoded" s_p50 s_p99 s_max e_p50 e_p99 e_max "last in" "pg/worker" "matched s/e"
+printf '%6s %7s %4s %7s %6s | %-34s | %-9s | %-20s | %-20s | %8s | %-11s |\n' "" "" "" "" "MiB" "" "p50 max" "commit->summary ms" "commit->endpoint ms" "summary" "CPU s"
 for rate in "${RATES[@]}"; do
-    read -r al50 almax alend dl50 dlmax dlend <<<"${W_LAG[$rate]}"
-    read -r app dec <<<"${W_CU[$rate]}"
+    read -r al50 almax q1 q2 q3 q4 dl50 dlmax _ <<<"${W_LAG[$rate]}"
     read -r pgc wc <<<"${W_CPU[$rate]}"
-    read -r cnt s50 s99 smax ns e50 e99 emax ne <<<"${W_LAT[$rate]}"
-    printf '%6s %7.0f %5s %8s | %7s %7s %7s | %7s %7s %7s | %6s %6s %6s | %6s %6s %6s | %7s %7s | %7s %7s | %s/%s of %s\n' \
-        "$rate" "${W_TPS[$rate]}" "$(clients_for "$rate")" "${W_N[$rate]}" "$al50" "$almax" "$alend" "$dl50" "$dlmax" "$dlend" \
-        "$s50" "$s99" "$smax" "$e50" "$e99" "$emax" "$app" "$dec" "$pgc" "$wc" "$ns" "$ne" "$cnt"
+    read -r cnt last s50 s99 smax ns e50 e99 emax ne <<<"${W_LAT[$rate]}"
+    printf '%6s %7.0f %4s %7s %6s | %4s %4s | %4s %4s %4s %4s | %4s %4s | %6s %6s %6s | %6s %6s %6s | %8s | %5s %5s | %s/%s of %s\n' \
+        "$rate" "${W_TPS[$rate]}" "$(clients_for "$rate")" "${W_N[$rate]}" "${W_CU[$rate]}" "$al50" "$almax" "$q1" "$q2" "$q3" "$q4" "$dl50" "$dlmax" \
+        "$s50" "$s99" "$smax" "$e50" "$e99" "$emax" "+$last" "$pgc" "$wc" "$ns" "$ne" "$cnt"
 done
 echo "summary rows differing from the summary query after the worker phase: $diff of $N"
 echo "worker errors/warnings: $(grep -cE 'WARN|ERROR' "$WORK/worker.log" || true)"
 if [ "$RECV" = 1 ]; then
     echo
-    echo "pg_recvlogical alone (pgoutput, same publication, -s 1 -F 0 -f /dev/null), the same rates afterwards"
-    printf '%6s %7s | %-23s | %-10s | %s\n' rate tps "decoded lag p50/max/end" "catch-up s" "pg/recvlogical CPU s"
+    echo "pg_recvlogical alone (pgoutput, same publication, -s 1 -F 0 -f /dev/null), the same rates afterwards;"
+    echo "catch-up = s after pgbench ended until its walsender's sent_lsn passed the WAL insert position read then"
+    printf '%6s %7s %6s | %-34s | %-10s | %s\n' rate tps "WAL/s" "decoded lag p50 max | q1 q2 q3 q4" "catch-up s" "pg/recvlogical CPU s"
     for rate in "${RATES[@]}"; do
-        read -r dl50 dlmax dlend <<<"${R_LAG[$rate]}"
+        read -r dl50 dlmax q1 q2 q3 q4 <<<"${R_LAG[$rate]}"
         read -r pgc rc <<<"${R_CPU[$rate]}"
-        printf '%6s %7.0f | %7s %7s %7s | %10s | %7s %7s\n' "$rate" "${R_TPS[$rate]}" "$dl50" "$dlmax" "$dlend" "${R_CU[$rate]}" "$pgc" "$rc"
+        read -r wr cu <<<"${R_CU[$rate]}"
+        printf '%6s %7.0f %6s | %4s %4s | %4s %4s %4s %4s | %10s | %7s %7s\n' "$rate" "${R_TPS[$rate]}" "$wr" "$dl50" "$dlmax" "$q1" "$q2" "$q3" "$q4" "$cu" "$pgc" "$rc"
     done
 fi
 exit 0
