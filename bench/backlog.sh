@@ -12,18 +12,6 @@ source "$(dirname "$0")/lib.sh"
 N=${PRODUCTS:-100000}
 TXNS=${TXNS:-5}
 export CDC_REVALIDATE_URLS="" CDC_LOG=${CDC_LOG:-info}
-TCK=$(getconf CLK_TCK)
-
-# CPU seconds (user+sys) of a process.
-proc_cpu() { awk -v t="$TCK" '{print ($14+$15)/t}' "/proc/$1/stat"; }
-# CPU seconds of the whole cluster so far: every live postgres process plus what the
-# postmaster collected from children that exited.
-pg_cpu() {
-    local pm; pm=$(head -1 "$PGDATA_DIR/postmaster.pid")
-    { awk '{print $16+$17}' "/proc/$pm/stat"; for p in $pm $(pgrep -P "$pm"); do awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null; done; } \
-        | awk -v t="$TCK" '{s+=$1} END {printf "%.2f", s/t}'
-}
-now() { date +%s.%N; }
 lsn_ge() { psqlv -c "SELECT '$1'::pg_lsn >= '$2'::pg_lsn"; }
 
 echo "# machine: $(machine)"

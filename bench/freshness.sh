@@ -23,47 +23,13 @@ start_cluster
 load_data "$N"
 worker_setup
 
-psqlq <<'SQL'
-CREATE SCHEMA bench;
--- xmin of a log row = the transaction that wrote it; its commit time comes after the run.
-CREATE TABLE bench.src_log (kind text, product_id text, value int);
-CREATE TABLE bench.sum_log (product_id text, inv int, price int);
-CREATE TABLE bench.recv (t float8, tag text);
-CREATE FUNCTION bench.log_inventory() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  INSERT INTO bench.src_log SELECT 'inventory', NEW."productId",
-    (SELECT sum(greatest(i."quantity" - i."reserved", 0)) FROM "Inventory" i WHERE i."productId" = NEW."productId");
-  RETURN NULL;
-END $$;
-CREATE FUNCTION bench.log_price() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  IF NEW."currency" = 'USD' THEN INSERT INTO bench.src_log VALUES ('product', NEW."productId", NEW."amount"); END IF;
-  RETURN NULL;
-END $$;
-CREATE FUNCTION bench.log_summary() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  INSERT INTO bench.sum_log VALUES (NEW."productId", NEW."inventoryAvailable", NEW."price");
-  RETURN NULL;
-END $$;
-CREATE TRIGGER bench_log AFTER UPDATE ON "Inventory" FOR EACH ROW EXECUTE FUNCTION bench.log_inventory();
-CREATE TRIGGER bench_log AFTER UPDATE ON "Price" FOR EACH ROW EXECUTE FUNCTION bench.log_price();
-CREATE TRIGGER bench_log AFTER INSERT OR UPDATE ON "ProductSummary" FOR EACH ROW EXECUTE FUNCTION bench.log_summary();
-SQL
+freshness_triggers
 
-cat >"$WORK/inventory.sql" <<'EOF2'
-\set p random(1, :products)
-\set l random(1, 2)
-UPDATE "Inventory" SET "quantity" = "quantity" + 1 WHERE "id" = 'inv' || :l || '-' || :p;
-EOF2
-cat >"$WORK/price.sql" <<'EOF2'
-\set p random(1, :products)
-UPDATE "Price" SET "amount" = "amount" + 1 WHERE "productId" = 'p' || lpad(:p::text, 7, '0') AND "currency" = 'USD';
-EOF2
+single_row_scripts
 
-RPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-python3 "$(dirname "$0")/receiver.py" "$RPORT" "$WORK/recv.log" & RECEIVER_PID=$!
-export CDC_REVALIDATE_URLS="http://127.0.0.1:$RPORT/api/revalidate" CDC_REVALIDATE_SECRET=bench CDC_LOG=${CDC_LOG:-info}
-(cd "$ROOT" && exec "$BIN" ${WORKER_ARGS:-} run) >"$WORK/worker.log" 2>&1 & WORKER_PID=$!
+start_receiver "$WORK/recv.log"
+export CDC_LOG=${CDC_LOG:-info}
+start_worker
 sleep 2
 
 printf '\n%6s %8s %8s | %-26s | %-26s | %s\n' rate achieved updates "commit->summary ms" "commit->endpoint ms" "measured (summary/endpoint) stale"
