@@ -169,6 +169,7 @@ for sc in "${SCEN[@]}"; do
     read -r tps n < <("$PGBIN/pgbench" -n -M prepared -c "$CLIENTS" -j 2 -T "$SECS" -D products="$N" -f "$WORK/mixed.sql" bench 2>&1 \
         | awk '/^number of transactions actually processed/{n=$6} /^tps/{t=$3} END{print t, n}')
     t1=$(now); extra="-"
+    pgbench_gone
     case $sc in
         mv:*)
             # stop the refresher after its current refresh (that one is counted in the CPU and WAL)

@@ -100,6 +100,7 @@ SQL
     end=$(psqlv -c "SELECT pg_logical_emit_message(true, 'bench', 'end')")
     touch "$WORK/stop"; wait "$SAMPLER" 2>/dev/null || true
     wait_for "(SELECT lsn >= '$end' FROM cdc_worker.checkpoint)" "$tend" >/dev/null
+    pgbench_gone
     pgc=$(echo "$(pg_cpu) - $pg0" | bc); wc=$(echo "$(proc_cpu "$WORKER_PID") - $w0" | bc)
     W_CPU[$rate]="$pgc $wc"
     sleep 1   # the last tags reach the receiver
@@ -178,6 +179,7 @@ if [ "$RECV" = 1 ]; then
         end=$(psqlv -c "SELECT pg_current_wal_insert_lsn()")
         touch "$WORK/stop"; wait "$SAMPLER" 2>/dev/null || true
         dec=$(wait_for "(SELECT sent_lsn >= '$end' FROM pg_stat_replication WHERE pid = $(slot_pid bench_recv))" "$tend")
+        pgbench_gone
         R_CPU[$rate]="$(echo "$(pg_cpu) - $pg0" | bc) $(echo "$(proc_cpu "$RECVL_PID") - $r0" | bc)"
         R_TPS[$rate]=$tps; R_LAG[$rate]=$(lag_stats recvlogical "$rate" decoded); R_CU[$rate]="$walrate $dec"
         echo "# rate $rate done (pg_recvlogical), load $(cut -d' ' -f1 /proc/loadavg)"

@@ -173,3 +173,10 @@ cat >"$WORK/price.sql" <<'EOF2'
 UPDATE "Price" SET "amount" = "amount" + 1 WHERE "productId" = 'p' || lpad(:p::text, 7, '0') AND "currency" = 'USD';
 EOF2
 }
+# After pgbench exits its backends end a moment later; until the postmaster has reaped
+# them their CPU is neither in /proc/<pid> nor in the postmaster's cutime. Call this before
+# pg_cpu after a pgbench run.
+pgbench_gone() {
+    until [ "$(psqlv -c "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgbench'")" = 0 ]; do sleep 0.05; done
+    sleep 0.3
+}
