@@ -47,12 +47,10 @@ pub async fn try_lead(client: &Client, cfg: &Config) -> anyhow::Result<bool> {
 /// waiting. Once leader, the session gets the idle timeouts that end it on the server
 /// when this process is gone.
 pub async fn wait_for_leadership(
-    db: &Database,
     client: &Client,
     cfg: &Config,
     shutdown: &watch::Receiver<bool>,
 ) -> anyhow::Result<bool> {
-    refuse_pooler(db, client, cfg).await?;
     let mut shutdown = shutdown.clone();
     let mut logged = false;
     loop {

@@ -70,8 +70,11 @@ async fn session(ctx: &Context) -> anyhow::Result<()> {
         .connect("cdc-worker/apply")
         .await
         .with_context(|| format!("connecting to {}", ctx.db.display()))?;
+    // A pooler first (simple queries only): through one, any prepared statement could
+    // fail with a confusing message before the clear one.
+    leader::refuse_pooler(&ctx.db, &client, cfg).await?;
     crate::server::check_version(&client).await?;
-    if !leader::wait_for_leadership(&ctx.db, &client, cfg, &ctx.shutdown).await? {
+    if !leader::wait_for_leadership(&client, cfg, &ctx.shutdown).await? {
         return Ok(());
     }
     slot::ensure_state(&client, cfg).await?;
