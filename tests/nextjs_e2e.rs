@@ -4,96 +4,13 @@
 //! stale windows are printed. The page cache is shown to be real first: a change the
 //! worker does not revalidate stays invisible until `cdc-worker revalidate`.
 
+mod nextjs_support;
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{free_port, wait_until, Cluster, WorkerProcess};
-
-const SECRET: &str = "e2e-secret";
-
-fn nextjs_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("nextjs")
-}
-
-/// `npm ci && npm run build` unless a build is already there (the Makefile builds first).
-fn ensure_built() {
-    let dir = nextjs_dir();
-    if dir.join(".next/BUILD_ID").exists() && dir.join("node_modules").exists() {
-        return;
-    }
-    for args in [
-        &["ci", "--no-audit", "--no-fund"][..],
-        &["run", "build"][..],
-    ] {
-        let status = Command::new("npm")
-            .args(args)
-            .current_dir(&dir)
-            .status()
-            .expect("npm is installed");
-        assert!(status.success(), "npm {args:?} failed in {}", dir.display());
-    }
-}
-
-struct NextServer {
-    child: Child,
-    base: String,
-}
-
-impl Drop for NextServer {
-    fn drop(&mut self) {
-        // `next start` runs the server in a child process: kill the whole group, or that
-        // child outlives the test.
-        // SAFETY: kill(2) on the process group of our own, not yet reaped, child.
-        unsafe {
-            libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL);
-        }
-        let _ = self.child.wait();
-    }
-}
-
-fn start_next(database_url: &str) -> NextServer {
-    let port = free_port();
-    let log = std::fs::File::create(
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("next-{port}.log")),
-    )
-    .unwrap();
-    use std::os::unix::process::CommandExt;
-    let child = Command::new("npx")
-        .process_group(0)
-        .args(["next", "start", "-p", &port.to_string(), "-H", "127.0.0.1"])
-        .current_dir(nextjs_dir())
-        .env("DATABASE_URL", database_url)
-        .env("CDC_REVALIDATE_SECRET", SECRET)
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("starting next");
-    NextServer {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    }
-}
-
-async fn get(http: &reqwest::Client, url: &str) -> String {
-    let resp = http.get(url).send().await.unwrap();
-    assert!(resp.status().is_success(), "GET {url}: {}", resp.status());
-    resp.text().await.unwrap()
-}
-
-/// `data-value` of `field` inside the article of `product` in the rendered HTML.
-fn field(html: &str, product: &str, field: &str) -> Option<String> {
-    let start = html.find(&format!("data-product-id=\"{product}\""))?;
-    let rest = &html[start..];
-    let end = rest.find("</article>").unwrap_or(rest.len());
-    let article = &rest[..end];
-    let f = article.find(&format!("data-field=\"{field}\""))?;
-    let v = article[f..].find("data-value=\"")? + f + "data-value=\"".len();
-    let len = article[v..].find('"')?;
-    Some(article[v..v + len].to_string())
-}
+use nextjs_support::{ensure_built, field, get, start_next, SECRET};
+use support::{wait_until, Cluster, WorkerProcess};
 
 /// Polls `url` until `product`'s `name` field reads `want`; returns how long it took.
 async fn stale_window(
@@ -133,7 +50,7 @@ async fn pages_are_fresh_within_5s_of_a_commit() {
     let setup = WorkerProcess::run_to_end(&db, &["setup"], &[]);
     assert!(setup.success, "{}", setup.output);
 
-    let next = start_next(&db.url);
+    let next = start_next(&db.url, &[]);
     let http = reqwest::Client::new();
     let listing = format!("{}/stores/store-a", next.base);
     let product_page = format!("{}/products/p1", next.base);
@@ -301,7 +218,7 @@ async fn raw_post_status(base: &str, size: usize, chunked: bool) -> String {
 async fn oversized_revalidate_bodies_get_413_before_the_signature_is_checked() {
     ensure_built();
     let db = Cluster::shared().create_db("nextjs_413").await;
-    let next = start_next(&db.url);
+    let next = start_next(&db.url, &[]);
     let http = reqwest::Client::new();
     let endpoint = format!("{}/api/revalidate", next.base);
     wait_until(Duration::from_secs(60), "next start answers", || async {
