@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -18,7 +19,8 @@ struct PgBouncer {
 
 impl Drop for PgBouncer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // runuser forks pgbouncer rather than exec'ing it: end the whole process group.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
     }
 }
@@ -68,6 +70,7 @@ fn pgbouncer(cluster: &Cluster, user: &str, password: &str) -> PgBouncer {
         Command::new(bin)
     };
     let child = cmd
+        .process_group(0)
         .arg(dir.join("pgbouncer.ini"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
