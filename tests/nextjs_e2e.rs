@@ -54,13 +54,7 @@ async fn pages_are_fresh_within_5s_of_a_commit() {
     let http = reqwest::Client::new();
     let listing = format!("{}/stores/store-a", next.base);
     let product_page = format!("{}/products/p1", next.base);
-    wait_until(Duration::from_secs(60), "next start answers", || async {
-        http.get(&listing)
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await;
+    next.wait_ready(&http, "/stores/store-a").await;
     assert_eq!(
         field(&get(&http, &listing).await, "p1", "price").as_deref(),
         Some("1299")
