@@ -1,5 +1,7 @@
 //! What a summary row is, how two of them differ, and which cache tags a difference
-//! touches. Shared by apply (which writes the difference) and reconcile (which counts it).
+//! touches. Apply compares rows in SQL (`apply::write_sql`) and renders tags here;
+//! reconcile's fence re-reads differing rows and classifies them with [`diff`]. Both
+//! compare the same six fields; change them together.
 
 use std::collections::{BTreeSet, HashMap};
 
