@@ -106,20 +106,29 @@ pub async fn refuse_pooler(db: &Database, client: &Client, cfg: &Config) -> anyh
         )));
     }
     let other = db.connect("cdc-worker/pooler-probe").await?;
-    let pids = [
-        backend_pid(client).await?,
-        backend_pid(&other).await?,
-        backend_pid(client).await?,
-    ];
-    if pids[0] == pids[1] || pids[0] != pids[2] {
-        return Err(definite(format!(
-            "DATABASE_URL goes through a connection pooler in transaction mode (two \
-             connections shared backend pid {}, or one connection's pid changed: {pids:?}). {fix}",
-            pids[1]
-        )));
+    // A direct session keeps one backend pid, and no other connection ever has it. A
+    // pooler hands the most recently released backend to the next transaction (PgBouncer
+    // reuses LIFO), so queries that alternate between two connections swap backends:
+    // the other lands on this one's, or this one moves to the other's. Other clients of
+    // the pooler (the worker's own monitor, for one) can take a backend in between, so
+    // one swap is not proof; several rounds make a miss vanishingly unlikely.
+    let mine = backend_pid(client).await?;
+    for _ in 0..PROBE_ROUNDS {
+        let theirs = backend_pid(&other).await?;
+        let now = backend_pid(client).await?;
+        if theirs == mine || now != mine {
+            return Err(definite(format!(
+                "DATABASE_URL goes through a connection pooler in transaction mode (another \
+                 connection got this one's backend, or this one's backend changed between \
+                 statements: pids {mine}, {theirs}, {now}). {fix}"
+            )));
+        }
     }
     Ok(())
 }
+
+/// Rounds of the pooler probe; each is two one-row simple queries.
+const PROBE_ROUNDS: usize = 8;
 
 /// Through the simple protocol: a pooler that shares backends would make the named
 /// statements of two connections collide before the pids could be compared.

@@ -102,6 +102,16 @@ async fn a_transaction_pooler_is_refused_before_anything_changes() {
             .is_ok()
     })
     .await;
+    // Another client of the same pool, busy the whole time (as the worker's own monitor
+    // is): the probe must not be fooled by backends changing hands under it.
+    let (noise, conn) = tokio_postgres::connect(&via_pooler, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let noise =
+        tokio::spawn(
+            async move { while noise.simple_query("SELECT pg_sleep(0.002)").await.is_ok() {} },
+        );
 
     for (what, url) in [
         ("through pgbouncer", via_pooler.clone()),
@@ -125,6 +135,7 @@ async fn a_transaction_pooler_is_refused_before_anything_changes() {
             );
         }
     }
+    noise.abort();
     // Nothing was created.
     let slots: i64 = c
         .query_one(
