@@ -17,6 +17,7 @@ use crate::db::Database;
 use crate::error::definite;
 use crate::layout::Layout;
 use crate::summary::{TagTemplates, Touched};
+use crate::visibility::Snapshot;
 
 /// Advisory lock class of the apply transaction. Every writer of the summary and the
 /// outbox (the daemon, `reconcile --fix`, `revalidate`) takes it, so that each reads the
@@ -206,6 +207,19 @@ impl Applier {
         lsn: Option<Lsn>,
         commit_time: Option<SystemTime>,
     ) -> anyhow::Result<Applied> {
+        Ok(self.apply_seen(ids, xids, lsn, commit_time).await?.0)
+    }
+
+    /// [`Applier::apply`], also returning the snapshot that saw every one of `xids`
+    /// before anything was read (`None` without xids or ids): what
+    /// [`crate::covered::Covered`] needs.
+    pub async fn apply_seen(
+        &mut self,
+        ids: &mut [&str],
+        xids: &[u32],
+        lsn: Option<Lsn>,
+        commit_time: Option<SystemTime>,
+    ) -> anyhow::Result<(Applied, Option<Snapshot>)> {
         let part_size = self.page_size as usize;
         if ids.len() <= part_size {
             return self.apply_part(ids, xids, lsn, commit_time).await;
@@ -213,12 +227,15 @@ impl Applier {
         ids.sort_unstable();
         let parts = ids.len().div_ceil(part_size);
         let mut total = Applied::default();
+        let mut seen = None;
         for (i, part) in ids.chunks(part_size).enumerate() {
             let xids = if i == 0 { xids } else { &[] };
             let lsn = if i + 1 == parts { lsn } else { None };
-            total.add(self.apply_part(part, xids, lsn, commit_time).await?);
+            let (applied, part_seen) = self.apply_part(part, xids, lsn, commit_time).await?;
+            total.add(applied);
+            seen = seen.or(part_seen);
         }
-        Ok(total)
+        Ok((total, seen))
     }
 
     /// One apply transaction (see [`Applier::apply`]).
@@ -228,7 +245,7 @@ impl Applier {
         xids: &[u32],
         lsn: Option<Lsn>,
         commit_time: Option<SystemTime>,
-    ) -> anyhow::Result<Applied> {
+    ) -> anyhow::Result<(Applied, Option<Snapshot>)> {
         // READ COMMITTED whatever the database's default: the visibility wait needs a
         // new snapshot per statement (under REPEATABLE READ it would never end), and the
         // recompute must read what is committed now.
@@ -240,9 +257,11 @@ impl Applier {
             .await?;
         tx.execute(&self.stmts.lock, &[&APPLY_LOCK_CLASS, &self.lock_key])
             .await?;
-        if !ids.is_empty() {
-            crate::visibility::wait_visible(&tx, xids).await?;
-        }
+        let seen = if ids.is_empty() {
+            None
+        } else {
+            crate::visibility::wait_visible(&tx, xids).await?
+        };
         let mut applied = Applied {
             products: ids.len(),
             ..Applied::default()
@@ -288,7 +307,7 @@ impl Applier {
             .await?;
         }
         tx.commit().await?;
-        Ok(applied)
+        Ok((applied, seen))
     }
 
     /// Recomputes every product (backfill, TRUNCATE, a delete without product id) in

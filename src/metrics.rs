@@ -50,6 +50,7 @@ pub struct Metrics {
     pub revalidate_latency: Histogram,
     pub changes: Family<ChangeLabels, Counter>,
     pub rows_written: Counter,
+    pub skipped_products: Counter,
     pub batch_size: Histogram,
     pub outbox_pending: Gauge,
     pub outbox_oldest_age: FloatGauge,
@@ -92,6 +93,7 @@ impl Metrics {
             revalidate_latency: Histogram::new(latency_buckets()),
             changes: Family::default(),
             rows_written: Counter::default(),
+            skipped_products: Counter::default(),
             batch_size: Histogram::new([1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0]),
             outbox_pending: Gauge::default(),
             outbox_oldest_age: FloatGauge::default(),
@@ -141,6 +143,12 @@ impl Metrics {
             "cdc_summary_rows_written",
             "ProductSummary rows inserted, updated or deleted",
             m.rows_written.clone(),
+        );
+        r.register(
+            "cdc_apply_skipped_products",
+            "Dirty products not recomputed: an earlier recompute in this session already read \
+             every transaction of their batch (a backlog's later batches)",
+            m.skipped_products.clone(),
         );
         r.register(
             "cdc_batch_size",

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use crate::apply::{pg_time, Applied, Applier};
 use crate::batch::Batch;
 use crate::config::Config;
+use crate::covered::Covered;
 use crate::db::Database;
 use crate::error::{definite, is_transient};
 use crate::leader;
@@ -112,9 +113,10 @@ async fn session(ctx: &Context) -> anyhow::Result<()> {
     let (done_tx, mut done_rx) = mpsc::channel::<anyhow::Result<Option<Lsn>>>(1);
     let metrics = ctx.metrics.clone();
     let enqueued = ctx.outbox_enqueued.clone();
+    let mut covered = Covered::new(cfg.batch.max_pending);
     let apply_task = tokio::spawn(async move {
         while let Some(batch) = batch_rx.recv().await {
-            let result = apply_batch(&mut applier, batch, &metrics).await;
+            let result = apply_batch(&mut applier, &mut covered, batch, &metrics).await;
             if matches!(&result, Ok((a, _)) if a.tags > 0) {
                 enqueued.send_modify(|n| *n += 1);
             }
@@ -176,7 +178,8 @@ async fn stream_loop(
     let mut router = Router::new(&ctx.cfg.tables.schema, &ctx.cfg.tables.sources);
     let mut batch = Batch::default();
     let mut in_flight = false;
-    let mut in_txn = false;
+    // The transaction being received, between its Begin and Commit.
+    let mut open_xid: Option<u32> = None;
     let mut acked = start;
     let mut last_idle_advance = Instant::now();
     let mut stopping = false;
@@ -193,6 +196,11 @@ async fn stream_loop(
         // and larger under backlog because apply is busy meanwhile (throughput).
         if !in_flight && (batch.has_commit() || batch.len() >= max) {
             let b = batch.take();
+            // The rest of a transaction cut by the handover belongs to the next batch:
+            // its xid goes along, for the visibility wait and for `Covered`.
+            if let Some(xid) = open_xid {
+                batch.begin(xid);
+            }
             ctx.metrics.batch_size.observe(b.len() as f64);
             batch_tx
                 .send(b)
@@ -240,11 +248,11 @@ async fn stream_loop(
                 };
                 match event {
                     ReplicationEvent::Begin { xid, .. } => {
-                        in_txn = true;
+                        open_xid = Some(xid);
                         batch.begin(xid);
                     }
                     ReplicationEvent::Commit { end_lsn, commit_time_micros, .. } => {
-                        in_txn = false;
+                        open_xid = None;
                         batch.commit(end_lsn, commit_time_micros);
                     }
                     ReplicationEvent::XLogData { data, .. } => {
@@ -271,7 +279,7 @@ async fn stream_loop(
                         // Nothing of ours lies before wal_end that is not applied: move the
                         // checkpoint (and so the slot) there, so idle periods and WAL of other
                         // tables never pile up behind the slot. Throttled; heartbeats do the rest.
-                        if !in_txn && !in_flight && batch.is_empty() && wal_end > acked
+                        if open_xid.is_none() && !in_flight && batch.is_empty() && wal_end > acked
                             && last_idle_advance.elapsed() >= Duration::from_secs(1)
                         {
                             last_idle_advance = Instant::now();
@@ -291,13 +299,16 @@ async fn stream_loop(
 /// Applies one batch; returns what it did and the LSN it stored as the checkpoint.
 async fn apply_batch(
     applier: &mut Applier,
+    covered: &mut Covered,
     batch: Batch,
     metrics: &Metrics,
 ) -> anyhow::Result<(Applied, Option<Lsn>)> {
     let commit = batch.commit_time_micros.map(pg_time);
     let oldest = batch.oldest_commit_micros.map(pg_time);
+    let mut skipped = 0;
     let applied = match &batch.all {
         Some(_) => {
+            covered.forget();
             let started = Instant::now();
             let a = applier
                 .apply_all(&batch.xids, batch.lsn, commit, |_| {})
@@ -311,16 +322,22 @@ async fn apply_batch(
             a
         }
         None => {
-            let mut ids: Vec<&str> = batch.ids.iter().collect();
-            applier
-                .apply(&mut ids, &batch.xids, batch.lsn, commit)
-                .await?
+            let extends = covered.covers(&batch.xids);
+            let mut ids = covered.to_recompute(batch.ids.iter(), &batch.xids);
+            skipped = batch.ids.len() - ids.len();
+            let (applied, seen) = applier
+                .apply_seen(&mut ids, &batch.xids, batch.lsn, commit)
+                .await?;
+            covered.record(&ids, seen, extends);
+            applied
         }
     };
+    metrics.skipped_products.inc_by(skipped as u64);
     metrics.record_applied(commit, oldest);
     metrics.rows_written.inc_by(applied.rows_written() as u64);
     tracing::debug!(
         products = applied.products,
+        skipped,
         inserted = applied.inserted,
         updated = applied.updated,
         deleted = applied.deleted,

@@ -78,10 +78,14 @@ pub async fn current(client: &impl GenericClient) -> anyhow::Result<Snapshot> {
 }
 
 /// Waits until a new statement's snapshot sees every one of `xids` (transactions that
-/// were streamed, so have committed).
-pub async fn wait_visible(client: &impl GenericClient, xids: &[u32]) -> anyhow::Result<()> {
+/// were streamed, so have committed); returns that snapshot (`None` without xids). Every
+/// later statement of the session sees at least as much.
+pub async fn wait_visible(
+    client: &impl GenericClient,
+    xids: &[u32],
+) -> anyhow::Result<Option<Snapshot>> {
     if xids.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let started = Instant::now();
     let mut warned = false;
@@ -89,7 +93,7 @@ pub async fn wait_visible(client: &impl GenericClient, xids: &[u32]) -> anyhow::
         let snap = current(client).await?;
         let pending = xids.iter().filter(|&&x| !snap.sees(snap.xid8(x))).count();
         if pending == 0 {
-            return Ok(());
+            return Ok(Some(snap));
         }
         if !warned && started.elapsed() > Duration::from_secs(5) {
             tracing::warn!(
