@@ -10,15 +10,17 @@
 #   bench/reconcile.sh              # 1M products
 #   PRODUCTS=100000 bench/reconcile.sh
 #   KEEP=1 bench/reconcile.sh       # keep the cluster (prints how to stop it)
+#   NOSTATS=1 bench/reconcile.sh    # tables never analyzed (as after pg_restore before 18)
+#   CDC_BIN=/path/to/cdc-worker bench/reconcile.sh   # that binary, no build
 set -euo pipefail
 
 PRODUCTS=${PRODUCTS:-1000000}
 PGBIN=${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN=$ROOT/target/release/cdc-worker
+BIN=${CDC_BIN:-$ROOT/target/release/cdc-worker}
 
 cd "$ROOT"
-cargo build --release --quiet
+[ -n "${CDC_BIN:-}" ] || cargo build --release --quiet
 
 DIR=$(mktemp -d /tmp/cdc-bench-reconcile.XXXXXX)
 chown postgres:postgres "$DIR"
@@ -43,13 +45,18 @@ psql -q "$URL/bench" -f sql/source_schema.sql
 
 echo "== loading $PRODUCTS products"
 start=$(date +%s)
-psql -q "$URL/bench" -v ON_ERROR_STOP=1 -v products="$PRODUCTS" -f bench/reconcile_data.sql
+if [ "${NOSTATS:-0}" = 1 ]; then
+    grep -v '^VACUUM ANALYZE' bench/reconcile_data.sql \
+        | psql -q "$URL/bench" -v ON_ERROR_STOP=1 -v products="$PRODUCTS" -f -
+else
+    psql -q "$URL/bench" -v ON_ERROR_STOP=1 -v products="$PRODUCTS" -f bench/reconcile_data.sql
+fi
 echo "loaded in $(( $(date +%s) - start )) s"
 
 export DATABASE_URL=$URL/bench CDC_SLOT=bench CDC_METRICS_ADDR=127.0.0.1:0
 echo "== cdc-worker setup (backfill)"
 /usr/bin/time -f "setup: %e s, peak RSS %M KB" "$BIN" setup 2> >(grep -E "backfill done|setup:" >&2)
-psql -q "$URL/bench" -c 'VACUUM ANALYZE "ProductSummary"'
+[ "${NOSTATS:-0}" = 1 ] || psql -q "$URL/bench" -c 'VACUUM ANALYZE "ProductSummary"'
 
 echo "== nproc: $(nproc)"; free -g | head -2
 echo "== cdc-worker reconcile --json"
