@@ -101,11 +101,14 @@ pub(crate) fn lock_key(name: &str) -> i32 {
 }
 
 impl Applier {
+    /// For a command beside the daemon (`reconcile --fix`): it may run before the daemon
+    /// of this version upgraded the state schema, so it upgrades it itself.
     pub async fn connect(db: &Database, cfg: &Config, role: &str) -> anyhow::Result<Applier> {
         let client = db
             .connect(&format!("cdc-worker/{role}"))
             .await
             .with_context(|| format!("connecting to {}", db.display()))?;
+        crate::slot::ensure_state(&client, cfg).await?;
         Applier::new(client, cfg).await
     }
 
