@@ -64,7 +64,7 @@ stop_next() {
     [ -n "$NEXT_PID" ] && kill -- -"$NEXT_PID" 2>/dev/null && { wait "$NEXT_PID" 2>/dev/null || true; }
     NEXT_PID=
 }
-trap 'stop_next; stop_cluster' EXIT
+trap 'stop_next || true; stop_cluster' EXIT
 start_next() {   # $1: STOREFRONT_LISTING_TAGS, $2: log file
     # setsid: `next start` runs the server in a child; its whole group is stopped.
     (cd "$NEXT_DIR" && DATABASE_URL="$DATABASE_URL" STOREFRONT_LISTING_TAGS="$1" \
@@ -82,8 +82,8 @@ posts_ok() {
         | awk '/^cdc_revalidate_requests_total\{/ && /outcome="ok"/ {s += $2} END {printf "%d\n", s}'
 }
 
-printf '\n%-11s %6s %6s %6s | %9s %9s | %7s %9s | %-22s | %s\n' variant "upd/s" "views" "late" "re-render" "store-tag" "POSTs" "view ms" "staleness ms" "changes seen"
-printf '%-11s %6s %6s %6s | %9s %9s | %7s %9s | %6s %6s %8s |\n' "" "" "/s" "" "/s" "sent/s" "/s" "p50/p99" p50 p99 max
+printf '\n%-11s %6s %6s %10s | %9s %9s | %7s %9s | %-22s | %s\n' variant "upd/s" "views" "late/skip" "re-render" "store-tag" "POSTs" "view ms" "staleness ms" "changes seen"
+printf '%-11s %6s %6s %10s | %9s %9s | %7s %9s | %6s %6s %8s |\n' "" "" "/s" "" "/s" "sent/s" "/s" "p50/p99" p50 p99 max
 for v in "${VARIANTS[@]}"; do
     interval=${v%%:*}
     tags=; [ "$v" != "${v#*:}" ] && tags=${v#*:}
@@ -112,7 +112,8 @@ for v in "${VARIANTS[@]}"; do
     t1=$(now)
     wait "$VIEWER"
     posts=$(( $(posts_ok) - posts0 ))
-    late=$(sed -n 's/.*late=//p' "$WORK/viewer-$v.log")
+    late=$(sed -n 's/.*late=\([0-9]*\).*/\1/p' "$WORK/viewer-$v.log")
+    skipped=$(sed -n 's/.*skipped=//p' "$WORK/viewer-$v.log")
     psqlq -c "\\copy bench.views FROM '$WORK/view-$v.views'" -c "\\copy bench.shown FROM '$WORK/view-$v.products'"
     # Re-renders while the writes ran: the storefront's log lines with t in [t0, t1].
     renders=$(grep -o 'listing read from the database store=s1 t=[0-9]*' "$WORK/next-$v.log" \
@@ -142,7 +143,7 @@ SELECT
 DROP INDEX bench.shown_product_id_t0_idx;
 SQL
         secs=$(echo "$t1 - $t0" | bc -l)
-        printf '%-11s %6.0f %6s %6s | %9.1f %9s | %7.1f %4s/%-4s | %6s %6s %8s | %s/%s\n' "$v" "$tps" "$views" "$late" \
+        printf '%-11s %6.0f %6s %10s | %9.1f %9s | %7.1f %4s/%-4s | %6s %6s %8s | %s/%s\n' "$v" "$tps" "$views" "$late/$skipped" \
             "$(echo "$renders / $secs" | bc -l)" "$sent" "$(echo "$posts / $secs" | bc -l)" "$vp50" "$vp99" \
             "$s50" "$s99" "$smax" "$seen" "$n"
     done

@@ -2,7 +2,8 @@
 """Open-loop page views for bench/hot_tags.sh: GETs URL at RATE per second for SECS
 seconds. View i starts at start + i/RATE on a pool of threads, whether or not earlier
 views have finished (a slow server does not slow the arrivals down; views that cannot
-start on time because every thread is busy start late and are counted as late).
+start on time because every thread is busy start late and are counted as late; those
+still waiting when SECS have passed are skipped).
 
 Writes two tab-separated files:
   OUT.views     view id, start, end (Unix seconds), HTTP status, products shown
@@ -35,7 +36,7 @@ start = time.time() + 0.2
 lock = threading.Lock()
 next_view = 0
 views, products = [], []
-late = 0
+late = skipped = 0
 local = threading.local()
 
 
@@ -46,7 +47,7 @@ def conn():
 
 
 def worker():
-    global next_view, late
+    global next_view, late, skipped
     while True:
         with lock:
             i = next_view
@@ -54,6 +55,11 @@ def worker():
         if i >= total:
             return
         due = start + i / rate
+        if time.time() > start + secs:
+            # The run is over: views that never got a thread are not made up for.
+            with lock:
+                skipped += 1
+            continue
         delay = due - time.time()
         if delay > 0:
             time.sleep(delay)
@@ -93,4 +99,4 @@ with open(out + ".views", "w") as f:
     f.writelines(views)
 with open(out + ".products", "w") as f:
     f.writelines(products)
-print(f"views={len(views)} late={late}", file=sys.stderr)
+print(f"views={len(views)} late={late} skipped={skipped}", file=sys.stderr)
