@@ -11,12 +11,6 @@ CREATE TABLE IF NOT EXISTS {schema}.checkpoint (
     lsn        pg_lsn NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
--- Set (durably, before the slot is touched) when every product must be recomputed before
--- streaming: the slot was missing, lost or ahead, or the checkpoint ahead of the server.
--- Cleared in the transaction that stores the checkpoint after the last recomputed page, so
--- a crash in between resumes the recompute at the next start.
-ALTER TABLE {schema}.checkpoint ADD COLUMN IF NOT EXISTS recompute_reason text;
-
 -- Cache tags waiting for delivery, written in the same transaction as the summary change
 -- that caused them (an outbox): a crash can neither lose them nor send tags of a change
 -- that rolled back. Rows are written only under the apply lock, so ids become visible in
@@ -72,3 +66,38 @@ CREATE TABLE IF NOT EXISTS {schema}.reconcile_history (
     -- false when the daemon did not pass a WAL fence in time
     settled       boolean NOT NULL DEFAULT true
 );
+
+-- ==== upgrade ====
+-- `cdc-worker run` runs everything from the line above to the end at its start when a part
+-- of it is missing (slot::ensure_state): what this and earlier versions added to a state
+-- schema that an older setup created. Keep it idempotent, and on the state schema's own
+-- tables (the worker's role owns them).
+
+-- checkpoint.recompute_reason: set (durably, before the slot is touched) when every
+-- product must be recomputed before streaming: the slot was missing, lost or ahead, or the
+-- checkpoint ahead of the server. Cleared in the transaction that stores the checkpoint
+-- after the last recomputed page, so a crash in between resumes the recompute at the next
+-- start.
+ALTER TABLE {schema}.checkpoint ADD COLUMN IF NOT EXISTS recompute_reason text;
+
+-- Hot tags (revalidate.min_interval_ms): one row per tag of a throttled template that was
+-- revalidated lately or waits to be. Apply writes it in the transaction of the summary
+-- change that caused the tag: a tag whose last release is at least its interval ago goes
+-- into the outbox at once (released_at = now()); otherwise the row becomes pending (due_at
+-- = released_at + interval) and every repeat until then coalesces into it (nothing to
+-- write). The worker moves a pending row into the outbox at due_at and records
+-- released_at. Written only under the apply lock, like the outbox, so a repeat either
+-- joins a pending row that is released after its commit, or finds none and makes one.
+CREATE TABLE IF NOT EXISTS {schema}.outbox_held (
+    tag             text PRIMARY KEY,
+    -- when the pending tag goes into the outbox; null: nothing pending
+    due_at          timestamptz,
+    -- when the tag last went into the outbox; null: not yet
+    released_at     timestamptz,
+    -- the template's interval when the row was last made pending
+    min_interval_ms bigint NOT NULL,
+    -- commit time of the oldest source change the pending tag covers (latency metric)
+    commit_time     timestamptz
+);
+CREATE INDEX IF NOT EXISTS outbox_held_due ON {schema}.outbox_held (due_at)
+    WHERE due_at IS NOT NULL;

@@ -4,7 +4,6 @@
 //! changed, and stores the checkpoint, all atomically. Replaying a batch therefore writes nothing new, which turns the
 //! slot's at-least-once delivery into exactly-once effects.
 
-use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
@@ -16,13 +15,14 @@ use crate::config::Config;
 use crate::db::Database;
 use crate::error::definite;
 use crate::layout::Layout;
-use crate::summary::{TagTemplates, Touched};
+use crate::summary::{TagTemplates, Tags, Touched};
 use crate::visibility::Snapshot;
 
 /// Advisory lock class of the apply transaction. Every writer of the summary and the
 /// outbox (the daemon, `reconcile --fix`, `revalidate`) takes it, so that each reads the
 /// source after the previous one committed and outbox ids become visible in order.
-const APPLY_LOCK_CLASS: i32 = 0x6364_0001;
+/// The release of held tags (`hold`) takes it too.
+pub(crate) const APPLY_LOCK_CLASS: i32 = 0x6364_0001;
 
 /// What one apply transaction did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +31,14 @@ pub struct Applied {
     pub inserted: usize,
     pub updated: usize,
     pub deleted: usize,
+    /// Tags of immediate templates put into the outbox.
     pub tags: usize,
+    /// Tags of throttled templates (`revalidate.min_interval_ms`) this apply produced.
+    pub throttled: usize,
+    /// Of those, how many joined a tag already held (a revalidation saved).
+    pub coalesced: usize,
+    /// Held tags moved into the outbox (this apply's, or others that were due).
+    pub released: usize,
 }
 
 impl Applied {
@@ -45,6 +52,14 @@ impl Applied {
         self.updated += o.updated;
         self.deleted += o.deleted;
         self.tags += o.tags;
+        self.throttled += o.throttled;
+        self.coalesced += o.coalesced;
+        self.released += o.released;
+    }
+
+    /// Whether the outbox got rows (the deliverers have something to send).
+    pub fn enqueued(&self) -> bool {
+        self.tags > 0 || self.released > 0
     }
 }
 
@@ -52,6 +67,8 @@ struct Statements {
     lock: Statement,
     write: Statement,
     enqueue: Statement,
+    hold: Statement,
+    release: Statement,
     checkpoint: Statement,
     first_page: Statement,
     next_page: Statement,
@@ -74,7 +91,7 @@ pub struct Applier {
 }
 
 /// Stable 31-bit key of a name, so two workers configured alike pick the same lock.
-pub fn lock_key(name: &str) -> i32 {
+pub(crate) fn lock_key(name: &str) -> i32 {
     // FNV-1a: stable across builds and platforms, unlike std's hasher.
     let mut h: u32 = 0x811c_9dc5;
     for b in name.bytes() {
@@ -85,11 +102,14 @@ pub fn lock_key(name: &str) -> i32 {
 }
 
 impl Applier {
+    /// For a command beside the daemon (`reconcile --fix`): it may run before the daemon
+    /// of this version upgraded the state schema, so it upgrades it itself.
     pub async fn connect(db: &Database, cfg: &Config, role: &str) -> anyhow::Result<Applier> {
         let client = db
             .connect(&format!("cdc-worker/{role}"))
             .await
             .with_context(|| format!("connecting to {}", db.display()))?;
+        crate::slot::ensure_state(&client, cfg).await?;
         Applier::new(client, cfg).await
     }
 
@@ -123,6 +143,8 @@ impl Applier {
                 "INSERT INTO {state}.outbox (tag, commit_time) SELECT unnest($1::text[]), $2"
             ))
             .await?,
+            hold: prepare(crate::hold::hold_sql(&state)).await?,
+            release: prepare(crate::hold::release_sql(&state)).await?,
             // While streaming the checkpoint only moves forward; a recompute that recovers
             // from a broken invariant sets it to the slot's start (possibly lower, after a
             // restore) and clears the recompute mark in the same transaction.
@@ -270,7 +292,7 @@ impl Applier {
             // One statement compares, writes and deletes; only the products that changed
             // come back, with what their tags need.
             let changed = tx.query(&self.stmts.write, &[&self.currency, &ids]).await?;
-            let mut tags = BTreeSet::new();
+            let mut tags = Tags::default();
             for row in &changed {
                 let (kind, product_id, store_id, old_store, inventory_changed): (
                     i8,
@@ -292,11 +314,28 @@ impl Applier {
                 };
                 self.templates.tags_of(&touched, &mut tags);
             }
-            if self.enqueue_tags && !tags.is_empty() {
-                let tags: Vec<String> = tags.into_iter().collect();
-                applied.tags = tags.len();
-                tx.execute(&self.stmts.enqueue, &[&tags, &commit_time])
+            if self.enqueue_tags && !tags.now.is_empty() {
+                let now: Vec<String> = tags.now.into_iter().collect();
+                applied.tags = now.len();
+                tx.execute(&self.stmts.enqueue, &[&now, &commit_time])
                     .await?;
+            }
+            if self.enqueue_tags && !tags.throttled.is_empty() {
+                // Hot tags: held, or into the outbox at once when their last release is
+                // an interval ago (`hold`).
+                let (held, ms): (Vec<String>, Vec<i64>) = tags
+                    .throttled
+                    .into_iter()
+                    .map(|(tag, ms)| (tag, ms as i64))
+                    .unzip();
+                let pending = tx
+                    .query(&self.stmts.hold, &[&held, &ms, &commit_time])
+                    .await?
+                    .len();
+                let released: i64 = tx.query_one(&self.stmts.release, &[]).await?.get(0);
+                applied.throttled = held.len();
+                applied.coalesced = held.len() - pending;
+                applied.released = released as usize;
             }
         }
         if let Some(lsn) = lsn {

@@ -172,6 +172,14 @@ pub struct Revalidate {
     /// secret rotation or clock skew; parked tags are sent again with
     /// `cdc-worker revalidate --failed`.
     pub give_up_after_secs: u64,
+    /// Hot tags: the least time between two revalidations of one tag, by the template
+    /// that renders it (a key of this map must be one of `tags` or `inventory_tags`,
+    /// written exactly as there). A tag of such a template is sent at once when its
+    /// last revalidation is at least this long ago; otherwise it is held (durably, in
+    /// `<schema>.outbox_held`) and sent when the interval has passed, every repeat in
+    /// between coalescing into that one. The last one is never dropped: a tag enqueued
+    /// at t is sent by t + interval. Templates not named here are sent at once.
+    pub min_interval_ms: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -246,6 +254,7 @@ impl Default for Revalidate {
             window_ms: 10,
             timeout_ms: 5_000,
             give_up_after_secs: 900,
+            min_interval_ms: BTreeMap::new(),
         }
     }
 }
@@ -257,6 +266,10 @@ impl Default for Metrics {
         }
     }
 }
+
+/// The longest `revalidate.min_interval_ms`: one hour. Held tags whose last release is
+/// older than this are as good as new, which lets the worker forget them.
+pub const MAX_MIN_INTERVAL_MS: u64 = 3_600_000;
 
 /// The built-in summary query for the reference schema.
 pub const DEFAULT_SUMMARY_QUERY: &str = include_str!("../sql/summary_query.sql");
@@ -396,6 +409,35 @@ impl Config {
             .chain(&self.revalidate.inventory_tags)
         {
             check_tag_template(template)?;
+        }
+        self.check_min_intervals()?;
+        Ok(())
+    }
+
+    /// `revalidate.min_interval_ms`: each key one of the configured templates, each value
+    /// at most [`MAX_MIN_INTERVAL_MS`].
+    fn check_min_intervals(&self) -> Result<(), ConfigError> {
+        let r = &self.revalidate;
+        for (template, &ms) in &r.min_interval_ms {
+            if !r.tags.contains(template) && !r.inventory_tags.contains(template) {
+                let known: Vec<String> = r
+                    .tags
+                    .iter()
+                    .chain(&r.inventory_tags)
+                    .map(|t| format!("{t:?}"))
+                    .collect();
+                return Err(bad(format!(
+                    "revalidate.min_interval_ms: {template:?} is not a tag template; a key must be \
+                     one of revalidate.tags or revalidate.inventory_tags, written exactly as there: {}",
+                    known.join(", ")
+                )));
+            }
+            if ms > MAX_MIN_INTERVAL_MS {
+                return Err(bad(format!(
+                    "revalidate.min_interval_ms {template:?} = {ms}: at most {MAX_MIN_INTERVAL_MS} \
+                     (one hour); pages carrying the tag stay stale up to this long after a change"
+                )));
+            }
         }
         Ok(())
     }
@@ -630,6 +672,62 @@ mod tests {
         assert!(check_tag_template("{tenant}:{productId}").is_err());
         assert!(check_tag_template(&"x".repeat(250)).is_ok());
         assert!(check_tag_template(&format!("{}{{productId}}", "x".repeat(200))).is_err());
+    }
+
+    fn with_file(name: &str, text: &str) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("cdcw-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        Config::load_with_env(Some(&p), env(&[("DATABASE_URL", "postgres://x/y")]))
+    }
+
+    #[test]
+    fn min_interval_names_a_template() {
+        let cfg = with_file(
+            "interval-ok.toml",
+            "[revalidate]\nmin_interval_ms = { \"store:{storeId}:products\" = 1000, \"inventory:{productId}\" = 0 }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.revalidate.min_interval_ms["store:{storeId}:products"],
+            1000
+        );
+        // Not a template (lowercase i): refused, naming it and the templates there are.
+        let err = with_file(
+            "interval-typo.toml",
+            "[revalidate]\nmin_interval_ms = { \"store:{storeid}:products\" = 1000 }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("\"store:{storeid}:products\" is not a tag template"),
+            "{err}"
+        );
+        assert!(err.contains("\"store:{storeId}:products\""), "{err}");
+        // A rendered tag is not a template either.
+        let err = with_file(
+            "interval-tag.toml",
+            "[revalidate]\nmin_interval_ms = { \"store:s1:products\" = 1000 }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("store:s1:products"), "{err}");
+        let err = with_file(
+            "interval-long.toml",
+            "[revalidate]\nmin_interval_ms = { \"product:{productId}\" = 3600001 }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("at most 3600000"), "{err}");
+        // Negative values are a type error from the parser, naming the key.
+        let err = with_file(
+            "interval-negative.toml",
+            "[revalidate]\nmin_interval_ms = { \"product:{productId}\" = -1 }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("min_interval_ms"), "{err}");
     }
 
     #[test]

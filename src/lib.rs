@@ -4,7 +4,8 @@
 //! The pipeline, one module per stage:
 //! stream ([`run`]) → decode ([`pgoutput`]) → route ([`route`]) → batch ([`batch`]) →
 //! apply ([`apply`], with [`summary`] defining a row and its tags) → ack ([`run`]);
-//! apply also fills the outbox that [`deliver`] drains to Next.js.
+//! apply also fills the outbox that [`deliver`] drains to Next.js, and holds the tags of
+//! throttled templates in [`hold`] until their interval has passed.
 //!
 //! Around it: [`slot`] checks the slot/checkpoint invariants at every start and recovers,
 //! [`leader`] keeps one instance streaming, [`visibility`] decides when a streamed change
@@ -17,6 +18,7 @@ pub mod covered;
 pub mod db;
 pub mod deliver;
 pub mod error;
+pub mod hold;
 pub mod ids;
 pub mod layout;
 pub mod leader;

@@ -55,6 +55,9 @@ pub struct Metrics {
     pub outbox_pending: Gauge,
     pub outbox_oldest_age: FloatGauge,
     pub outbox_failed_tags: Gauge,
+    pub held_tags: Gauge,
+    pub held_released: Counter,
+    pub held_coalesced: Counter,
     pub revalidate_requests: Family<RequestLabels, Counter>,
     pub slot_wal_status: Family<StatusLabels, Gauge>,
     pub slot_safe_wal_size: Gauge,
@@ -98,6 +101,9 @@ impl Metrics {
             outbox_pending: Gauge::default(),
             outbox_oldest_age: FloatGauge::default(),
             outbox_failed_tags: Gauge::default(),
+            held_tags: Gauge::default(),
+            held_released: Counter::default(),
+            held_coalesced: Counter::default(),
             revalidate_requests: Family::default(),
             slot_wal_status: Family::default(),
             slot_safe_wal_size: Gauge::default(),
@@ -169,6 +175,21 @@ impl Metrics {
             "cdc_outbox_failed_tags",
             "Cache tags parked in outbox_failed after retries ran out; `cdc-worker revalidate --failed` sends them again",
             m.outbox_failed_tags.clone(),
+        );
+        r.register(
+            "cdc_outbox_held_tags",
+            "Tags of throttled templates (revalidate.min_interval_ms) waiting for their interval in outbox_held",
+            m.held_tags.clone(),
+        );
+        r.register(
+            "cdc_outbox_held_released",
+            "Tags of throttled templates moved into the outbox (at once, or when their interval had passed)",
+            m.held_released.clone(),
+        );
+        r.register(
+            "cdc_outbox_held_coalesced",
+            "Tags of throttled templates that joined the same tag already held: revalidations saved",
+            m.held_coalesced.clone(),
         );
         r.register(
             "cdc_revalidate_requests",

@@ -116,6 +116,16 @@ async fn poll(
         )
         .await?;
     metrics.outbox_failed_tags.set(parked.get(0));
+    // Missing until the leader upgraded a state schema of an earlier version.
+    if let Ok(row) = client
+        .query_one(
+            &format!("SELECT count(*)::int8 FROM {s}.outbox_held WHERE due_at IS NOT NULL"),
+            &[],
+        )
+        .await
+    {
+        metrics.held_tags.set(row.get(0));
+    }
     // The history table appears with the first reconcile run.
     if let Ok(Some(row)) = client
         .query_opt(

@@ -113,12 +113,19 @@ async fn session(ctx: &Context) -> anyhow::Result<()> {
     let (done_tx, mut done_rx) = mpsc::channel::<anyhow::Result<Option<Lsn>>>(1);
     let metrics = ctx.metrics.clone();
     let enqueued = ctx.outbox_enqueued.clone();
+    // Bumped when apply held tags of throttled templates, to wake their release.
+    let (held_tx, held_rx) = watch::channel(0u64);
     let mut covered = Covered::new(cfg.batch.max_pending);
     let apply_task = tokio::spawn(async move {
         while let Some(batch) = batch_rx.recv().await {
             let result = apply_batch(&mut applier, &mut covered, batch, &metrics).await;
-            if matches!(&result, Ok((a, _)) if a.tags > 0) {
-                enqueued.send_modify(|n| *n += 1);
+            if let Ok((a, _)) = &result {
+                if a.enqueued() {
+                    enqueued.send_modify(|n| *n += 1);
+                }
+                if a.throttled > 0 {
+                    held_tx.send_modify(|n| *n += 1);
+                }
             }
             let result = result.map(|(_, lsn)| lsn);
             let failed = result.is_err();
@@ -131,7 +138,19 @@ async fn session(ctx: &Context) -> anyhow::Result<()> {
     let heartbeat = tokio::spawn(heartbeat(ctx.db.clone(), cfg.heartbeat()));
     // Delivery runs beside the stream and never holds it up: Next.js being down only
     // lets tags wait in the outbox.
-    let deliverers = crate::deliver::spawn(cfg, &ctx.db, ctx.metrics.clone(), &ctx.outbox_enqueued);
+    let mut deliverers =
+        crate::deliver::spawn(cfg, &ctx.db, ctx.metrics.clone(), &ctx.outbox_enqueued);
+    if !cfg.revalidate.urls.is_empty() {
+        // Held tags (revalidate.min_interval_ms) go into the outbox when due, also those
+        // held before a restart or by another process.
+        deliverers.push(crate::hold::spawn(
+            cfg,
+            &ctx.db,
+            ctx.metrics.clone(),
+            held_rx,
+            ctx.outbox_enqueued.clone(),
+        ));
+    }
     let result = stream_loop(ctx, &mut stream, &batch_tx, &mut done_rx, start).await;
     heartbeat.abort();
     drop(batch_tx);
@@ -335,6 +354,8 @@ async fn apply_batch(
     metrics.skipped_products.inc_by(skipped as u64);
     metrics.record_applied(commit, oldest);
     metrics.rows_written.inc_by(applied.rows_written() as u64);
+    metrics.held_coalesced.inc_by(applied.coalesced as u64);
+    metrics.held_released.inc_by(applied.released as u64);
     tracing::debug!(
         products = applied.products,
         skipped,
@@ -342,6 +363,9 @@ async fn apply_batch(
         updated = applied.updated,
         deleted = applied.deleted,
         tags = applied.tags,
+        throttled = applied.throttled,
+        coalesced = applied.coalesced,
+        released = applied.released,
         transactions = batch.transactions,
         changes = batch.changes,
         lsn = ?batch.lsn.map(|l| l.to_string()),

@@ -18,6 +18,15 @@ use crate::summary::{qualified, quote_ident};
 
 const STATE_DDL: &str = include_str!("../sql/state_schema.sql");
 
+/// The part of the state DDL that `run` applies to a state schema an earlier version
+/// set up (everything from the `-- ==== upgrade` line on).
+pub fn state_upgrade_ddl() -> &'static str {
+    let at = STATE_DDL
+        .find("-- ==== upgrade")
+        .expect("sql/state_schema.sql has an upgrade part");
+    &STATE_DDL[at..]
+}
+
 pub async fn run(cfg: &Config) -> anyhow::Result<()> {
     let db = Database::parse(&cfg.database_url)?;
     let client = db

@@ -467,20 +467,26 @@ async fn mark(client: &Client, cfg: &Config, reason: &str) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Databases set up by an earlier version lack the mark column; adding it is cheap and
-/// idempotent. The worker's role owns its state schema (setup created it). Run before
+/// A state schema set up by an earlier version lacks what this one added (the recompute
+/// mark column, `outbox_held`): the upgrade part of `sql/state_schema.sql` adds it, cheap
+/// and idempotent. The worker's role owns its state schema (setup created it). Run before
 /// anything else reads the state, so a database never set up gets the clear message.
 pub async fn ensure_state(client: &Client, cfg: &Config) -> anyhow::Result<()> {
     let state = quote_ident(&cfg.schema);
-    let has_column = client
+    let current = client
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_attribute \
-             WHERE attrelid = to_regclass($1) AND attname = 'recompute_reason')",
-            &[&format!("{state}.checkpoint")],
+            "SELECT to_regclass($1) IS NOT NULL, EXISTS (SELECT 1 FROM pg_attribute \
+             WHERE attrelid = to_regclass($1) AND attname = 'recompute_reason'), \
+             to_regclass($2) IS NOT NULL",
+            &[
+                &format!("{state}.checkpoint"),
+                &format!("{state}.outbox_held"),
+            ],
         )
         .await;
-    match has_column {
-        Ok(row) if row.get::<_, bool>(0) => return Ok(()),
+    match current {
+        Ok(row) if !row.get::<_, bool>(0) => return Err(definite(not_set_up(cfg))),
+        Ok(row) if row.get::<_, bool>(1) && row.get::<_, bool>(2) => return Ok(()),
         Ok(_) => {}
         // to_regclass of a schema that does not exist is null, not an error; this is
         // for a role that cannot see it at all.
@@ -489,24 +495,15 @@ pub async fn ensure_state(client: &Client, cfg: &Config) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e.into()),
     }
-    let exists: bool = client
-        .query_one(
-            "SELECT to_regclass($1) IS NOT NULL",
-            &[&format!("{state}.checkpoint")],
-        )
-        .await?
-        .get(0);
-    if !exists {
-        return Err(definite(not_set_up(cfg)));
-    }
-    let sql =
-        format!("ALTER TABLE {state}.checkpoint ADD COLUMN IF NOT EXISTS recompute_reason text");
+    let sql = crate::setup::state_upgrade_ddl().replace("{schema}", &state);
     client.batch_execute(&sql).await.with_context(|| {
         format!(
-            "adding {state}.checkpoint.recompute_reason (new in this version). Fix: run \
-             `cdc-worker setup` once as the state schema's owner"
+            "upgrading the state schema {state} (checkpoint.recompute_reason, outbox_held: \
+             new in this version). Fix: run `cdc-worker setup` once as the state schema's owner"
         )
-    })
+    })?;
+    tracing::info!(schema = %state, "state schema upgraded to this version");
+    Ok(())
 }
 
 pub fn not_set_up(cfg: &Config) -> String {

@@ -3,7 +3,7 @@
 //! reconcile's fence re-reads differing rows and classifies them with [`diff`]. Both
 //! compare the same six fields; change them together.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tokio_postgres::Row;
 
@@ -159,6 +159,37 @@ impl<'a> From<&Change<'a>> for Touched<'a> {
 pub struct TagTemplates {
     always: Vec<String>,
     inventory: Vec<String>,
+    /// `revalidate.min_interval_ms`: template -> least milliseconds between two
+    /// revalidations of one of its tags. Templates not in it (or at 0) are immediate.
+    min_interval_ms: BTreeMap<String, u64>,
+}
+
+/// The tags of summary changes, by how they are sent.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Tags {
+    /// Into the outbox at once.
+    pub now: BTreeSet<String>,
+    /// Tags of throttled templates, with their template's interval in milliseconds:
+    /// through `outbox_held` (see `hold`).
+    pub throttled: BTreeMap<String, u64>,
+}
+
+impl Tags {
+    /// Adds `tag`, throttled by `interval_ms` when that is above 0. A tag that some
+    /// template makes immediate is immediate; of two intervals the shorter applies.
+    pub fn insert(&mut self, tag: String, interval_ms: u64) {
+        if interval_ms == 0 {
+            self.throttled.remove(&tag);
+            self.now.insert(tag);
+        } else if !self.now.contains(&tag) {
+            let ms = self.throttled.entry(tag).or_insert(interval_ms);
+            *ms = (*ms).min(interval_ms);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.now.is_empty() && self.throttled.is_empty()
+    }
 }
 
 impl TagTemplates {
@@ -166,13 +197,14 @@ impl TagTemplates {
         TagTemplates {
             always: cfg.revalidate.tags.clone(),
             inventory: cfg.revalidate.inventory_tags.clone(),
+            min_interval_ms: cfg.revalidate.min_interval_ms.clone(),
         }
     }
 
     /// Tags of one change: the row's tags for its store (and for its old store when the
     /// product moved, so the old listing drops it), plus the inventory tags when
     /// inventoryAvailable changed or the row appeared or vanished.
-    pub fn tags_of(&self, change: &Touched<'_>, out: &mut BTreeSet<String>) {
+    pub fn tags_of(&self, change: &Touched<'_>, out: &mut Tags) {
         let Touched {
             product_id,
             store_id,
@@ -189,7 +221,7 @@ impl TagTemplates {
                     tracing::warn!(%tag, "cache tag longer than 256 characters or with a comma: Next.js would ignore it; not sent");
                     continue;
                 }
-                out.insert(tag);
+                out.insert(tag, self.min_interval_ms.get(t).copied().unwrap_or(0));
             }
         };
         render(&self.always, store_id);
@@ -268,6 +300,7 @@ mod tests {
                 "store:{storeId}:products".into(),
             ],
             inventory: vec!["inventory:{productId}".into()],
+            min_interval_ms: BTreeMap::new(),
         }
     }
 
@@ -303,9 +336,10 @@ mod tests {
     }
 
     fn update_tags(old: &SummaryRow, new: &SummaryRow) -> Vec<String> {
-        let mut tags = BTreeSet::new();
+        let mut tags = Tags::default();
         templates().tags_of(&(&Change::Update { old, new }).into(), &mut tags);
-        tags.into_iter().collect()
+        assert!(tags.throttled.is_empty());
+        tags.now.into_iter().collect()
     }
 
     #[test]
@@ -332,19 +366,58 @@ mod tests {
     fn unusable_tags_are_not_sent() {
         let mut long = row("p", "s1", 5);
         long.product_id = "x".repeat(300);
-        let mut tags = BTreeSet::new();
+        let mut tags = Tags::default();
         templates().tags_of(&(&Change::Insert(&long)).into(), &mut tags);
         assert_eq!(
-            tags.into_iter().collect::<Vec<_>>(),
+            tags.now.into_iter().collect::<Vec<_>>(),
             vec!["store:s1:products"]
         );
         let comma = row("a,b", "s1", 5);
-        let mut tags = BTreeSet::new();
+        let mut tags = Tags::default();
         templates().tags_of(&(&Change::Insert(&comma)).into(), &mut tags);
         assert_eq!(
-            tags.into_iter().collect::<Vec<_>>(),
+            tags.now.into_iter().collect::<Vec<_>>(),
             vec!["store:s1:products"]
         );
+    }
+
+    #[test]
+    fn throttled_templates_are_held_and_the_rest_sent_at_once() {
+        let mut t = templates();
+        t.min_interval_ms
+            .insert("store:{storeId}:products".into(), 1000);
+        let mut tags = Tags::default();
+        t.tags_of(
+            &(&Change::Update {
+                old: &row("p", "s1", 5),
+                new: &row("p", "s2", 4),
+            })
+                .into(),
+            &mut tags,
+        );
+        assert_eq!(
+            tags.now.iter().collect::<Vec<_>>(),
+            vec!["inventory:p", "product:p"]
+        );
+        assert_eq!(
+            tags.throttled.into_iter().collect::<Vec<_>>(),
+            vec![
+                ("store:s1:products".to_string(), 1000),
+                ("store:s2:products".to_string(), 1000)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_tag_immediate_by_one_template_is_immediate() {
+        let mut tags = Tags::default();
+        tags.insert("x".into(), 500);
+        tags.insert("x".into(), 200);
+        assert_eq!(tags.throttled["x"], 200);
+        tags.insert("x".into(), 0);
+        tags.insert("x".into(), 700);
+        assert!(tags.throttled.is_empty());
+        assert!(tags.now.contains("x"));
     }
 
     #[test]

@@ -45,7 +45,17 @@ function toSummary(r: Row): ProductSummary {
   return { ...r, updatedAt: r.updatedAt.toISOString() };
 }
 
-/** Active products of a store, by title. Tagged `store:{storeId}:products` plus each shown product's tags. */
+/**
+ * Active products of a store, by title. Tagged `store:{storeId}:products` plus each shown
+ * product's tags, or the store tag alone with `STOREFRONT_LISTING_TAGS=store`.
+ *
+ * The product tags let the app's own `revalidateProduct(id)` without a store refresh the
+ * listing too. cdc-worker sends the store tag with every product change anyway, so with
+ * the worker they add nothing, except when the store tag is throttled (the worker's
+ * `revalidate.min_interval_ms`): then a change of any product shown here would still
+ * re-render the listing at once through its product tags. Set
+ * `STOREFRONT_LISTING_TAGS=store` together with such a throttle.
+ */
 export async function getStoreProducts(storeId: string): Promise<ProductSummary[]> {
   "use cache";
   cacheLife("days");
@@ -59,7 +69,14 @@ export async function getStoreProducts(storeId: string): Promise<ProductSummary[
   // A product's own tags also refresh the listing that shows it; cacheTag allows at
   // most 128 tags per entry, so stay well under that.
   const productTags = rows.flatMap((r) => [productTag(r.productId), inventoryTag(r.productId)]);
-  if (productTags.length > 0) cacheTag(...productTags.slice(0, 120));
+  if (productTags.length > 0 && process.env.STOREFRONT_LISTING_TAGS !== "store") {
+    cacheTag(...productTags.slice(0, 120));
+  }
+  // This body runs only when the cached entry is missing or expired: bench/hot_tags.sh
+  // counts these lines as re-renders of the listing.
+  if (process.env.STOREFRONT_LOG_LISTING_READS === "1") {
+    console.log(`storefront: listing read from the database store=${storeId} t=${Date.now()}`);
+  }
   return rows.map(toSummary);
 }
 
