@@ -9,10 +9,11 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use nextjs_support::{ensure_built, field, get, start_next, SECRET};
+use nextjs_support::{ensure_built, field, get, start_next, time_until_field, SECRET};
 use support::{wait_until, Cluster, WorkerProcess};
 
-/// Polls `url` until `product`'s `name` field reads `want`; returns how long it took.
+/// How long until `url` shows `product`'s `name` as `want` after `since`; fails the test
+/// past the 5 s bound.
 async fn stale_window(
     http: &reqwest::Client,
     url: &str,
@@ -21,18 +22,17 @@ async fn stale_window(
     want: &str,
     since: Instant,
 ) -> Duration {
-    loop {
-        let html = get(http, url).await;
-        if field(&html, product, name).as_deref() == Some(want) {
-            return since.elapsed();
-        }
-        assert!(
-            since.elapsed() < Duration::from_secs(5),
-            "{url}: {product}.{name} still {:?} after 5 s (want {want})",
-            field(&html, product, name)
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    time_until_field(
+        http,
+        url,
+        product,
+        name,
+        want,
+        since,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_or_else(|| panic!("{url}: {product}.{name} is not {want:?} after 5 s"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
