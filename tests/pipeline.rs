@@ -667,3 +667,45 @@ async fn a_backlog_recomputes_each_product_once() {
     let row = summary_of(&c, "p7").await.unwrap();
     assert_eq!(row.get::<_, i32>("inventoryAvailable"), 2 * (99 - 3));
 }
+
+/// A transaction larger than `max_pending` is handed to apply in cuts; each cut carries
+/// the transaction's xid, so a later cut can skip the products an earlier cut already
+/// recomputed (the transaction was visible to it). Without the xid a cut proves nothing
+/// and nothing is skipped.
+#[tokio::test(flavor = "multi_thread")]
+async fn cuts_of_a_large_transaction_keep_its_xid() {
+    let db = Cluster::shared().create_db("cut_xid").await;
+    let c = db.client().await;
+    seed(&c, 1, 60).await;
+    let config =
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.toml", db.name));
+    std::fs::write(&config, "[batch]\nmax_pending = 50\n").unwrap();
+    let config = config.display().to_string();
+    let setup = WorkerProcess::run_to_end(&db, &["--config", &config, "setup"], &[]);
+    assert!(setup.success, "{}", setup.output);
+    // One transaction touching every product twice: 120 changes, cut every 50 products.
+    c.batch_execute(
+        "BEGIN; UPDATE \"Price\" SET amount = amount + 1; \
+         UPDATE \"Price\" SET amount = amount + 1; COMMIT;",
+    )
+    .await
+    .unwrap();
+    let w = WorkerProcess::start(&db, &["--config", &config, "run"], &[]);
+    wait_converged(&c, "one transaction touching 60 products twice").await;
+    wait_until(
+        Duration::from_secs(30),
+        "the transaction's cuts",
+        || async {
+            w.output()
+                .lines()
+                .any(|l| l.contains("applied batch") && l.contains("transactions=1"))
+        },
+    )
+    .await;
+    let log = w.output();
+    assert!(
+        batch_total(&log, "skipped") > 0,
+        "a later cut skipped what an earlier one recomputed:\n{}",
+        w.log_tail(20)
+    );
+}
