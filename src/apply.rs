@@ -406,7 +406,8 @@ pub async fn read_checkpoint(
 
 /// The set-based apply of one part (`$1` the currency, `$2` the product ids as text):
 /// the summary query's rows (`d`) against the table's (`c`), the rows that differ
-/// upserted, the rows whose product has no summary row any more deleted, all in one
+/// updated (inserted when new), the rows whose product has no summary row any more
+/// deleted, all in one
 /// statement and one snapshot. Returns one row per changed product: kind (`i`, `u`, `d`),
 /// product id, store id, old store id, whether its stock changed (for the tags).
 /// Equal rows are not written: a no-op source change writes nothing.
@@ -427,17 +428,29 @@ fn write_sql(layout: &Layout) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let sets = [
+    let cols = [
         &c.store_id,
         &c.title,
         &c.price,
         &c.active,
         &c.inventory_available,
         &c.primary_image_url,
-        &c.updated_at,
-    ]
-    .map(|col| format!("{col} = EXCLUDED.{col}"))
-    .join(", ");
+    ];
+    // From the joined `changed` row, and (for the upsert) from the row proposed.
+    let update_sets = cols
+        .iter()
+        .zip(FIELDS)
+        .map(|(col, f)| format!("{col} = ch.{f}"))
+        .chain([format!("{} = {}", c.updated_at, layout.now)])
+        .collect::<Vec<_>>()
+        .join(", ");
+    let upsert_sets = cols
+        .iter()
+        .copied()
+        .chain([&c.updated_at])
+        .map(|col| format!("{col} = EXCLUDED.{col}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     // The summary's own id, when the table has no default for it: cuid-like ('c' and 24
     // hex digits of randomness; Prisma's cuid() runs in the client, not the database).
     let (id_col, id_val) = if layout.generate_row_id {
@@ -448,6 +461,11 @@ fn write_sql(layout: &Layout) -> String {
     } else {
         (String::new(), "")
     };
+    // Rows that exist are changed by a plain UPDATE (joined on the unique product id):
+    // an INSERT ... ON CONFLICT would first try the insert (a new row id, a speculative
+    // index entry) for every one of them, about a fifth more per product. Only new rows
+    // take the upsert, which stays the safe way to add a row. Rows to delete come from `c`
+    // (the rows read), so the summary's index is not searched for every id again.
     format!(
         "WITH d AS (SELECT s.* FROM ({query}) s WHERE s.product_id = ANY({ids})), \
          c AS (SELECT t.{pid} AS product_id, t.{sid} AS store_id, t.{title} AS title, \
@@ -457,13 +475,15 @@ fn write_sql(layout: &Layout) -> String {
                c.inventory_available IS DISTINCT FROM d.inventory_available AS inventory_changed \
                FROM d LEFT JOIN c ON c.product_id = d.product_id \
                WHERE c.product_id IS NULL OR ({d_fields}) IS DISTINCT FROM ({c_fields})), \
-         upserted AS (INSERT INTO {summary} ({id_col}{pid}, {sid}, {title}, {price}, {active}, \
+         updated AS (UPDATE {summary} t SET {update_sets} FROM changed ch \
+               WHERE NOT ch.is_new AND t.{pid} = ch.product_id RETURNING 1), \
+         inserted AS (INSERT INTO {summary} ({id_col}{pid}, {sid}, {title}, {price}, {active}, \
                {inv}, {img}, {updated}) \
                SELECT {id_val}product_id, store_id, title, price, active, inventory_available, \
-               primary_image_url, {now} FROM changed \
-               ON CONFLICT ({pid}) DO UPDATE SET {sets} RETURNING 1), \
-         deleted AS (DELETE FROM {summary} t WHERE t.{pid} = ANY({ids}) \
-               AND NOT EXISTS (SELECT 1 FROM d WHERE d.product_id = t.{pid}) \
+               primary_image_url, {now} FROM changed WHERE is_new \
+               ON CONFLICT ({pid}) DO UPDATE SET {upsert_sets} RETURNING 1), \
+         deleted AS (DELETE FROM {summary} t USING c WHERE t.{pid} = c.product_id \
+               AND NOT EXISTS (SELECT 1 FROM d WHERE d.product_id = c.product_id) \
                RETURNING t.{pid} AS product_id, t.{sid} AS store_id) \
          SELECT (CASE WHEN is_new THEN 'i' ELSE 'u' END)::\"char\", product_id::text, \
                 store_id::text, old_store::text, inventory_changed FROM changed \
