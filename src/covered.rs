@@ -11,15 +11,44 @@
 //! products. Otherwise (a transaction committed after that snapshot; the live case) it
 //! recomputes everything it holds. Nothing is skipped on a guess: no snapshot, no xids,
 //! or a recompute of every product forgets the set.
+//!
+//! The set lives in memory up to `batch.max_pending` ids. Past that (one transaction that
+//! touches a million products, or many queued behind each other) it moves to a temporary
+//! table of the apply session ([`Spill`]), so memory stays flat and a second pass over
+//! the same products (the rest of the transaction, the next bulk update) is still skipped:
+//! a lookup costs a few microseconds where a recompute costs tens.
+
+use anyhow::Context as _;
+use tokio_postgres::Client;
 
 use crate::ids::IdSet;
 use crate::visibility::Snapshot;
 
+/// Most ids the spilled set holds, in multiples of the in-memory cap (10M ids with the
+/// default `max_pending`, ~600 MB of temporary files). Past it the set starts again
+/// from the last batch: the worker recomputes more, it never skips on a guess.
+const SPILL_FACTOR: usize = 50;
+
+/// Where the covered ids go once there are more than memory may hold. (Implemented by
+/// the apply connection, and by a store in memory in the tests; used with concrete
+/// types only, so the futures' `Send` is known where it matters.)
+#[allow(async_fn_in_trait)]
+pub trait Spill {
+    /// Empties the store (creating it first if needed).
+    async fn reset(&self) -> anyhow::Result<()>;
+    async fn insert(&self, ids: &[&str]) -> anyhow::Result<()>;
+    /// The positions in `ids` of the ids not in the store.
+    async fn missing(&self, ids: &[&str]) -> anyhow::Result<Vec<usize>>;
+}
+
 pub struct Covered {
-    /// Products recomputed, each by a statement that started after `seen` was taken.
+    /// Products recomputed, each by a statement that started after `seen` was taken;
+    /// while `spilled` is 0.
     ids: IdSet,
+    /// How many ids are in the spill store instead (0: the set is `ids`).
+    spilled: usize,
     seen: Option<Snapshot>,
-    /// Most ids kept (memory stays within what `batch.max_pending` allows).
+    /// Most ids kept in memory (memory stays within what `batch.max_pending` allows).
     cap: usize,
 }
 
@@ -27,6 +56,7 @@ impl Covered {
     pub fn new(cap: usize) -> Covered {
         Covered {
             ids: IdSet::default(),
+            spilled: 0,
             seen: None,
             cap,
         }
@@ -42,107 +72,230 @@ impl Covered {
     }
 
     /// The ids of a batch still to recompute: all of them unless [`Covered::covers`].
-    pub fn to_recompute<'a>(
+    pub async fn to_recompute<'a>(
         &self,
+        spill: &impl Spill,
         ids: impl Iterator<Item = &'a str>,
         xids: &[u32],
-    ) -> Vec<&'a str> {
-        if self.covers(xids) {
-            ids.filter(|id| !self.ids.contains(id)).collect()
-        } else {
-            ids.collect()
+    ) -> anyhow::Result<Vec<&'a str>> {
+        if !self.covers(xids) || self.is_empty() {
+            return Ok(ids.collect());
         }
+        if self.spilled == 0 {
+            return Ok(ids.filter(|id| !self.ids.contains(id)).collect());
+        }
+        let ids: Vec<&str> = ids.collect();
+        let missing = spill.missing(&ids).await?;
+        Ok(missing.into_iter().map(|i| ids[i]).collect())
     }
 
     /// A batch recomputed `ids` after `seen` was taken (it saw all of the batch's
     /// transactions; `None` when the batch had none, or recomputed nothing). `extends` is
     /// what [`Covered::covers`] said for the batch: the older snapshot then still holds for
     /// every id, old and new, so the set grows; otherwise it starts again from this batch.
-    pub fn record(&mut self, ids: &[&str], seen: Option<Snapshot>, extends: bool) {
+    pub async fn record(
+        &mut self,
+        spill: &impl Spill,
+        ids: &[&str],
+        seen: Option<Snapshot>,
+        extends: bool,
+    ) -> anyhow::Result<()> {
         if ids.is_empty() {
-            return;
+            return Ok(());
         }
         let Some(seen) = seen else {
-            return self.forget();
+            self.forget();
+            return Ok(());
         };
-        if extends && self.ids.len() + ids.len() <= self.cap {
-            for id in ids {
-                self.ids.insert(id);
-            }
-            return;
-        }
-        self.forget();
-        if ids.len() <= self.cap {
-            for id in ids {
-                self.ids.insert(id);
-            }
+        if !extends || self.len() + ids.len() > self.cap * SPILL_FACTOR {
+            self.forget();
             self.seen = Some(seen);
         }
+        if self.spilled == 0 && self.ids.len() + ids.len() <= self.cap {
+            for id in ids {
+                self.ids.insert(id);
+            }
+            return Ok(());
+        }
+        if ids.len() > self.cap * SPILL_FACTOR {
+            self.forget();
+            return Ok(());
+        }
+        if self.spilled == 0 {
+            // Moving to the store: what memory held goes first.
+            spill.reset().await?;
+            let held: Vec<&str> = self.ids.iter().collect();
+            if !held.is_empty() {
+                spill.insert(&held).await?;
+            }
+            self.spilled = held.len();
+            self.ids.clear();
+            tracing::debug!(
+                ids = self.spilled + ids.len(),
+                "covered products moved to a temporary table"
+            );
+        }
+        spill.insert(ids).await?;
+        self.spilled += ids.len();
+        Ok(())
     }
 
     /// After a recompute of every product (its pages have no single snapshot) or a failure.
+    /// A spill store keeps its rows until it is next used, and is emptied then.
     pub fn forget(&mut self) {
         self.ids.clear();
+        self.spilled = 0;
         self.seen = None;
     }
 
     pub fn len(&self) -> usize {
-        self.ids.len()
+        self.ids.len() + self.spilled
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
+        self.len() == 0
+    }
+}
+
+/// The spill store of the apply session: a temporary table, private to the connection
+/// and gone with it (a reconnect starts a new session with a new, empty set).
+impl Spill for Client {
+    async fn reset(&self) -> anyhow::Result<()> {
+        self.batch_execute(
+            "CREATE TEMPORARY TABLE IF NOT EXISTS cdc_worker_covered (id text PRIMARY KEY); \
+             TRUNCATE pg_temp.cdc_worker_covered",
+        )
+        .await
+        .context("creating the temporary table of covered products")
+    }
+
+    async fn insert(&self, ids: &[&str]) -> anyhow::Result<()> {
+        self.execute(
+            "INSERT INTO pg_temp.cdc_worker_covered SELECT unnest($1::text[]) \
+             ON CONFLICT DO NOTHING",
+            &[&ids],
+        )
+        .await
+        .context("recording covered products")?;
+        Ok(())
+    }
+
+    async fn missing(&self, ids: &[&str]) -> anyhow::Result<Vec<usize>> {
+        let rows = self
+            .query(
+                "SELECT (u.n - 1)::int8 FROM unnest($1::text[]) WITH ORDINALITY u(id, n) \
+                 WHERE NOT EXISTS (SELECT 1 FROM pg_temp.cdc_worker_covered c WHERE c.id = u.id)",
+                &[&ids],
+            )
+            .await
+            .context("looking up covered products")?;
+        Ok(rows.iter().map(|r| r.get::<_, i64>(0) as usize).collect())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
+    use std::collections::BTreeSet;
 
     fn snap(text: &str) -> Option<Snapshot> {
         Some(Snapshot::parse(text).unwrap())
     }
 
-    #[test]
-    fn skips_only_products_recomputed_after_every_transaction_was_visible() {
-        let mut c = Covered::new(10);
-        // Nothing recorded: everything is recomputed.
-        assert_eq!(c.to_recompute(["a", "b"].into_iter(), &[5]), ["a", "b"]);
-        // a and b recomputed at a snapshot that saw xids below 100 except 90.
-        c.record(&["a", "b"], snap("80:100:90"), false);
-        // Transactions the snapshot saw: a and b are done, c is not.
-        assert_eq!(c.to_recompute(["a", "c"].into_iter(), &[50, 99]), ["c"]);
-        // One transaction it did not see (in progress then, or newer): recompute all.
-        assert_eq!(
-            c.to_recompute(["a", "c"].into_iter(), &[50, 90]),
-            ["a", "c"]
-        );
-        assert_eq!(c.to_recompute(["a"].into_iter(), &[100]), ["a"]);
-        // No transactions at all proves nothing.
-        assert_eq!(c.to_recompute(["a"].into_iter(), &[]), ["a"]);
+    /// A spill store in memory, counting its resets.
+    #[derive(Default)]
+    struct Store {
+        ids: RefCell<BTreeSet<String>>,
+        resets: RefCell<usize>,
     }
 
-    #[test]
-    fn grows_under_the_old_snapshot_and_restarts_otherwise() {
+    impl Spill for Store {
+        async fn reset(&self) -> anyhow::Result<()> {
+            self.ids.borrow_mut().clear();
+            *self.resets.borrow_mut() += 1;
+            Ok(())
+        }
+        async fn insert(&self, ids: &[&str]) -> anyhow::Result<()> {
+            let mut set = self.ids.borrow_mut();
+            set.extend(ids.iter().map(|s| s.to_string()));
+            Ok(())
+        }
+        async fn missing(&self, ids: &[&str]) -> anyhow::Result<Vec<usize>> {
+            let set = self.ids.borrow();
+            Ok((0..ids.len()).filter(|&i| !set.contains(ids[i])).collect())
+        }
+    }
+
+    async fn todo<'a>(c: &Covered, s: &Store, ids: &[&'a str], xids: &[u32]) -> Vec<&'a str> {
+        c.to_recompute(s, ids.iter().copied(), xids).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn skips_only_products_recomputed_after_every_transaction_was_visible() {
+        let s = Store::default();
+        let mut c = Covered::new(10);
+        // Nothing recorded: everything is recomputed.
+        assert_eq!(todo(&c, &s, &["a", "b"], &[5]).await, ["a", "b"]);
+        // a and b recomputed at a snapshot that saw xids below 100 except 90.
+        c.record(&s, &["a", "b"], snap("80:100:90"), false)
+            .await
+            .unwrap();
+        // Transactions the snapshot saw: a and b are done, c is not.
+        assert_eq!(todo(&c, &s, &["a", "c"], &[50, 99]).await, ["c"]);
+        // One transaction it did not see (in progress then, or newer): recompute all.
+        assert_eq!(todo(&c, &s, &["a", "c"], &[50, 90]).await, ["a", "c"]);
+        assert_eq!(todo(&c, &s, &["a"], &[100]).await, ["a"]);
+        // No transactions at all proves nothing.
+        assert_eq!(todo(&c, &s, &["a"], &[]).await, ["a"]);
+    }
+
+    #[tokio::test]
+    async fn grows_under_the_old_snapshot_and_restarts_otherwise() {
+        let s = Store::default();
         let mut c = Covered::new(3);
-        c.record(&["a"], snap("80:100:"), false);
+        c.record(&s, &["a"], snap("80:100:"), false).await.unwrap();
         // A covered batch adds c under the old snapshot.
-        c.record(&["c"], snap("120:130:"), true);
+        c.record(&s, &["c"], snap("120:130:"), true).await.unwrap();
         assert_eq!(c.len(), 2);
-        assert_eq!(c.to_recompute(["a", "c", "d"].into_iter(), &[99]), ["d"]);
-        // Past the cap: only the last batch, at its own snapshot.
-        c.record(&["d", "e"], snap("120:130:"), true);
-        assert_eq!(c.len(), 2);
-        assert_eq!(c.to_recompute(["a", "d"].into_iter(), &[125]), ["a"]);
+        assert_eq!(todo(&c, &s, &["a", "c", "d"], &[99]).await, ["d"]);
         // A batch not covered starts again from itself and its snapshot.
-        c.record(&["x"], snap("200:210:"), false);
-        assert_eq!(c.to_recompute(["d", "x"].into_iter(), &[205]), ["d"]);
+        c.record(&s, &["x"], snap("200:210:"), false).await.unwrap();
+        assert_eq!(todo(&c, &s, &["a", "x"], &[205]).await, ["a"]);
         // No snapshot (a batch without transactions): forget.
-        c.record(&["x"], None, false);
+        c.record(&s, &["x"], None, false).await.unwrap();
         assert!(c.is_empty());
         assert!(!c.covers(&[1]));
-        // Larger than the cap on its own: nothing kept.
-        c.record(&["p", "q", "r", "s"], snap("200:210:"), false);
+        assert_eq!(*s.resets.borrow(), 0, "small sets stay in memory");
+    }
+
+    #[tokio::test]
+    async fn past_the_cap_the_set_moves_to_the_store_and_keeps_growing() {
+        let s = Store::default();
+        let mut c = Covered::new(2);
+        c.record(&s, &["a", "b"], snap("80:100:"), false)
+            .await
+            .unwrap();
+        // Past the in-memory cap: a, b and the new ids all go to the store.
+        c.record(&s, &["c", "d", "e"], snap("120:130:"), true)
+            .await
+            .unwrap();
+        assert_eq!((c.len(), c.ids.len(), *s.resets.borrow()), (5, 0, 1));
+        assert_eq!(todo(&c, &s, &["e", "f", "a", "g"], &[99]).await, ["f", "g"]);
+        // A batch larger than the cap on its own, not covered: straight to the store,
+        // emptied first.
+        c.record(&s, &["p", "q", "r"], snap("200:210:"), false)
+            .await
+            .unwrap();
+        assert_eq!((c.len(), *s.resets.borrow()), (3, 2));
+        assert_eq!(todo(&c, &s, &["a", "q"], &[205]).await, ["a"]);
+        // Forgetting makes the store's rows unused until the next reset.
+        c.forget();
+        assert_eq!(todo(&c, &s, &["q"], &[205]).await, ["q"]);
+        // Beyond the store's bound: nothing kept rather than a partial set.
+        let many: Vec<String> = (0..2 * SPILL_FACTOR + 1).map(|i| i.to_string()).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        c.record(&s, &many, snap("300:310:"), false).await.unwrap();
         assert!(c.is_empty());
     }
 }

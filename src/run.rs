@@ -342,12 +342,16 @@ async fn apply_batch(
         }
         None => {
             let extends = covered.covers(&batch.xids);
-            let mut ids = covered.to_recompute(batch.ids.iter(), &batch.xids);
+            let mut ids = covered
+                .to_recompute(applier.client(), batch.ids.iter(), &batch.xids)
+                .await?;
             skipped = batch.ids.len() - ids.len();
             let (applied, seen) = applier
                 .apply_seen(&mut ids, &batch.xids, batch.lsn, commit)
                 .await?;
-            covered.record(&ids, seen, extends);
+            covered
+                .record(applier.client(), &ids, seen, extends)
+                .await?;
             applied
         }
     };

@@ -709,3 +709,47 @@ async fn cuts_of_a_large_transaction_keep_its_xid() {
         w.log_tail(20)
     );
 }
+
+/// Past `max_pending` covered products the set moves to a temporary table instead of
+/// starting again: a transaction touching more products than memory may hold, twice,
+/// recomputes each product once. (Kept in memory only, the second pass recomputed what
+/// the first pass's earlier cuts covered.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_larger_than_memory_recomputes_each_product_once() {
+    let db = Cluster::shared().create_db("covered_spill").await;
+    let c = db.client().await;
+    seed(&c, 1, 120).await;
+    let config =
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.toml", db.name));
+    std::fs::write(&config, "[batch]\nmax_pending = 50\n").unwrap();
+    let config = config.display().to_string();
+    let setup = WorkerProcess::run_to_end(&db, &["--config", &config, "setup"], &[]);
+    assert!(setup.success, "{}", setup.output);
+    // 240 changes of 120 products, cut every 50 products.
+    c.batch_execute(
+        "BEGIN; UPDATE \"Price\" SET amount = amount + 1; \
+         UPDATE \"Price\" SET amount = amount + 1; COMMIT;",
+    )
+    .await
+    .unwrap();
+    let w = WorkerProcess::start(&db, &["--config", &config, "run"], &[]);
+    wait_converged(&c, "one transaction touching 120 products twice").await;
+    wait_until(
+        Duration::from_secs(30),
+        "the transaction's last cut",
+        || async {
+            w.output()
+                .lines()
+                .any(|l| l.contains("applied batch") && l.contains("transactions=1"))
+        },
+    )
+    .await;
+    let log = w.output();
+    assert_eq!(
+        (batch_total(&log, "products"), batch_total(&log, "skipped")),
+        (120, 120),
+        "each product recomputed once, its second change skipped:\n{}",
+        w.log_tail(20)
+    );
+    assert!(log.contains("covered products moved to a temporary table"));
+}
