@@ -181,15 +181,21 @@ impl Spill for Client {
     }
 
     async fn missing(&self, ids: &[&str]) -> anyhow::Result<Vec<usize>> {
-        let rows = self
-            .query(
-                "SELECT (u.n - 1)::int8 FROM unnest($1::text[]) WITH ORDINALITY u(id, n) \
+        // One row with an array: a row per id would cost the worker ~100 bytes each.
+        let row = self
+            .query_one(
+                "SELECT coalesce(array_agg((u.n - 1)::int4), '{}') \
+                 FROM unnest($1::text[]) WITH ORDINALITY u(id, n) \
                  WHERE NOT EXISTS (SELECT 1 FROM pg_temp.cdc_worker_covered c WHERE c.id = u.id)",
                 &[&ids],
             )
             .await
             .context("looking up covered products")?;
-        Ok(rows.iter().map(|r| r.get::<_, i64>(0) as usize).collect())
+        Ok(row
+            .get::<_, Vec<i32>>(0)
+            .into_iter()
+            .map(|i| i as usize)
+            .collect())
     }
 }
 
