@@ -4,6 +4,7 @@
 #   bench/ceiling.sh                          # 1000 5000 10000 20000 updates/s, 10 s each, 20k products
 #   SECS=20 bench/ceiling.sh 2000 4000 8000
 #   TRIGGERS=1 bench/ceiling.sh 1000          # with freshness.sh's measurement triggers, to see their load
+#   ROWS=5 bench/ceiling.sh 10000             # 5 updates per transaction (rates stay in updates/s)
 #
 # Same load as freshness.sh (single-row updates: 4/5 Inventory quantity + 1, 1/5 USD Price
 # amount + 1, pgbench -R rate), measured without triggers: a second slot with the
@@ -22,16 +23,27 @@ N=${PRODUCTS:-20000}
 SECS=${SECS:-10}
 RATES=("$@"); [ ${#RATES[@]} -gt 0 ] || RATES=(1000 5000 10000 20000)
 RECV=${RECV:-1}            # 0: leave out the pg_recvlogical phase
+ROWS=${ROWS:-1}            # updates per transaction, each of a random row (pgbench -R rate/ROWS)
 CATCHUP_MAX=${CATCHUP_MAX:-60}
 # clients: enough that the rate is not limited by round trips (one client does a few
 # hundred to a few thousand updates/s here); -j 2 threads.
-clients_for() { local c=$(($1 / 250)); [ $c -lt 4 ] && c=4; [ $c -gt 40 ] && c=40; echo "${CLIENTS:-$c}"; }
+clients_for() { local c=$(($1 / ROWS / 250)); [ $c -lt 4 ] && c=4; [ $c -gt 40 ] && c=40; echo "${CLIENTS:-$c}"; }
 
 echo "# machine: $(machine)"
 start_cluster
 load_data "$N"
 worker_setup
 single_row_scripts
+# ROWS > 1: each script becomes ROWS copies of its update (own random row each) in one
+# transaction; deadlocks between them are retried (--max-tries).
+multi_row() {
+    { for i in $(seq "$ROWS"); do grep '^\\set' "$1" | sed -E "s/^\\\\set ([a-z]+) /\\\\set \\1$i /"; done
+      echo "BEGIN;"
+      for i in $(seq "$ROWS"); do grep -v '^\\set' "$1" | sed -E "s/:(p|l)\\b/:\\1$i/g"; done
+      echo "COMMIT;"; } >"$1.multi"
+    mv "$1.multi" "$1"
+}
+if [ "$ROWS" -gt 1 ]; then multi_row "$WORK/inventory.sql"; multi_row "$WORK/price.sql"; fi
 [ "${TRIGGERS:-0}" = 1 ] && freshness_triggers
 psqlq <<'SQL'
 CREATE SCHEMA ceil;
@@ -74,10 +86,10 @@ lag_stats() { # consumer rate column -> "p50 max q1 q2 q3 q4" in MiB over the pg
                $(for q in 1 2 3 4; do printf "round((avg(v) FILTER (WHERE q = $q) / 1048576)::numeric, 1)"; [ $q = 4 ] || printf ', '; done)
         FROM l"
 }
-run_pgbench() { # rate -> "tps transactions"
-    "$PGBIN/pgbench" -n -M prepared -c "$(clients_for "$1")" -j 2 -R "$1" -T "$SECS" -D products="$N" \
-        -f "$WORK/inventory.sql@4" -f "$WORK/price.sql@1" bench 2>&1 \
-        | awk '/^number of transactions actually processed/{n=$6} /^tps/{t=$3} END{print t, n}'
+run_pgbench() { # rate (updates/s) -> "updates/s updates"
+    "$PGBIN/pgbench" -n -M prepared -c "$(clients_for "$1")" -j 2 -R "$(($1 / ROWS))" -T "$SECS" -D products="$N" \
+        $([ "$ROWS" -gt 1 ] && echo --max-tries=10) -f "$WORK/inventory.sql@4" -f "$WORK/price.sql@1" bench 2>&1 \
+        | awk -v r="$ROWS" '/^number of transactions actually processed/{n=$6} /^tps/{t=$3} END{print t * r, n * r}'
 }
 
 declare -A W_TPS W_N W_LAG W_CU W_CPU W_LAT
@@ -189,7 +201,7 @@ fi
 
 echo
 echo "# machine after: loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "products=$N secs=$SECS pgbench -M prepared -j 2 -R rate, 4/5 Inventory + 1/5 USD Price single-row updates; triggers=${TRIGGERS:-0}"
+echo "products=$N secs=$SECS pgbench -M prepared -j 2 -R rate/$ROWS, 4/5 Inventory + 1/5 USD Price updates, $ROWS per transaction; triggers=${TRIGGERS:-0}"
 echo
 echo "worker: lags = MiB of WAL behind pg_current_wal_lsn, sampled every 0.5 s during the run: p50, max, and the mean of each"
 echo "quarter of the run (growing = not keeping up); 'last in summary' = last change's summary commit, s after pgbench ended"

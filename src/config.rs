@@ -141,7 +141,8 @@ pub struct Batch {
     /// Most distinct dirty products held while apply is busy. Under backlog, batches grow
     /// up to this, so repeated changes to the same products coalesce; it bounds the
     /// worker's memory (about 10 bytes per product id plus the id's own length; two
-    /// batches, one filling and one being applied, at most).
+    /// batches, one filling and one being applied, at most). It also bounds the products
+    /// an earlier recompute covered kept in memory; past it they go to a temporary table.
     pub max_pending: usize,
     /// Interval of the heartbeat message written to the WAL, so that the slot and the
     /// lag-in-seconds metric advance even while the published tables are idle.
