@@ -668,22 +668,19 @@ async fn a_backlog_recomputes_each_product_once() {
     assert_eq!(row.get::<_, i32>("inventoryAvailable"), 2 * (99 - 3));
 }
 
-/// A transaction larger than `max_pending` is handed to apply in cuts; each cut carries
-/// the transaction's xid, so a later cut can skip the products an earlier cut already
-/// recomputed (the transaction was visible to it). Without the xid a cut proves nothing
-/// and nothing is skipped.
-#[tokio::test(flavor = "multi_thread")]
-async fn cuts_of_a_large_transaction_keep_its_xid() {
-    let db = Cluster::shared().create_db("cut_xid").await;
+/// `products` products, a worker with `max_pending = 50` set up, then one transaction
+/// that changes every price twice (cut every 50 products), then `run` until the summary
+/// has converged and the transaction's last cut is applied. Returns the worker's log.
+async fn run_after_a_transaction_touching_everything_twice(name: &str, products: i32) -> String {
+    let db = Cluster::shared().create_db(name).await;
     let c = db.client().await;
-    seed(&c, 1, 60).await;
+    seed(&c, 1, products).await;
     let config =
         std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.toml", db.name));
     std::fs::write(&config, "[batch]\nmax_pending = 50\n").unwrap();
     let config = config.display().to_string();
     let setup = WorkerProcess::run_to_end(&db, &["--config", &config, "setup"], &[]);
     assert!(setup.success, "{}", setup.output);
-    // One transaction touching every product twice: 120 changes, cut every 50 products.
     c.batch_execute(
         "BEGIN; UPDATE \"Price\" SET amount = amount + 1; \
          UPDATE \"Price\" SET amount = amount + 1; COMMIT;",
@@ -691,49 +688,7 @@ async fn cuts_of_a_large_transaction_keep_its_xid() {
     .await
     .unwrap();
     let w = WorkerProcess::start(&db, &["--config", &config, "run"], &[]);
-    wait_converged(&c, "one transaction touching 60 products twice").await;
-    wait_until(
-        Duration::from_secs(30),
-        "the transaction's cuts",
-        || async {
-            w.output()
-                .lines()
-                .any(|l| l.contains("applied batch") && l.contains("transactions=1"))
-        },
-    )
-    .await;
-    let log = w.output();
-    assert!(
-        batch_total(&log, "skipped") > 0,
-        "a later cut skipped what an earlier one recomputed:\n{}",
-        w.log_tail(20)
-    );
-}
-
-/// Past `max_pending` covered products the set moves to a temporary table instead of
-/// starting again: a transaction touching more products than memory may hold, twice,
-/// recomputes each product once. (Kept in memory only, the second pass recomputed what
-/// the first pass's earlier cuts covered.)
-#[tokio::test(flavor = "multi_thread")]
-async fn a_transaction_larger_than_memory_recomputes_each_product_once() {
-    let db = Cluster::shared().create_db("covered_spill").await;
-    let c = db.client().await;
-    seed(&c, 1, 120).await;
-    let config =
-        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.toml", db.name));
-    std::fs::write(&config, "[batch]\nmax_pending = 50\n").unwrap();
-    let config = config.display().to_string();
-    let setup = WorkerProcess::run_to_end(&db, &["--config", &config, "setup"], &[]);
-    assert!(setup.success, "{}", setup.output);
-    // 240 changes of 120 products, cut every 50 products.
-    c.batch_execute(
-        "BEGIN; UPDATE \"Price\" SET amount = amount + 1; \
-         UPDATE \"Price\" SET amount = amount + 1; COMMIT;",
-    )
-    .await
-    .unwrap();
-    let w = WorkerProcess::start(&db, &["--config", &config, "run"], &[]);
-    wait_converged(&c, "one transaction touching 120 products twice").await;
+    wait_converged(&c, "one transaction touching every product twice").await;
     wait_until(
         Duration::from_secs(30),
         "the transaction's last cut",
@@ -744,12 +699,35 @@ async fn a_transaction_larger_than_memory_recomputes_each_product_once() {
         },
     )
     .await;
-    let log = w.output();
+    w.output()
+}
+
+/// A transaction larger than `max_pending` is handed to apply in cuts; each cut carries
+/// the transaction's xid, so a later cut can skip the products an earlier cut already
+/// recomputed (the transaction was visible to it). Without the xid a cut proves nothing
+/// and nothing is skipped.
+#[tokio::test(flavor = "multi_thread")]
+async fn cuts_of_a_large_transaction_keep_its_xid() {
+    // 120 changes of 60 products.
+    let log = run_after_a_transaction_touching_everything_twice("cut_xid", 60).await;
+    assert!(
+        batch_total(&log, "skipped") > 0,
+        "a later cut skipped what an earlier one recomputed:\n{log}"
+    );
+}
+
+/// Past `max_pending` covered products the set moves to a temporary table instead of
+/// starting again: a transaction touching more products than memory may hold, twice,
+/// recomputes each product once. (Kept in memory only, the second pass recomputed what
+/// the first pass's earlier cuts covered.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_larger_than_memory_recomputes_each_product_once() {
+    // 240 changes of 120 products.
+    let log = run_after_a_transaction_touching_everything_twice("covered_spill", 120).await;
     assert_eq!(
         (batch_total(&log, "products"), batch_total(&log, "skipped")),
         (120, 120),
-        "each product recomputed once, its second change skipped:\n{}",
-        w.log_tail(20)
+        "each product recomputed once, its second change skipped:\n{log}"
     );
     assert!(log.contains("covered products moved to a temporary table"));
 }
