@@ -473,8 +473,8 @@ async fn cursors_keyed_by_the_full_url_are_renamed_in_place() {
         "{}",
         w.log_tail(20)
     );
-    let cursors: Vec<(String, i64)> = c
-        .query(
+    let cursors = || async {
+        c.query(
             "SELECT endpoint, delivered_id FROM cdc_worker.outbox_cursor",
             &[],
         )
@@ -482,7 +482,17 @@ async fn cursors_keyed_by_the_full_url_are_renamed_in_place() {
         .unwrap()
         .iter()
         .map(|r| (r.get(0), r.get(1)))
-        .collect();
+        .collect::<Vec<(String, i64)>>()
+    };
+    // The cursor moves when the endpoint's answer is back, a moment after the tags
+    // arrived there.
+    wait_until(
+        Duration::from_secs(20),
+        "the renamed cursor moves past the new tags",
+        || async { cursors().await.iter().any(|(_, id)| *id > last_old) },
+    )
+    .await;
+    let cursors = cursors().await;
     assert_eq!(cursors.len(), 1, "{cursors:?}");
     assert_eq!(
         cursors[0].0,
