@@ -407,9 +407,9 @@ pub async fn read_checkpoint(
 /// The set-based apply of one part (`$1` the currency, `$2` the product ids as text):
 /// the summary query's rows (`d`) against the table's (`c`), the rows that differ
 /// updated (inserted when new), the rows whose product has no summary row any more
-/// deleted, all in one
-/// statement and one snapshot. Returns one row per changed product: kind (`i`, `u`, `d`),
-/// product id, store id, old store id, whether its stock changed (for the tags).
+/// deleted, all in one statement and one snapshot. Returns one row per changed product:
+/// kind (`i`, `u`, `d`), product id, store id, old store id, whether its stock changed
+/// (for the tags).
 /// Equal rows are not written: a no-op source change writes nothing.
 fn write_sql(layout: &Layout) -> String {
     let c = &layout.col;
