@@ -34,8 +34,9 @@ const SPILL_FACTOR: usize = 50;
 /// types only, so the futures' `Send` is known where it matters.)
 #[allow(async_fn_in_trait)]
 pub trait Spill {
-    /// Empties the store (creating it first if needed).
-    async fn reset(&self) -> anyhow::Result<()>;
+    /// Empties the store (creating it first if needed); false when there can be none
+    /// (the role may not create temporary tables).
+    async fn reset(&self) -> anyhow::Result<bool>;
     async fn insert(&self, ids: &[&str]) -> anyhow::Result<()>;
     /// The positions in `ids` of the ids not in the store.
     async fn missing(&self, ids: &[&str]) -> anyhow::Result<Vec<usize>>;
@@ -50,6 +51,8 @@ pub struct Covered {
     seen: Option<Snapshot>,
     /// Most ids kept in memory (memory stays within what `batch.max_pending` allows).
     cap: usize,
+    /// The store was refused (said once): past `cap` the set starts again instead.
+    no_store: bool,
 }
 
 impl Covered {
@@ -59,6 +62,7 @@ impl Covered {
             spilled: 0,
             seen: None,
             cap,
+            no_store: false,
         }
     }
 
@@ -109,7 +113,7 @@ impl Covered {
         };
         if !extends || self.len() + ids.len() > self.cap * SPILL_FACTOR {
             self.forget();
-            self.seen = Some(seen);
+            self.seen = Some(seen.clone());
         }
         if self.spilled == 0 && self.ids.len() + ids.len() <= self.cap {
             for id in ids {
@@ -121,9 +125,27 @@ impl Covered {
             self.forget();
             return Ok(());
         }
+        if self.spilled == 0 && (self.no_store || !spill.reset().await?) {
+            if !self.no_store {
+                self.no_store = true;
+                tracing::warn!(
+                    "covered products stay in memory: this role may not create temporary tables. \
+                     A transaction touching more than batch.max_pending products may be recomputed \
+                     more than once. Fix: GRANT TEMPORARY ON DATABASE <database> TO <role>"
+                );
+            }
+            // Memory only: start again from this batch, under its own snapshot, if it fits.
+            self.forget();
+            if ids.len() <= self.cap {
+                for id in ids {
+                    self.ids.insert(id);
+                }
+                self.seen = Some(seen);
+            }
+            return Ok(());
+        }
         if self.spilled == 0 {
             // Moving to the store: what memory held goes first.
-            spill.reset().await?;
             let held: Vec<&str> = self.ids.iter().collect();
             if !held.is_empty() {
                 spill.insert(&held).await?;
@@ -160,13 +182,25 @@ impl Covered {
 /// The spill store of the apply session: a temporary table, private to the connection
 /// and gone with it (a reconnect starts a new session with a new, empty set).
 impl Spill for Client {
-    async fn reset(&self) -> anyhow::Result<()> {
+    async fn reset(&self) -> anyhow::Result<bool> {
+        // TEMPORARY is granted to PUBLIC by default; a hardened database may revoke it.
+        let allowed: bool = self
+            .query_one(
+                "SELECT has_database_privilege(current_database(), 'TEMPORARY')",
+                &[],
+            )
+            .await?
+            .get(0);
+        if !allowed {
+            return Ok(false);
+        }
         self.batch_execute(
             "CREATE TEMPORARY TABLE IF NOT EXISTS cdc_worker_covered (id text PRIMARY KEY); \
              TRUNCATE pg_temp.cdc_worker_covered",
         )
         .await
-        .context("creating the temporary table of covered products")
+        .context("creating the temporary table of covered products")?;
+        Ok(true)
     }
 
     async fn insert(&self, ids: &[&str]) -> anyhow::Result<()> {
@@ -209,18 +243,23 @@ mod tests {
         Some(Snapshot::parse(text).unwrap())
     }
 
-    /// A spill store in memory, counting its resets.
+    /// A spill store in memory, counting its resets; `refused` plays a role without the
+    /// TEMPORARY privilege.
     #[derive(Default)]
     struct Store {
         ids: RefCell<BTreeSet<String>>,
         resets: RefCell<usize>,
+        refused: bool,
     }
 
     impl Spill for Store {
-        async fn reset(&self) -> anyhow::Result<()> {
-            self.ids.borrow_mut().clear();
+        async fn reset(&self) -> anyhow::Result<bool> {
             *self.resets.borrow_mut() += 1;
-            Ok(())
+            if self.refused {
+                return Ok(false);
+            }
+            self.ids.borrow_mut().clear();
+            Ok(true)
         }
         async fn insert(&self, ids: &[&str]) -> anyhow::Result<()> {
             let mut set = self.ids.borrow_mut();
@@ -303,5 +342,27 @@ mod tests {
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
         c.record(&s, &many, snap("300:310:"), false).await.unwrap();
         assert!(c.is_empty());
+    }
+
+    #[tokio::test]
+    async fn without_a_store_past_the_cap_it_starts_again_in_memory() {
+        let s = Store {
+            refused: true,
+            ..Store::default()
+        };
+        let mut c = Covered::new(2);
+        c.record(&s, &["a", "b"], snap("80:100:"), false)
+            .await
+            .unwrap();
+        // c fits no more: asked once, refused, the set restarts from c under its snapshot.
+        c.record(&s, &["c"], snap("120:130:"), true).await.unwrap();
+        assert_eq!((c.len(), *s.resets.borrow()), (1, 1));
+        assert_eq!(todo(&c, &s, &["a", "c"], &[125]).await, ["a"]);
+        // Not asked again; a batch above the cap keeps nothing.
+        c.record(&s, &["p", "q", "r"], snap("200:210:"), false)
+            .await
+            .unwrap();
+        assert_eq!((c.len(), *s.resets.borrow()), (0, 1));
+        assert_eq!(todo(&c, &s, &["p"], &[205]).await, ["p"]);
     }
 }

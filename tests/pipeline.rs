@@ -368,13 +368,9 @@ async fn sigterm_finishes_the_batch_and_exits_0() {
     assert!(confirmed <= checkpoint);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn runs_as_a_non_superuser_over_tls() {
-    let db = Cluster::shared().create_db("least_privilege").await;
-    let c = db.client().await;
-    seed(&c, 1, 20).await;
-    // What an admin does once (README, "Privileges"): the role, its grants, and the
-    // objects only a table owner may create.
+/// What an admin does once (README, "Privileges"): a role with its grants, and the
+/// objects only a table owner may create. Returns the role's URL and name.
+async fn least_privilege_role(db: &TestDb, c: &tokio_postgres::Client) -> (String, String) {
     let url = db.create_role(&format!("w_{}", db.name), "pw-s3cret").await;
     let role = format!("w_{}", db.name);
     c.batch_execute(&format!(
@@ -390,6 +386,15 @@ async fn runs_as_a_non_superuser_over_tls() {
     ))
     .await
     .unwrap();
+    (url, role)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_as_a_non_superuser_over_tls() {
+    let db = Cluster::shared().create_db("least_privilege").await;
+    let c = db.client().await;
+    seed(&c, 1, 20).await;
+    let (url, role) = least_privilege_role(&db, &c).await;
     let tls_url = format!("{url}?sslmode=require");
     let env = [("DATABASE_URL", tls_url.as_str())];
     let setup = WorkerProcess::run_to_end(&db, &["setup"], &env);
@@ -671,7 +676,13 @@ async fn a_backlog_recomputes_each_product_once() {
 /// `products` products, a worker with `max_pending = 50` set up, then one transaction
 /// that changes every price twice (cut every 50 products), then `run` until the summary
 /// has converged and the transaction's last cut is applied. Returns the worker's log.
-async fn run_after_a_transaction_touching_everything_twice(name: &str, products: i32) -> String {
+/// `no_temp`: the worker runs as a least-privilege role on a database where PUBLIC may
+/// not create temporary tables.
+async fn run_after_a_transaction_touching_everything_twice(
+    name: &str,
+    products: i32,
+    no_temp: bool,
+) -> String {
     let db = Cluster::shared().create_db(name).await;
     let c = db.client().await;
     seed(&c, 1, products).await;
@@ -679,7 +690,18 @@ async fn run_after_a_transaction_touching_everything_twice(name: &str, products:
         std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.toml", db.name));
     std::fs::write(&config, "[batch]\nmax_pending = 50\n").unwrap();
     let config = config.display().to_string();
-    let setup = WorkerProcess::run_to_end(&db, &["--config", &config, "setup"], &[]);
+    let mut url = None;
+    if no_temp {
+        c.batch_execute(&format!(
+            "REVOKE TEMPORARY ON DATABASE \"{}\" FROM PUBLIC",
+            db.name
+        ))
+        .await
+        .unwrap();
+        url = Some(least_privilege_role(&db, &c).await.0);
+    }
+    let env: Vec<(&str, &str)> = url.iter().map(|u| ("DATABASE_URL", u.as_str())).collect();
+    let setup = WorkerProcess::run_to_end(&db, &["--config", &config, "setup"], &env);
     assert!(setup.success, "{}", setup.output);
     c.batch_execute(
         "BEGIN; UPDATE \"Price\" SET amount = amount + 1; \
@@ -687,7 +709,7 @@ async fn run_after_a_transaction_touching_everything_twice(name: &str, products:
     )
     .await
     .unwrap();
-    let w = WorkerProcess::start(&db, &["--config", &config, "run"], &[]);
+    let w = WorkerProcess::start(&db, &["--config", &config, "run"], &env);
     wait_converged(&c, "one transaction touching every product twice").await;
     wait_until(
         Duration::from_secs(30),
@@ -709,7 +731,7 @@ async fn run_after_a_transaction_touching_everything_twice(name: &str, products:
 #[tokio::test(flavor = "multi_thread")]
 async fn cuts_of_a_large_transaction_keep_its_xid() {
     // 120 changes of 60 products.
-    let log = run_after_a_transaction_touching_everything_twice("cut_xid", 60).await;
+    let log = run_after_a_transaction_touching_everything_twice("cut_xid", 60, false).await;
     assert!(
         batch_total(&log, "skipped") > 0,
         "a later cut skipped what an earlier one recomputed:\n{log}"
@@ -723,11 +745,26 @@ async fn cuts_of_a_large_transaction_keep_its_xid() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_transaction_larger_than_memory_recomputes_each_product_once() {
     // 240 changes of 120 products.
-    let log = run_after_a_transaction_touching_everything_twice("covered_spill", 120).await;
+    let log = run_after_a_transaction_touching_everything_twice("covered_spill", 120, false).await;
     assert_eq!(
         (batch_total(&log, "products"), batch_total(&log, "skipped")),
         (120, 120),
         "each product recomputed once, its second change skipped:\n{log}"
     );
     assert!(log.contains("covered products moved to a temporary table"));
+}
+
+/// A role that may not create temporary tables: the covered set stays in memory (each
+/// product may be recomputed more than once), the summary is still exact, and the log
+/// says why and what to grant.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_temporary_tables_the_covered_set_stays_in_memory() {
+    let log = run_after_a_transaction_touching_everything_twice("covered_no_temp", 120, true).await;
+    assert!(
+        log.contains("may not create temporary tables")
+            && log.contains("GRANT TEMPORARY ON DATABASE"),
+        "{log}"
+    );
+    assert!(!log.contains("moved to a temporary table"), "{log}");
+    assert!(batch_total(&log, "products") > 120, "{log}");
 }
