@@ -53,23 +53,26 @@ stop_cluster() {
 
 # load_data PRODUCTS [STORES]: reference schema (sql/source_schema.sql) plus PRODUCTS
 # products over STORES stores, each with a USD and an EUR price, 2 inventory rows and 1-3
-# images. Ids are text, as Prisma makes them.
+# images. Ids are text, as Prisma makes them: p0000001, or with LONG_IDS=1 25 characters
+# like a cuid ('c' and 24 hex digits; for backlog.sh, whose load does not name products).
 load_data() {
     local n=$1 stores=${2:-100}
+    local pid="'p' || lpad(g::text, 7, '0')"
+    [ "${LONG_IDS:-0}" = 1 ] && pid="'c' || substr(md5(g::text), 1, 24)"
     psqlq -f "$ROOT/sql/source_schema.sql"
     psqlq <<SQL
 INSERT INTO "Product" ("id","storeId","title","description","active","updatedAt")
-SELECT 'p' || lpad(g::text, 7, '0'), 's' || (g % $stores + 1), 'Product ' || md5(g::text),
+SELECT $pid, 's' || (g % $stores + 1), 'Product ' || md5(g::text),
        'Description of product ' || g, g % 10 <> 0, now()
 FROM generate_series(1, $n) g;
 INSERT INTO "Price" ("id","productId","currency","amount")
-SELECT 'pr' || c || g, 'p' || lpad(g::text, 7, '0'), c, 100 + g % 9000
+SELECT 'pr' || c || g, $pid, c, 100 + g % 9000
 FROM generate_series(1, $n) g, unnest(ARRAY['USD','EUR']) c;
 INSERT INTO "Inventory" ("id","productId","locationId","quantity","reserved")
-SELECT 'inv' || l || '-' || g, 'p' || lpad(g::text, 7, '0'), 'loc' || l, 10 + (g * l) % 50, g % 3
+SELECT 'inv' || l || '-' || g, $pid, 'loc' || l, 10 + (g * l) % 50, g % 3
 FROM generate_series(1, $n) g, generate_series(1, 2) l;
 INSERT INTO "ProductImage" ("id","productId","url","position")
-SELECT 'img' || k || '-' || g, 'p' || lpad(g::text, 7, '0'),
+SELECT 'img' || k || '-' || g, $pid,
        'https://cdn.example.com/p' || g || '/' || k || '.jpg', k
 FROM generate_series(1, $n) g, generate_series(1, 3) k WHERE k <= 1 + g % 3;
 VACUUM ANALYZE;

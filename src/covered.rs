@@ -29,6 +29,11 @@ use crate::visibility::Snapshot;
 /// from the last batch: the worker recomputes more, it never skips on a guess.
 const SPILL_FACTOR: usize = 50;
 
+/// Ids per statement to and from the spill table, as a share of the in-memory cap (20k
+/// with the default `max_pending`): a statement's parameter is encoded whole in the
+/// connection's buffer, which keeps its largest size (200k cuids at once: ~6 MB).
+const SPILL_CHUNK_DIVISOR: usize = 10;
+
 /// Where the covered ids go once there are more than memory may hold. (Implemented by
 /// the apply connection, and by a store in memory in the tests; used with concrete
 /// types only, so the futures' `Send` is known where it matters.)
@@ -37,9 +42,10 @@ pub trait Spill {
     /// Empties the store (creating it first if needed); false when there can be none
     /// (the role may not create temporary tables).
     async fn reset(&self) -> anyhow::Result<bool>;
-    async fn insert(&self, ids: &[&str]) -> anyhow::Result<()>;
-    /// The positions in `ids` of the ids not in the store.
-    async fn missing(&self, ids: &[&str]) -> anyhow::Result<Vec<usize>>;
+    /// Adds `ids`, at most `chunk` per statement.
+    async fn insert(&self, ids: &[&str], chunk: usize) -> anyhow::Result<()>;
+    /// The positions in `ids` of the ids not in the store, looked up `chunk` at a time.
+    async fn missing(&self, ids: &[&str], chunk: usize) -> anyhow::Result<Vec<usize>>;
 }
 
 pub struct Covered {
@@ -89,7 +95,7 @@ impl Covered {
             return Ok(ids.filter(|id| !self.ids.contains(id)).collect());
         }
         let ids: Vec<&str> = ids.collect();
-        let missing = spill.missing(&ids).await?;
+        let missing = spill.missing(&ids, self.chunk()).await?;
         Ok(missing.into_iter().map(|i| ids[i]).collect())
     }
 
@@ -148,7 +154,7 @@ impl Covered {
             // Moving to the store: what memory held goes first.
             let held: Vec<&str> = self.ids.iter().collect();
             if !held.is_empty() {
-                spill.insert(&held).await?;
+                spill.insert(&held, self.chunk()).await?;
             }
             self.spilled = held.len();
             self.ids.clear();
@@ -157,7 +163,7 @@ impl Covered {
                 "covered products moved to a temporary table"
             );
         }
-        spill.insert(ids).await?;
+        spill.insert(ids, self.chunk()).await?;
         self.spilled += ids.len();
         Ok(())
     }
@@ -168,6 +174,10 @@ impl Covered {
         self.ids.clear();
         self.spilled = 0;
         self.seen = None;
+    }
+
+    fn chunk(&self) -> usize {
+        (self.cap / SPILL_CHUNK_DIVISOR).max(1)
     }
 
     pub fn len(&self) -> usize {
@@ -203,33 +213,41 @@ impl Spill for Client {
         Ok(true)
     }
 
-    async fn insert(&self, ids: &[&str]) -> anyhow::Result<()> {
-        self.execute(
-            "INSERT INTO pg_temp.cdc_worker_covered SELECT unnest($1::text[]) \
-             ON CONFLICT DO NOTHING",
-            &[&ids],
-        )
-        .await
-        .context("recording covered products")?;
+    async fn insert(&self, ids: &[&str], chunk: usize) -> anyhow::Result<()> {
+        for chunk in ids.chunks(chunk) {
+            self.execute(
+                "INSERT INTO pg_temp.cdc_worker_covered SELECT unnest($1::text[]) \
+                 ON CONFLICT DO NOTHING",
+                &[&chunk],
+            )
+            .await
+            .context("recording covered products")?;
+        }
         Ok(())
     }
 
-    async fn missing(&self, ids: &[&str]) -> anyhow::Result<Vec<usize>> {
-        // One row with an array: a row per id would cost the worker ~100 bytes each.
-        let row = self
-            .query_one(
-                "SELECT coalesce(array_agg((u.n - 1)::int4), '{}') \
-                 FROM unnest($1::text[]) WITH ORDINALITY u(id, n) \
-                 WHERE NOT EXISTS (SELECT 1 FROM pg_temp.cdc_worker_covered c WHERE c.id = u.id)",
-                &[&ids],
-            )
-            .await
-            .context("looking up covered products")?;
-        Ok(row
-            .get::<_, Vec<i32>>(0)
-            .into_iter()
-            .map(|i| i as usize)
-            .collect())
+    async fn missing(&self, ids: &[&str], chunk: usize) -> anyhow::Result<Vec<usize>> {
+        let mut missing = Vec::new();
+        for (i, part) in ids.chunks(chunk).enumerate() {
+            // One row with an array: a row per id would cost the worker ~100 bytes each.
+            let row = self
+                .query_one(
+                    "SELECT coalesce(array_agg((u.n - 1)::int4), '{}') \
+                     FROM unnest($1::text[]) WITH ORDINALITY u(id, n) \
+                     WHERE NOT EXISTS \
+                     (SELECT 1 FROM pg_temp.cdc_worker_covered c WHERE c.id = u.id)",
+                    &[&part],
+                )
+                .await
+                .context("looking up covered products")?;
+            let at = i * chunk;
+            missing.extend(
+                row.get::<_, Vec<i32>>(0)
+                    .into_iter()
+                    .map(|n| at + n as usize),
+            );
+        }
+        Ok(missing)
     }
 }
 
@@ -261,12 +279,12 @@ mod tests {
             self.ids.borrow_mut().clear();
             Ok(true)
         }
-        async fn insert(&self, ids: &[&str]) -> anyhow::Result<()> {
+        async fn insert(&self, ids: &[&str], _chunk: usize) -> anyhow::Result<()> {
             let mut set = self.ids.borrow_mut();
             set.extend(ids.iter().map(|s| s.to_string()));
             Ok(())
         }
-        async fn missing(&self, ids: &[&str]) -> anyhow::Result<Vec<usize>> {
+        async fn missing(&self, ids: &[&str], _chunk: usize) -> anyhow::Result<Vec<usize>> {
             let set = self.ids.borrow();
             Ok((0..ids.len()).filter(|&i| !set.contains(ids[i])).collect())
         }
