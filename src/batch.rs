@@ -26,6 +26,9 @@ pub struct Batch {
     pub xids: Vec<u32>,
     /// Row changes that contributed (for throughput metrics).
     pub changes: u64,
+    /// Of those, changes not marked: a pass over every product saw their transaction
+    /// (`bulk`).
+    pub covered: u64,
     /// Transactions that contributed.
     pub transactions: u64,
 }

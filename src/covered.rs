@@ -12,6 +12,10 @@
 //! recomputes everything it holds. Nothing is skipped on a guess: no snapshot, no xids,
 //! or a recompute of every product forgets the set.
 //!
+//! After a recompute of every product (a bulk transaction, see `bulk`; a TRUNCATE) the
+//! set is every product: a batch whose transactions that pass's snapshot saw needs no
+//! recompute at all.
+//!
 //! The set lives in memory up to `batch.max_pending` ids. Past that (one transaction that
 //! touches a million products, or many queued behind each other) it moves to a temporary
 //! table of the apply session ([`Spill`]), so memory stays flat and a second pass over
@@ -59,6 +63,8 @@ pub struct Covered {
     cap: usize,
     /// The store was refused (said once): past `cap` the set starts again instead.
     no_store: bool,
+    /// Every product was recomputed after `seen` was taken (`ids` is then empty).
+    every: bool,
 }
 
 impl Covered {
@@ -69,6 +75,7 @@ impl Covered {
             seen: None,
             cap,
             no_store: false,
+            every: false,
         }
     }
 
@@ -81,6 +88,11 @@ impl Covered {
         }
     }
 
+    /// Whether a pass over every product saw all of a batch's transactions.
+    pub fn saw_all(&self, xids: &[u32]) -> bool {
+        self.every && self.covers(xids)
+    }
+
     /// The ids of a batch still to recompute: all of them unless [`Covered::covers`].
     pub async fn to_recompute<'a>(
         &self,
@@ -88,6 +100,9 @@ impl Covered {
         ids: impl Iterator<Item = &'a str>,
         xids: &[u32],
     ) -> anyhow::Result<Vec<&'a str>> {
+        if self.saw_all(xids) {
+            return Ok(Vec::new());
+        }
         if !self.covers(xids) || self.is_empty() {
             return Ok(ids.collect());
         }
@@ -110,7 +125,7 @@ impl Covered {
         seen: Option<Snapshot>,
         extends: bool,
     ) -> anyhow::Result<()> {
-        if ids.is_empty() {
+        if ids.is_empty() || (self.every && extends) {
             return Ok(());
         }
         let Some(seen) = seen else {
@@ -168,12 +183,21 @@ impl Covered {
         Ok(())
     }
 
-    /// After a recompute of every product (its pages have no single snapshot) or a failure.
-    /// A spill store keeps its rows until it is next used, and is emptied then.
+    /// Every product was recomputed, each page by a statement that started after `seen`
+    /// was taken (it saw the batch's transactions).
+    pub fn record_every(&mut self, seen: Snapshot) {
+        self.forget();
+        self.every = true;
+        self.seen = Some(seen);
+    }
+
+    /// After a failure, or a recompute of every product without a snapshot. A spill store
+    /// keeps its rows until it is next used, and is emptied then.
     pub fn forget(&mut self) {
         self.ids.clear();
         self.spilled = 0;
         self.seen = None;
+        self.every = false;
     }
 
     fn chunk(&self) -> usize {
@@ -360,6 +384,26 @@ mod tests {
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
         c.record(&s, &many, snap("300:310:"), false).await.unwrap();
         assert!(c.is_empty());
+    }
+
+    #[tokio::test]
+    async fn after_every_product_only_unseen_transactions_recompute() {
+        let s = Store::default();
+        let mut c = Covered::new(2);
+        c.record(&s, &["a"], snap("80:100:"), false).await.unwrap();
+        c.record_every(Snapshot::parse("120:130:125").unwrap());
+        // Seen by the pass: nothing to do, whatever the ids; the set stays every product.
+        assert!(todo(&c, &s, &["a", "x", "y"], &[110, 129]).await.is_empty());
+        c.record(&s, &[], snap("140:150:"), true).await.unwrap();
+        assert!(todo(&c, &s, &["z"], &[99]).await.is_empty());
+        // In progress then (125) or newer (130): all of it, and the set starts again.
+        assert_eq!(todo(&c, &s, &["a", "x"], &[125]).await, ["a", "x"]);
+        assert_eq!(todo(&c, &s, &["a"], &[130]).await, ["a"]);
+        c.record(&s, &["a"], snap("140:150:"), false).await.unwrap();
+        assert_eq!(todo(&c, &s, &["a", "x"], &[145]).await, ["x"]);
+        // No transactions prove nothing, even right after the pass.
+        c.record_every(Snapshot::parse("120:130:").unwrap());
+        assert_eq!(todo(&c, &s, &["a"], &[]).await, ["a"]);
     }
 
     #[tokio::test]

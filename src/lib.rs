@@ -13,6 +13,7 @@
 
 pub mod apply;
 pub mod batch;
+pub mod bulk;
 pub mod config;
 pub mod covered;
 pub mod db;

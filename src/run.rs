@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::apply::{pg_time, Applied, Applier};
 use crate::batch::Batch;
+use crate::bulk::{Bulk, Passes};
 use crate::config::Config;
 use crate::covered::Covered;
 use crate::db::Database;
@@ -116,9 +117,14 @@ async fn session(ctx: &Context) -> anyhow::Result<()> {
     // Bumped when apply held tags of throttled templates, to wake their release.
     let (held_tx, held_rx) = watch::channel(0u64);
     let mut covered = Covered::new(cfg.batch.max_pending);
+    let bulk = Bulk::new(cfg);
+    // Apply publishes the snapshot of each pass over every product here; the stream loop
+    // drops the changes of transactions it saw.
+    let (pass_tx, passes) = Passes::channel();
     let apply_task = tokio::spawn(async move {
         while let Some(batch) = batch_rx.recv().await {
-            let result = apply_batch(&mut applier, &mut covered, batch, &metrics).await;
+            let result =
+                apply_batch(&mut applier, &mut covered, &bulk, &pass_tx, batch, &metrics).await;
             if let Ok((a, _)) = &result {
                 if a.enqueued() {
                     enqueued.send_modify(|n| *n += 1);
@@ -151,7 +157,7 @@ async fn session(ctx: &Context) -> anyhow::Result<()> {
             ctx.outbox_enqueued.clone(),
         ));
     }
-    let result = stream_loop(ctx, &mut stream, &batch_tx, &mut done_rx, start).await;
+    let result = stream_loop(ctx, &mut stream, &batch_tx, &mut done_rx, passes, start).await;
     heartbeat.abort();
     drop(batch_tx);
     if result.is_ok() {
@@ -190,6 +196,7 @@ async fn stream_loop(
     stream: &mut ReplicationClient,
     batch_tx: &mpsc::Sender<Batch>,
     done_rx: &mut mpsc::Receiver<anyhow::Result<Option<Lsn>>>,
+    mut passes: Passes,
     start: Lsn,
 ) -> anyhow::Result<Lsn> {
     let max = ctx.cfg.batch.max_pending;
@@ -283,6 +290,8 @@ async fn stream_loop(
                         }
                         match route {
                             Route::None => {}
+                            // A pass over every product saw this transaction: nothing to mark.
+                            Route::Products(..) if passes.saw(open_xid) => batch.covered += 1,
                             Route::Products(old, new) => {
                                 for id in old.into_iter().chain(new) {
                                     batch.mark(id);
@@ -319,41 +328,57 @@ async fn stream_loop(
 async fn apply_batch(
     applier: &mut Applier,
     covered: &mut Covered,
+    bulk: &Bulk,
+    passes: &watch::Sender<Option<crate::visibility::Snapshot>>,
     batch: Batch,
     metrics: &Metrics,
 ) -> anyhow::Result<(Applied, Option<Lsn>)> {
     let commit = batch.commit_time_micros.map(pg_time);
     let oldest = batch.oldest_commit_micros.map(pg_time);
     let mut skipped = 0;
-    let applied = match &batch.all {
-        Some(_) => {
-            covered.forget();
-            let started = Instant::now();
-            let a = applier
-                .apply_all(&batch.xids, batch.lsn, commit, |_| {})
-                .await?;
-            tracing::info!(
-                products = a.products,
-                written = a.rows_written(),
-                seconds = started.elapsed().as_secs_f64(),
-                "recomputed every product"
-            );
-            a
+    let every = batch.all.is_some()
+        || match bulk.escalates(applier.client(), batch.len()).await? {
+            // Not when an earlier pass already saw all of it: nothing to recompute then.
+            Some(why) if !covered.saw_all(&batch.xids) => {
+                tracing::info!(reason = %why, "recomputing every product");
+                true
+            }
+            _ => false,
+        };
+    let applied = if every {
+        // The snapshot before the pass lists anything: every product it then reads
+        // has the changes of the transactions this snapshot saw. The stream loop may
+        // drop their further changes from here on (`bulk`).
+        let seen = crate::visibility::wait_visible(applier.client(), &batch.xids).await?;
+        if let Some(s) = &seen {
+            passes.send_replace(Some(s.clone()));
         }
-        None => {
-            let extends = covered.covers(&batch.xids);
-            let mut ids = covered
-                .to_recompute(applier.client(), batch.ids.iter(), &batch.xids)
-                .await?;
-            skipped = batch.ids.len() - ids.len();
-            let (applied, seen) = applier
-                .apply_seen(&mut ids, &batch.xids, batch.lsn, commit)
-                .await?;
-            covered
-                .record(applier.client(), &ids, seen, extends)
-                .await?;
-            applied
+        covered.forget();
+        let started = Instant::now();
+        let a = applier.apply_all(&[], batch.lsn, commit, |_| {}).await?;
+        if let Some(s) = seen {
+            covered.record_every(s);
         }
+        tracing::info!(
+            products = a.products,
+            written = a.rows_written(),
+            seconds = started.elapsed().as_secs_f64(),
+            "recomputed every product"
+        );
+        a
+    } else {
+        let extends = covered.covers(&batch.xids);
+        let mut ids = covered
+            .to_recompute(applier.client(), batch.ids.iter(), &batch.xids)
+            .await?;
+        skipped = batch.ids.len() - ids.len();
+        let (applied, seen) = applier
+            .apply_seen(&mut ids, &batch.xids, batch.lsn, commit)
+            .await?;
+        covered
+            .record(applier.client(), &ids, seen, extends)
+            .await?;
+        applied
     };
     metrics.skipped_products.inc_by(skipped as u64);
     metrics.record_applied(commit, oldest);
@@ -372,6 +397,7 @@ async fn apply_batch(
         released = applied.released,
         transactions = batch.transactions,
         changes = batch.changes,
+        covered_changes = batch.covered,
         lsn = ?batch.lsn.map(|l| l.to_string()),
         "applied batch"
     );

@@ -673,22 +673,26 @@ async fn a_backlog_recomputes_each_product_once() {
     assert_eq!(row.get::<_, i32>("inventoryAvailable"), 2 * (99 - 3));
 }
 
-/// `products` products, a worker with `max_pending = 50` set up, then one transaction
-/// that changes every price twice (cut every 50 products), then `run` until the summary
-/// has converged and the transaction's last cut is applied. Returns the worker's log.
+/// `products` products (analyzed, so the worker knows how many), a worker with
+/// `max_pending` set up, then one transaction that changes every price twice (cut every
+/// `max_pending` products), then `run` until the summary has converged and the
+/// transaction's last cut is applied. Returns the running worker and the database.
 /// `no_temp`: the worker runs as a least-privilege role on a database where PUBLIC may
-/// not create temporary tables.
+/// not create temporary tables. With `products` above 5 x `max_pending` the cuts are
+/// applied as cuts; at or below, the first cut becomes a pass over every product (`bulk`).
 async fn run_after_a_transaction_touching_everything_twice(
     name: &str,
     products: i32,
+    max_pending: usize,
     no_temp: bool,
-) -> String {
+) -> (WorkerProcess, TestDb) {
     let db = Cluster::shared().create_db(name).await;
     let c = db.client().await;
     seed(&c, 1, products).await;
+    c.batch_execute("ANALYZE \"Product\"").await.unwrap();
     let config =
         std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.toml", db.name));
-    std::fs::write(&config, "[batch]\nmax_pending = 50\n").unwrap();
+    std::fs::write(&config, format!("[batch]\nmax_pending = {max_pending}\n")).unwrap();
     let config = config.display().to_string();
     let mut url = None;
     if no_temp {
@@ -721,7 +725,7 @@ async fn run_after_a_transaction_touching_everything_twice(
         },
     )
     .await;
-    w.output()
+    (w, db)
 }
 
 /// A transaction larger than `max_pending` is handed to apply in cuts; each cut carries
@@ -730,8 +734,10 @@ async fn run_after_a_transaction_touching_everything_twice(
 /// and nothing is skipped.
 #[tokio::test(flavor = "multi_thread")]
 async fn cuts_of_a_large_transaction_keep_its_xid() {
-    // 120 changes of 60 products.
-    let log = run_after_a_transaction_touching_everything_twice("cut_xid", 60, false).await;
+    // 120 changes of 60 products, cut every 10.
+    let (w, _db) =
+        run_after_a_transaction_touching_everything_twice("cut_xid", 60, 10, false).await;
+    let log = w.output();
     assert!(
         batch_total(&log, "skipped") > 0,
         "a later cut skipped what an earlier one recomputed:\n{log}"
@@ -744,8 +750,10 @@ async fn cuts_of_a_large_transaction_keep_its_xid() {
 /// the first pass's earlier cuts covered.)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_transaction_larger_than_memory_recomputes_each_product_once() {
-    // 240 changes of 120 products.
-    let log = run_after_a_transaction_touching_everything_twice("covered_spill", 120, false).await;
+    // 240 changes of 120 products, cut every 20.
+    let (w, _db) =
+        run_after_a_transaction_touching_everything_twice("covered_spill", 120, 20, false).await;
+    let log = w.output();
     assert_eq!(
         (batch_total(&log, "products"), batch_total(&log, "skipped")),
         (120, 120),
@@ -759,7 +767,9 @@ async fn a_transaction_larger_than_memory_recomputes_each_product_once() {
 /// says why and what to grant.
 #[tokio::test(flavor = "multi_thread")]
 async fn without_temporary_tables_the_covered_set_stays_in_memory() {
-    let log = run_after_a_transaction_touching_everything_twice("covered_no_temp", 120, true).await;
+    let (w, _db) =
+        run_after_a_transaction_touching_everything_twice("covered_no_temp", 120, 20, true).await;
+    let log = w.output();
     assert!(
         log.contains("may not create temporary tables")
             && log.contains("GRANT TEMPORARY ON DATABASE"),
@@ -767,4 +777,36 @@ async fn without_temporary_tables_the_covered_set_stays_in_memory() {
     );
     assert!(!log.contains("moved to a temporary table"), "{log}");
     assert!(batch_total(&log, "products") > 120, "{log}");
+}
+
+/// A transaction whose first cut holds a fifth or more of the catalog is recomputed in
+/// one pass over every product; the rest of its changes are dropped as they arrive (the
+/// pass saw the transaction) instead of being batched and looked up. A transaction the
+/// pass did not see is still applied.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_rewriting_a_fifth_of_the_catalog_is_one_pass() {
+    // 200 changes of 100 products, the first cut at 20: a fifth.
+    let (w, db) =
+        run_after_a_transaction_touching_everything_twice("bulk_pass", 100, 20, false).await;
+    let log = w.output();
+    assert!(
+        log.contains("recomputing every product") && log.contains("a fifth or more"),
+        "{log}"
+    );
+    assert_eq!(
+        batch_total(&log, "products"),
+        100,
+        "one pass, nothing recomputed again:\n{log}"
+    );
+    assert!(
+        batch_total(&log, "covered_changes") > 0,
+        "the rest of the transaction was dropped, not batched:\n{log}"
+    );
+    let c = db.client().await;
+    c.batch_execute("UPDATE \"Price\" SET amount = 7 WHERE \"productId\" = 'p7'")
+        .await
+        .unwrap();
+    wait_converged(&c, "a change after the pass").await;
+    let row = summary_of(&c, "p7").await.unwrap();
+    assert_eq!(row.get::<_, i32>("price"), 7);
 }
