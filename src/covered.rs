@@ -46,10 +46,9 @@ pub trait Spill {
     /// Empties the store (creating it first if needed); false when there can be none
     /// (the role may not create temporary tables).
     async fn reset(&self) -> anyhow::Result<bool>;
-    /// Adds `ids`, at most `chunk` per statement.
-    async fn insert(&self, ids: &[&str], chunk: usize) -> anyhow::Result<()>;
-    /// The positions in `ids` of the ids not in the store, looked up `chunk` at a time.
-    async fn missing(&self, ids: &[&str], chunk: usize) -> anyhow::Result<Vec<usize>>;
+    async fn insert(&self, ids: &[&str]) -> anyhow::Result<()>;
+    /// The positions in `ids` of the ids not in the store.
+    async fn missing(&self, ids: &[&str]) -> anyhow::Result<Vec<usize>>;
 }
 
 pub struct Covered {
@@ -110,8 +109,12 @@ impl Covered {
             return Ok(ids.filter(|id| !self.ids.contains(id)).collect());
         }
         let ids: Vec<&str> = ids.collect();
-        let missing = spill.missing(&ids, self.chunk()).await?;
-        Ok(missing.into_iter().map(|i| ids[i]).collect())
+        let mut todo = Vec::new();
+        for (i, part) in ids.chunks(self.chunk()).enumerate() {
+            let at = i * self.chunk();
+            todo.extend(spill.missing(part).await?.into_iter().map(|n| ids[at + n]));
+        }
+        Ok(todo)
     }
 
     /// A batch recomputed `ids` after `seen` was taken (it saw all of the batch's
@@ -125,7 +128,7 @@ impl Covered {
         seen: Option<Snapshot>,
         extends: bool,
     ) -> anyhow::Result<()> {
-        if ids.is_empty() || (self.every && extends) {
+        if ids.is_empty() {
             return Ok(());
         }
         let Some(seen) = seen else {
@@ -169,7 +172,7 @@ impl Covered {
             // Moving to the store: what memory held goes first.
             let held: Vec<&str> = self.ids.iter().collect();
             if !held.is_empty() {
-                spill.insert(&held, self.chunk()).await?;
+                self.insert(spill, &held).await?;
             }
             self.spilled = held.len();
             self.ids.clear();
@@ -178,7 +181,7 @@ impl Covered {
                 "covered products moved to a temporary table"
             );
         }
-        spill.insert(ids, self.chunk()).await?;
+        self.insert(spill, ids).await?;
         self.spilled += ids.len();
         Ok(())
     }
@@ -202,6 +205,13 @@ impl Covered {
 
     fn chunk(&self) -> usize {
         (self.cap / SPILL_CHUNK_DIVISOR).max(1)
+    }
+
+    async fn insert(&self, spill: &impl Spill, ids: &[&str]) -> anyhow::Result<()> {
+        for part in ids.chunks(self.chunk()) {
+            spill.insert(part).await?;
+        }
+        Ok(())
     }
 
     pub fn len(&self) -> usize {
@@ -237,41 +247,33 @@ impl Spill for Client {
         Ok(true)
     }
 
-    async fn insert(&self, ids: &[&str], chunk: usize) -> anyhow::Result<()> {
-        for chunk in ids.chunks(chunk) {
-            self.execute(
-                "INSERT INTO pg_temp.cdc_worker_covered SELECT unnest($1::text[]) \
-                 ON CONFLICT DO NOTHING",
-                &[&chunk],
-            )
-            .await
-            .context("recording covered products")?;
-        }
+    async fn insert(&self, ids: &[&str]) -> anyhow::Result<()> {
+        self.execute(
+            "INSERT INTO pg_temp.cdc_worker_covered SELECT unnest($1::text[]) \
+             ON CONFLICT DO NOTHING",
+            &[&ids],
+        )
+        .await
+        .context("recording covered products")?;
         Ok(())
     }
 
-    async fn missing(&self, ids: &[&str], chunk: usize) -> anyhow::Result<Vec<usize>> {
-        let mut missing = Vec::new();
-        for (i, part) in ids.chunks(chunk).enumerate() {
-            // One row with an array: a row per id would cost the worker ~100 bytes each.
-            let row = self
-                .query_one(
-                    "SELECT coalesce(array_agg((u.n - 1)::int4), '{}') \
-                     FROM unnest($1::text[]) WITH ORDINALITY u(id, n) \
-                     WHERE NOT EXISTS \
-                     (SELECT 1 FROM pg_temp.cdc_worker_covered c WHERE c.id = u.id)",
-                    &[&part],
-                )
-                .await
-                .context("looking up covered products")?;
-            let at = i * chunk;
-            missing.extend(
-                row.get::<_, Vec<i32>>(0)
-                    .into_iter()
-                    .map(|n| at + n as usize),
-            );
-        }
-        Ok(missing)
+    async fn missing(&self, ids: &[&str]) -> anyhow::Result<Vec<usize>> {
+        // One row with an array: a row per id would cost the worker ~100 bytes each.
+        let row = self
+            .query_one(
+                "SELECT coalesce(array_agg((u.n - 1)::int4), '{}') \
+                 FROM unnest($1::text[]) WITH ORDINALITY u(id, n) \
+                 WHERE NOT EXISTS (SELECT 1 FROM pg_temp.cdc_worker_covered c WHERE c.id = u.id)",
+                &[&ids],
+            )
+            .await
+            .context("looking up covered products")?;
+        Ok(row
+            .get::<_, Vec<i32>>(0)
+            .into_iter()
+            .map(|i| i as usize)
+            .collect())
     }
 }
 
@@ -292,6 +294,15 @@ mod tests {
         ids: RefCell<BTreeSet<String>>,
         resets: RefCell<usize>,
         refused: bool,
+        /// Most ids one call carried.
+        largest: RefCell<usize>,
+    }
+
+    impl Store {
+        fn note(&self, ids: usize) {
+            let mut largest = self.largest.borrow_mut();
+            *largest = (*largest).max(ids);
+        }
     }
 
     impl Spill for Store {
@@ -303,12 +314,14 @@ mod tests {
             self.ids.borrow_mut().clear();
             Ok(true)
         }
-        async fn insert(&self, ids: &[&str], _chunk: usize) -> anyhow::Result<()> {
+        async fn insert(&self, ids: &[&str]) -> anyhow::Result<()> {
+            self.note(ids.len());
             let mut set = self.ids.borrow_mut();
             set.extend(ids.iter().map(|s| s.to_string()));
             Ok(())
         }
-        async fn missing(&self, ids: &[&str], _chunk: usize) -> anyhow::Result<Vec<usize>> {
+        async fn missing(&self, ids: &[&str]) -> anyhow::Result<Vec<usize>> {
+            self.note(ids.len());
             let set = self.ids.borrow();
             Ok((0..ids.len()).filter(|&i| !set.contains(ids[i])).collect())
         }
@@ -369,6 +382,8 @@ mod tests {
             .unwrap();
         assert_eq!((c.len(), c.ids.len(), *s.resets.borrow()), (5, 0, 1));
         assert_eq!(todo(&c, &s, &["e", "f", "a", "g"], &[99]).await, ["f", "g"]);
+        // A tenth of the cap (at least one) per call, positions kept across calls.
+        assert_eq!(*s.largest.borrow(), 1);
         // A batch larger than the cap on its own, not covered: straight to the store,
         // emptied first.
         c.record(&s, &["p", "q", "r"], snap("200:210:"), false)
