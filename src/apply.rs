@@ -201,7 +201,7 @@ impl Applier {
         let enqueue_tags = self.enqueue_tags;
         self.enqueue_tags &= tags;
         self.reset_checkpoint = true;
-        let result = self.apply_all(&[], Some(lsn), None, progress).await;
+        let result = self.apply_all(Some(lsn), None, progress).await;
         self.enqueue_tags = enqueue_tags;
         self.reset_checkpoint = false;
         result
@@ -349,19 +349,18 @@ impl Applier {
         Ok((applied, seen))
     }
 
-    /// Recomputes every product (backfill, TRUNCATE, a delete without product id) in
-    /// keyset pages of `batch.max_products`, so memory stays bounded; the checkpoint moves
-    /// to `lsn` only with the last page, so a crash midway redoes the whole pass.
+    /// Recomputes every product (backfill, TRUNCATE, a delete without product id, a bulk
+    /// transaction) in keyset pages of `batch.max_products`, so memory stays bounded; the
+    /// checkpoint moves to `lsn` only with the last page, so a crash midway redoes the
+    /// whole pass. A caller with source transactions waits until they are visible first
+    /// (`run::apply_batch`): a product a not yet visible one inserted would be missing
+    /// from the list.
     pub async fn apply_all(
         &mut self,
-        xids: &[u32],
         lsn: Option<Lsn>,
         commit_time: Option<SystemTime>,
         mut progress: impl FnMut(usize),
     ) -> anyhow::Result<Applied> {
-        // Before the first page is listed: a new product inserted by a not yet visible
-        // transaction of this batch would otherwise be missing from the list.
-        crate::visibility::wait_visible(&self.client, xids).await?;
         let mut total = Applied::default();
         let mut after: Option<String> = None;
         loop {

@@ -336,15 +336,17 @@ async fn apply_batch(
     let commit = batch.commit_time_micros.map(pg_time);
     let oldest = batch.oldest_commit_micros.map(pg_time);
     let mut skipped = 0;
+    // Not when an earlier pass already saw all of the batch: nothing to recompute then
+    // (and no catalog estimate to read).
     let every = batch.all.is_some()
-        || match bulk.escalates(applier.client(), batch.len()).await? {
-            // Not when an earlier pass already saw all of it: nothing to recompute then.
-            Some(why) if !covered.saw_all(&batch.xids) => {
-                tracing::info!(reason = %why, "recomputing every product");
-                true
-            }
-            _ => false,
-        };
+        || (!covered.saw_all(&batch.xids)
+            && match bulk.escalates(applier.client(), batch.len()).await? {
+                Some(why) => {
+                    tracing::info!(reason = %why, "recomputing every product");
+                    true
+                }
+                None => false,
+            });
     let applied = if every {
         // The snapshot before the pass lists anything: every product it then reads
         // has the changes of the transactions this snapshot saw. The stream loop may
@@ -355,7 +357,7 @@ async fn apply_batch(
         }
         covered.forget();
         let started = Instant::now();
-        let a = applier.apply_all(&[], batch.lsn, commit, |_| {}).await?;
+        let a = applier.apply_all(batch.lsn, commit, |_| {}).await?;
         if let Some(s) = seen {
             covered.record_every(s);
         }
