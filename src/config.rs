@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::db::redact_url;
+use crate::redact::redact_url;
 
 /// A configuration problem: always names the setting and says how to fix it.
 #[derive(Debug, thiserror::Error)]

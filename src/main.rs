@@ -8,8 +8,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio::sync::watch;
 
 use cdc_worker::config::Config;
-use cdc_worker::db::Database;
-use cdc_worker::metrics::Metrics;
+use cdc_worker::ops::metrics::Metrics;
+use cdc_worker::pg::connect::Database;
 
 /// Keeps the ProductSummary table and the Next.js cache tags of an e-commerce database
 /// correct from Postgres logical replication.
@@ -133,7 +133,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(cli.config.as_deref())?;
     match cli.command {
         Command::Setup => {
-            cdc_worker::setup::run(&cfg).await?;
+            cdc_worker::control::setup::run(&cfg).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Run => {
@@ -152,9 +152,9 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("name at least one --product ID or --store ID, or --failed");
             }
             let ok = if failed {
-                cdc_worker::deliver::redeliver_failed(&cfg).await?
+                cdc_worker::control::revalidate::redeliver_failed(&cfg).await?
             } else {
-                cdc_worker::deliver::revalidate_now(&cfg, &products, &stores).await?
+                cdc_worker::control::revalidate::revalidate_now(&cfg, &products, &stores).await?
             };
             Ok(if ok {
                 ExitCode::SUCCESS
@@ -172,12 +172,12 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         let listener_metrics = metrics.clone();
         let addr = cfg.metrics.addr.clone();
         tokio::spawn(async move {
-            if let Err(e) = cdc_worker::metrics::serve(&addr, listener_metrics).await {
+            if let Err(e) = cdc_worker::ops::metrics::serve(&addr, listener_metrics).await {
                 tracing::error!("{e:#}");
             }
         });
     }
-    tokio::spawn(cdc_worker::monitor::run(
+    tokio::spawn(cdc_worker::ops::monitor::run(
         cfg.clone(),
         db.clone(),
         metrics.clone(),
@@ -187,14 +187,14 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         wait_for_signal().await;
         let _ = stop_tx.send(true);
     });
-    let ctx = cdc_worker::run::Context {
+    let ctx = cdc_worker::control::run::Context {
         cfg,
         db,
         metrics,
         shutdown: stop_rx,
         outbox_enqueued: Arc::new(watch::channel(0).0),
     };
-    cdc_worker::run::run(&ctx).await
+    cdc_worker::control::run::run(&ctx).await
 }
 
 async fn wait_for_signal() {

@@ -129,7 +129,7 @@ async fn pages_are_fresh_within_5s_of_a_commit() {
         .post(&endpoint)
         .header(
             "x-cdc-signature",
-            cdc_worker::deliver::signature("not-the-secret", now_ms, body),
+            cdc_worker::outbox::deliver::signature("not-the-secret", now_ms, body),
         )
         .body(body)
         .send()
@@ -140,7 +140,7 @@ async fn pages_are_fresh_within_5s_of_a_commit() {
         .post(&endpoint)
         .header(
             "x-cdc-signature",
-            cdc_worker::deliver::signature(SECRET, now_ms, body),
+            cdc_worker::outbox::deliver::signature(SECRET, now_ms, body),
         )
         .body(body)
         .send()

@@ -160,7 +160,7 @@ async fn slot_state_reports_what_this_version_knows() {
         .await
         .unwrap()
         .get(0);
-    assert!(cdc_worker::server::slot_state(&c, &db.slot())
+    assert!(cdc_worker::pg::server::slot_state(&c, &db.slot())
         .await
         .unwrap()
         .is_none());
@@ -170,7 +170,7 @@ async fn slot_state_reports_what_this_version_knows() {
     )
     .await
     .unwrap();
-    let s = cdc_worker::server::slot_state(&c, &db.slot())
+    let s = cdc_worker::pg::server::slot_state(&c, &db.slot())
         .await
         .unwrap()
         .expect("the slot");

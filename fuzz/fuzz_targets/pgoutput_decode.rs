@@ -10,7 +10,7 @@
 //! grows `crate::` imports, switch to a path dependency on `..`.
 #![no_main]
 
-#[path = "../../src/pgoutput.rs"]
+#[path = "../../src/stream/pgoutput.rs"]
 #[allow(dead_code)]
 mod pgoutput;
 

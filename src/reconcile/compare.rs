@@ -6,7 +6,7 @@ use tokio_postgres::{Client, Statement};
 
 use super::Options;
 use crate::config::Config;
-use crate::layout::Layout;
+use crate::shop::layout::Layout;
 
 /// A page of products to compare.
 #[derive(Debug)]
@@ -78,7 +78,7 @@ impl Pager {
                 store = layout.store(4),
             ),
         };
-        let stmt = crate::db::prepare(&client, &sql).await?;
+        let stmt = crate::pg::prepare(&client, &sql).await?;
         Ok(Pager {
             client,
             stmt,
@@ -165,7 +165,7 @@ impl Comparer {
     ) -> anyhow::Result<Comparer> {
         let prepare = |sql: String| {
             let client = &client;
-            async move { crate::db::prepare(client, &sql).await }
+            async move { crate::pg::prepare(client, &sql).await }
         };
         let pid = format!("t.{}", layout.col.product_id);
         let after = |col: &str| format!("($2::text IS NULL OR {col} > {})", layout.id(2));

@@ -10,10 +10,10 @@ use tokio_postgres::{Client, Statement};
 
 use super::report::Discrepancy;
 use super::SETTLE_ROUNDS;
-use crate::apply::read_checkpoint;
 use crate::config::Config;
-use crate::layout::Layout;
-use crate::summary::{diff, Change, SummaryRow};
+use crate::shop::layout::Layout;
+use crate::shop::summary::{diff, Change, SummaryRow};
+use crate::state::checkpoint;
 
 /// Reads both sides of given ids, and waits for the daemon through WAL fences.
 pub(super) struct Checker {
@@ -45,7 +45,7 @@ impl Checker {
             layout.col.product_id,
             ids = layout.ids(2),
         );
-        let detail = crate::db::prepare(&client, &sql).await?;
+        let detail = crate::pg::prepare(&client, &sql).await?;
         Ok(Checker {
             client,
             detail,
@@ -170,7 +170,7 @@ impl Checker {
         let deadline = Instant::now() + self.timeout;
         let mut pause = Duration::from_millis(2);
         loop {
-            let checkpoint = read_checkpoint(&self.client, &self.schema, &self.slot).await?;
+            let checkpoint = checkpoint::read(&self.client, &self.schema, &self.slot).await?;
             match checkpoint {
                 Some(lsn) if lsn.0 >= fence => return Ok(true),
                 None => {

@@ -51,10 +51,11 @@ use tokio_postgres::Client;
 
 use crate::apply::Applier;
 use crate::config::Config;
-use crate::db::Database;
 use crate::error::definite;
-use crate::layout::Layout;
-use crate::summary::{qualified, quote_ident};
+use crate::pg::connect::Database;
+use crate::pg::sql::qualified;
+use crate::shop::layout::Layout;
+use crate::state;
 
 use compare::{Comparer, Page, PageResult, Pager};
 use fence::Checker;
@@ -339,7 +340,7 @@ async fn connect(db: &Database, role: &str) -> anyhow::Result<Client> {
 /// Stops with "run setup first" when the summary table or the state schema is missing.
 async fn check_setup(client: &Client, cfg: &Config) -> anyhow::Result<()> {
     let summary = qualified(&cfg.tables.schema, &cfg.tables.summary);
-    let history = format!("{}.reconcile_history", quote_ident(&cfg.schema));
+    let history = format!("{}.reconcile_history", state::schema(cfg));
     let row = client
         .query_one(
             "SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL",

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::summary::{differing_fields, Field, SummaryRow};
+use crate::shop::summary::{differing_fields, Field, SummaryRow};
 
 /// How many discrepancies are listed by id in the report.
 const SAMPLE_SIZE: usize = 10;

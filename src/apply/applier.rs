@@ -4,7 +4,7 @@
 //! changed, and stores the checkpoint, all atomically. Replaying a batch therefore writes nothing new, which turns the
 //! slot's at-least-once delivery into exactly-once effects.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::Context;
 use pgwire_replication::Lsn;
@@ -12,17 +12,12 @@ use tokio_postgres::types::PgLsn;
 use tokio_postgres::{Client, Statement};
 
 use crate::config::Config;
-use crate::db::Database;
 use crate::error::definite;
-use crate::layout::Layout;
-use crate::summary::{TagTemplates, Tags, Touched};
-use crate::visibility::Snapshot;
-
-/// Advisory lock class of the apply transaction. Every writer of the summary and the
-/// outbox (the daemon, `reconcile --fix`, `revalidate`) takes it, so that each reads the
-/// source after the previous one committed and outbox ids become visible in order.
-/// The release of held tags (`hold`) takes it too.
-pub(crate) const APPLY_LOCK_CLASS: i32 = 0x6364_0001;
+use crate::outbox::tags::{TagTemplates, Tags, Touched};
+use crate::pg::connect::Database;
+use crate::pg::snapshot::Snapshot;
+use crate::shop::layout::Layout;
+use crate::state::{self, checkpoint, locks, outbox};
 
 /// What one apply transaction did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -90,17 +85,6 @@ pub struct Applier {
     page_size: i64,
 }
 
-/// Stable 31-bit key of a name, so two workers configured alike pick the same lock.
-pub(crate) fn lock_key(name: &str) -> i32 {
-    // FNV-1a: stable across builds and platforms, unlike std's hasher.
-    let mut h: u32 = 0x811c_9dc5;
-    for b in name.bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    (h & 0x7fff_ffff) as i32
-}
-
 impl Applier {
     /// For a command beside the daemon (`reconcile --fix`): it may run before the daemon
     /// of this version upgraded the state schema, so it upgrades it itself.
@@ -109,7 +93,7 @@ impl Applier {
             .connect(&format!("cdc-worker/{role}"))
             .await
             .with_context(|| format!("connecting to {}", db.display()))?;
-        crate::slot::ensure_state(&client, cfg).await?;
+        crate::state::ensure(&client, cfg).await?;
         Applier::new(client, cfg).await
     }
 
@@ -131,31 +115,18 @@ impl Applier {
             col: c,
             ..
         } = &layout;
-        let state = crate::summary::quote_ident(&cfg.schema);
+        let state = state::schema(cfg);
         let prepare = |sql: String| {
             let client = &client;
-            async move { crate::db::prepare(client, &sql).await }
+            async move { crate::pg::prepare(client, &sql).await }
         };
         let stmts = Statements {
-            lock: prepare("SELECT pg_advisory_xact_lock($1::int4, $2::int4)".into()).await?,
+            lock: prepare(locks::XACT_LOCK_SQL.into()).await?,
             write: prepare(write_sql(&layout)).await?,
-            enqueue: prepare(format!(
-                "INSERT INTO {state}.outbox (tag, commit_time) SELECT unnest($1::text[]), $2"
-            ))
-            .await?,
-            hold: prepare(crate::hold::hold_sql(&state)).await?,
-            release: prepare(crate::hold::release_sql(&state)).await?,
-            // While streaming the checkpoint only moves forward; a recompute that recovers
-            // from a broken invariant sets it to the slot's start (possibly lower, after a
-            // restore) and clears the recompute mark in the same transaction.
-            checkpoint: prepare(format!(
-                "INSERT INTO {state}.checkpoint AS c (slot_name, lsn) VALUES ($1, $2) \
-                 ON CONFLICT (slot_name) DO UPDATE SET lsn = CASE WHEN $3 THEN EXCLUDED.lsn \
-                 ELSE greatest(c.lsn, EXCLUDED.lsn) END, \
-                 recompute_reason = CASE WHEN $3 THEN NULL ELSE c.recompute_reason END, \
-                 updated_at = now()"
-            ))
-            .await?,
+            enqueue: prepare(outbox::enqueue_sql(&state)).await?,
+            hold: prepare(outbox::hold_sql(&state)).await?,
+            release: prepare(outbox::release_sql(&state)).await?,
+            checkpoint: prepare(checkpoint::write_sql(&state)).await?,
             // Every product id that exists in the source or in the summary, in keyset
             // pages in the id type's order. Each side is limited before the union so both
             // use their index. The first page has no lower bound.
@@ -184,7 +155,7 @@ impl Applier {
             reset_checkpoint: false,
             slot: cfg.slot.clone(),
             currency: cfg.currency.clone(),
-            lock_key: lock_key(&cfg.schema),
+            lock_key: locks::apply_key(cfg),
             page_size: cfg.batch.max_products as i64,
         })
     }
@@ -234,7 +205,7 @@ impl Applier {
 
     /// [`Applier::apply`], also returning the snapshot that saw every one of `xids`
     /// before anything was read (`None` without xids or ids): what
-    /// [`crate::covered::Covered`] needs.
+    /// [`super::covered::Covered`] needs.
     pub async fn apply_seen(
         &mut self,
         ids: &mut [&str],
@@ -277,12 +248,12 @@ impl Applier {
             .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
             .start()
             .await?;
-        tx.execute(&self.stmts.lock, &[&APPLY_LOCK_CLASS, &self.lock_key])
+        tx.execute(&self.stmts.lock, &[&locks::APPLY_CLASS, &self.lock_key])
             .await?;
         let seen = if ids.is_empty() {
             None
         } else {
-            crate::visibility::wait_visible(&tx, xids).await?
+            super::visibility::wait_visible(&tx, xids).await?
         };
         let mut applied = Applied {
             products: ids.len(),
@@ -353,7 +324,7 @@ impl Applier {
     /// transaction) in keyset pages of `batch.max_products`, so memory stays bounded; the
     /// checkpoint moves to `lsn` only with the last page, so a crash midway redoes the
     /// whole pass. A caller with source transactions waits until they are visible first
-    /// (`run::apply_batch`): a product a not yet visible one inserted would be missing
+    /// (`apply::apply_batch`): a product a not yet visible one inserted would be missing
     /// from the list.
     pub async fn apply_all(
         &mut self,
@@ -387,20 +358,6 @@ impl Applier {
             }
         }
     }
-}
-
-/// The stored checkpoint of `slot`, if any.
-pub async fn read_checkpoint(
-    client: &Client,
-    schema: &str,
-    slot: &str,
-) -> anyhow::Result<Option<Lsn>> {
-    let sql = format!(
-        "SELECT lsn FROM {}.checkpoint WHERE slot_name = $1",
-        crate::summary::quote_ident(schema)
-    );
-    let row = client.query_opt(&sql, &[&slot]).await?;
-    Ok(row.map(|r| Lsn(u64::from(r.get::<_, PgLsn>(0)))))
 }
 
 /// The set-based apply of one part (`$1` the currency, `$2` the product ids as text):
@@ -502,36 +459,4 @@ fn write_sql(layout: &Layout) -> String {
         d_fields = fields("d"),
         c_fields = fields("c"),
     )
-}
-
-/// Converts pgoutput's commit time (µs since 2000-01-01) to wall-clock time.
-pub fn pg_time(micros: i64) -> SystemTime {
-    const PG_EPOCH_UNIX_SECS: u64 = 946_684_800;
-    let base = SystemTime::UNIX_EPOCH + Duration::from_secs(PG_EPOCH_UNIX_SECS);
-    if micros >= 0 {
-        base + Duration::from_micros(micros as u64)
-    } else {
-        base - Duration::from_micros(micros.unsigned_abs())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lock_key_is_stable() {
-        assert_eq!(lock_key("cdc_worker"), lock_key("cdc_worker"));
-        assert_ne!(lock_key("cdc_worker"), lock_key("other"));
-        assert!(lock_key("x") >= 0);
-    }
-
-    #[test]
-    fn pg_epoch() {
-        let t = pg_time(0);
-        assert_eq!(
-            t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs(),
-            946_684_800
-        );
-    }
 }

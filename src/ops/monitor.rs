@@ -5,10 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::metrics::Metrics;
 use crate::config::Config;
-use crate::db::Database;
-use crate::metrics::Metrics;
-use crate::summary::quote_ident;
+use crate::pg::connect::Database;
+use crate::pg::server;
+use crate::redact::redact_url;
+use crate::state::{self, history, outbox};
 
 const EVERY: Duration = Duration::from_secs(2);
 
@@ -40,7 +42,7 @@ async fn poll(
     last_status: &mut String,
     last_state: &mut String,
 ) -> Result<(), tokio_postgres::Error> {
-    let s = quote_ident(&cfg.schema);
+    let s = state::schema(cfg);
     if let Some(row) = client
         .query_opt(
             "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::int8, wal_status::text, \
@@ -73,7 +75,7 @@ async fn poll(
             *last_status = status;
         }
     }
-    match crate::server::slot_state(client, &cfg.slot).await {
+    match server::slot_state(client, &cfg.slot).await {
         Ok(Some(state)) => {
             metrics.set_slot_state(&state);
             let summary = state.summary();
@@ -91,17 +93,13 @@ async fn poll(
     }
     let row = client
         .query_one(
-            &format!(
-                "SELECT count(*)::int8, extract(epoch FROM now() - min(enqueued_at))::float8 \
-                 FROM {s}.outbox WHERE id > coalesce((SELECT min(delivered_id) FROM {s}.outbox_cursor \
-                 WHERE endpoint = ANY($1)), 0)"
-            ),
-            // Cursors are keyed by the redacted URL (deliver.rs).
+            &outbox::pending_sql(&s),
+            // Cursors are keyed by the redacted URL (outbox::deliver).
             &[&cfg
                 .revalidate
                 .urls
                 .iter()
-                .map(|u| crate::db::redact_url(u))
+                .map(|u| redact_url(u))
                 .collect::<Vec<_>>()],
         )
         .await?;
@@ -109,31 +107,15 @@ async fn poll(
     metrics
         .outbox_oldest_age
         .set(row.get::<_, Option<f64>>(1).unwrap_or(0.0));
-    let parked = client
-        .query_one(
-            &format!("SELECT coalesce(sum(cardinality(tags)), 0)::int8 FROM {s}.outbox_failed"),
-            &[],
-        )
-        .await?;
+    let parked = client.query_one(&outbox::parked_tags_sql(&s), &[]).await?;
     metrics.outbox_failed_tags.set(parked.get(0));
     // Missing until the leader upgraded a state schema of an earlier version.
-    if let Ok(row) = client
-        .query_one(
-            &format!("SELECT count(*)::int8 FROM {s}.outbox_held WHERE due_at IS NOT NULL"),
-            &[],
-        )
-        .await
-    {
+    if let Ok(row) = client.query_one(&outbox::held_pending_sql(&s), &[]).await {
         metrics.held_tags.set(row.get(0));
     }
     // The history table appears with the first reconcile run.
     if let Ok(Some(row)) = client
-        .query_opt(
-            &format!(
-                "SELECT discrepancies::int8 FROM {s}.reconcile_history ORDER BY id DESC LIMIT 1"
-            ),
-            &[],
-        )
+        .query_opt(&history::last_discrepancies_sql(&s), &[])
         .await
     {
         metrics.reconcile_discrepancies.set(row.get(0));

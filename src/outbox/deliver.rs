@@ -9,7 +9,7 @@
 //! Endpoints are stored, logged and labelled by their redacted URL ([`redact_url`]):
 //! credentials in a revalidation URL never reach a log, a metric or a state table.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,9 +20,10 @@ use tokio::sync::watch;
 use tokio_postgres::Client;
 
 use crate::config::Config;
-use crate::db::{redact_url, Database};
-use crate::metrics::Metrics;
-use crate::summary::quote_ident;
+use crate::ops::metrics::Metrics;
+use crate::pg::connect::Database;
+use crate::redact::redact_url;
+use crate::state::{self, outbox};
 
 /// How often an endpoint task looks at the outbox without being woken, to pick up tags
 /// enqueued by other processes (`reconcile --fix`).
@@ -136,97 +137,6 @@ pub fn http_client(cfg: &Config) -> reqwest::Client {
         .expect("building the HTTP client")
 }
 
-/// The key of a stored endpoint (`outbox_cursor.endpoint`, `outbox_failed.endpoint`):
-/// its URL normalized as the config loader does, then redacted. For a configured URL
-/// this is `redact_url(url)`; for a row written before endpoints were redacted (the
-/// full URL as it was configured) it is what that row's endpoint is called now.
-fn endpoint_key(stored: &str) -> String {
-    match crate::config::normalize_endpoint(stored) {
-        Ok(url) => redact_url(&url),
-        Err(_) => redact_url(stored),
-    }
-}
-
-/// Renames endpoint values stored in full (with any credentials in them) by earlier
-/// versions to their redacted key, keeping every cursor's position: rows that now share
-/// a key (a URL listed twice) keep the lowest position, so nothing is skipped, at worst
-/// sent again. Idempotent and cheap when there is nothing to do.
-pub async fn migrate_endpoint_keys(client: &mut Client, schema: &str) -> anyhow::Result<()> {
-    let s = schema;
-    let stale = |rows: &[tokio_postgres::Row]| {
-        rows.iter().any(|r| {
-            let e: &str = r.get(0);
-            endpoint_key(e) != e
-        })
-    };
-    let cursor_sql = format!("SELECT endpoint, delivered_id FROM {s}.outbox_cursor");
-    let failed_sql = format!("SELECT DISTINCT endpoint FROM {s}.outbox_failed");
-    if !stale(&client.query(&cursor_sql, &[]).await?)
-        && !stale(&client.query(&failed_sql, &[]).await?)
-    {
-        return Ok(());
-    }
-    let tx = client.transaction().await?;
-    // Against another process migrating (or delivering) at the same moment.
-    tx.batch_execute(&format!(
-        "LOCK TABLE {s}.outbox_cursor, {s}.outbox_failed IN SHARE ROW EXCLUSIVE MODE"
-    ))
-    .await?;
-    let mut by_key: BTreeMap<String, Vec<(String, i64)>> = BTreeMap::new();
-    let mut moved = Vec::new();
-    for row in tx.query(&cursor_sql, &[]).await? {
-        let endpoint: String = row.get(0);
-        by_key
-            .entry(endpoint_key(&endpoint))
-            .or_default()
-            .push((endpoint, row.get(1)));
-    }
-    for (key, rows) in by_key {
-        if rows.iter().all(|(e, _)| *e == key) {
-            continue;
-        }
-        let resume = rows.iter().map(|(_, id)| *id).min().unwrap_or(0);
-        let old: Vec<&str> = rows.iter().map(|(e, _)| e.as_str()).collect();
-        tx.execute(
-            &format!("DELETE FROM {s}.outbox_cursor WHERE endpoint = ANY($1)"),
-            &[&old],
-        )
-        .await?;
-        tx.execute(
-            &format!("INSERT INTO {s}.outbox_cursor (endpoint, delivered_id) VALUES ($1, $2)"),
-            &[&key, &resume],
-        )
-        .await?;
-        moved.push((key, resume, rows.len()));
-    }
-    let mut renamed = 0;
-    for row in tx.query(&failed_sql, &[]).await? {
-        let endpoint: &str = row.get(0);
-        let key = endpoint_key(endpoint);
-        if key != endpoint {
-            renamed += tx
-                .execute(
-                    &format!("UPDATE {s}.outbox_failed SET endpoint = $2 WHERE endpoint = $1"),
-                    &[&endpoint, &key],
-                )
-                .await?;
-        }
-    }
-    tx.commit().await?;
-    // Logged once committed: a failed attempt is retried and says nothing.
-    for (key, resume, rows) in moved {
-        tracing::info!(endpoint = %key, delivered_id = resume, rows,
-            "delivery cursor renamed from the full URL to its redacted form (no credentials in the state tables); delivery resumes where it stopped, nothing is skipped");
-    }
-    if renamed > 0 {
-        tracing::info!(
-            rows = renamed,
-            "outbox_failed: endpoints stored as full URLs replaced by their redacted form"
-        );
-    }
-    Ok(())
-}
-
 /// Spawns one delivery task per endpoint; they run until aborted.
 pub fn spawn(
     cfg: &Config,
@@ -247,7 +157,7 @@ pub fn spawn(
                 all_keys: all_keys.clone(),
                 migrated: migrated.clone(),
                 secret: cfg.revalidate.secret.clone(),
-                schema: quote_ident(&cfg.schema),
+                schema: state::schema(cfg),
                 max_tags: cfg.revalidate.max_batch_tags,
                 window: Duration::from_millis(cfg.revalidate.window_ms),
                 give_up: Duration::from_secs(cfg.revalidate.give_up_after_secs),
@@ -298,7 +208,9 @@ impl Endpoint {
                     attempt = 0;
                     let migrated = self
                         .migrated
-                        .get_or_try_init(|| migrate_endpoint_keys(&mut client, &self.schema))
+                        .get_or_try_init(|| {
+                            outbox::migrate_endpoint_keys(&mut client, &self.schema)
+                        })
                         .await;
                     if let Err(e) = migrated {
                         tracing::warn!(error = %format!("{e:#}"), "cannot migrate the stored endpoint keys; retrying");
@@ -318,44 +230,17 @@ impl Endpoint {
     async fn serve(&mut self, client: &Client) -> anyhow::Result<()> {
         let s = &self.schema;
         client
-            .execute(
-                &format!(
-                    "INSERT INTO {s}.outbox_cursor (endpoint, delivered_id) VALUES ($1, 0) \
-                     ON CONFLICT (endpoint) DO NOTHING"
-                ),
-                &[&self.key],
-            )
+            .execute(&outbox::cursor_init_sql(s), &[&self.key])
             .await?;
         let mut cursor: i64 = client
-            .query_one(
-                &format!("SELECT delivered_id FROM {s}.outbox_cursor WHERE endpoint = $1"),
-                &[&self.key],
-            )
+            .query_one(&outbox::cursor_read_sql(s), &[&self.key])
             .await?
             .get(0);
-        let fetch = client
-            .prepare(&format!(
-                "SELECT id, tag, commit_time FROM {s}.outbox WHERE id > $1 ORDER BY id LIMIT $2"
-            ))
-            .await?;
-        let advance = client
-            .prepare(&format!(
-                "UPDATE {s}.outbox_cursor SET delivered_id = $2, updated_at = now() WHERE endpoint = $1"
-            ))
-            .await?;
-        let record_failure = client
-            .prepare(&format!(
-                "INSERT INTO {s}.outbox_failed (endpoint, tags, status, response) VALUES ($1, $2, $3, $4)"
-            ))
-            .await?;
+        let fetch = client.prepare(&outbox::fetch_sql(s)).await?;
+        let advance = client.prepare(&outbox::cursor_advance_sql(s)).await?;
+        let record_failure = client.prepare(&outbox::park_sql(s)).await?;
         // Rows every configured endpoint has received are done.
-        let trim = client
-            .prepare(&format!(
-                "DELETE FROM {s}.outbox WHERE id <= (SELECT min(delivered_id) FROM {s}.outbox_cursor \
-                 WHERE endpoint = ANY($1)) AND (SELECT count(*) FROM {s}.outbox_cursor \
-                 WHERE endpoint = ANY($1)) = cardinality($1)"
-            ))
-            .await?;
+        let trim = client.prepare(&outbox::trim_sql(s)).await?;
         let mut last_trim = Instant::now();
         loop {
             let Some(pending) = self.next_batch(client, &fetch, cursor).await? else {
@@ -469,182 +354,6 @@ impl Endpoint {
     }
 }
 
-/// `cdc-worker revalidate`: the operator's manual trigger. Sends the tags of the given
-/// products and stores to every endpoint at once (with a few retries) and reports each
-/// result, instead of going through the outbox, so the operator sees what happened.
-pub async fn revalidate_now(
-    cfg: &Config,
-    products: &[String],
-    stores: &[String],
-) -> anyhow::Result<bool> {
-    if cfg.revalidate.urls.is_empty() {
-        return Err(crate::error::definite(
-            "no revalidation endpoints: set CDC_REVALIDATE_URLS (and CDC_REVALIDATE_SECRET)",
-        ));
-    }
-    let templates = crate::summary::TagTemplates::from_config(cfg);
-    let mut tags = BTreeSet::new();
-    if !products.is_empty() {
-        let db = Database::parse(&cfg.database_url)?;
-        let client = db.connect("cdc-worker/revalidate").await?;
-        let layout = crate::layout::Layout::load(&client, cfg).await?;
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT t.{pid}::text, t.{}::text FROM {} t WHERE t.{pid} = ANY({})",
-                    layout.col.store_id,
-                    layout.summary,
-                    layout.ids(1),
-                    pid = layout.col.product_id,
-                ),
-                &[&products],
-            )
-            .await
-            .map_err(|e| anyhow::Error::new(e).context("looking up the products' stores"))?;
-        for id in products {
-            let store = rows
-                .iter()
-                .find(|r| r.get::<_, &str>(0) == id)
-                .map(|r| r.get::<_, String>(1));
-            if store.is_none() {
-                tracing::warn!(product = %id, "no summary row: its store tag is unknown and is not sent");
-            }
-            templates.product_tags(id, store.as_deref(), &mut tags);
-        }
-    }
-    for store in stores {
-        templates.store_tags(store, &mut tags);
-    }
-    let tags: Vec<String> = tags.into_iter().collect();
-    let http = http_client(cfg);
-    let mut all_ok = true;
-    for url in &cfg.revalidate.urls {
-        let label = redact_url(url);
-        match post_with_retries(&http, url, &label, &cfg.revalidate.secret, &tags).await {
-            Outcome::Delivered => println!("{label}: revalidated {}", tags.join(" ")),
-            Outcome::Failed { why, .. } => {
-                all_ok = false;
-                println!("{label}: FAILED after retries: {why}");
-            }
-        }
-    }
-    Ok(all_ok)
-}
-
-/// A command's POST: a few quick retries, so that the operator waits seconds, not the
-/// daemon's `give_up_after_secs`.
-async fn post_with_retries(
-    http: &reqwest::Client,
-    url: &str,
-    label: &str,
-    secret: &str,
-    tags: &[String],
-) -> Outcome {
-    let mut attempt = 0;
-    loop {
-        match post(http, url, secret, tags).await {
-            Outcome::Failed { why, .. } if attempt < 4 => {
-                tracing::warn!(endpoint = %label, error = %why, "retrying");
-                tokio::time::sleep(backoff(attempt)).await;
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
-}
-
-/// `cdc-worker revalidate --failed`: sends the tags parked in `outbox_failed` again, each
-/// row to the endpoint that gave up on it, and deletes the rows that were delivered.
-/// Prints one line per row. Returns whether every row was delivered.
-pub async fn redeliver_failed(cfg: &Config) -> anyhow::Result<bool> {
-    if cfg.revalidate.urls.is_empty() {
-        return Err(crate::error::definite(
-            "no revalidation endpoints: set CDC_REVALIDATE_URLS (and CDC_REVALIDATE_SECRET)",
-        ));
-    }
-    let db = Database::parse(&cfg.database_url)?;
-    let mut client = db.connect("cdc-worker/revalidate").await?;
-    let s = quote_ident(&cfg.schema);
-    // Rows written by earlier versions name the endpoint in full: rename them first, so
-    // that they match the configured endpoints and nothing secret is printed.
-    migrate_endpoint_keys(&mut client, &s).await.map_err(|e| {
-        anyhow::anyhow!(
-            "reading {s}.outbox_cursor and {s}.outbox_failed on {}: {e:#} (if they do \
-                 not exist, run `cdc-worker setup` first)",
-            db.display()
-        )
-    })?;
-    let rows = client
-        .query(
-            &format!(
-                "SELECT id, endpoint, tags, status, failed_at::text FROM {s}.outbox_failed ORDER BY id"
-            ),
-            &[],
-        )
-        .await?;
-    if rows.is_empty() {
-        println!("outbox_failed is empty: nothing to redeliver");
-        return Ok(true);
-    }
-    let urls: BTreeMap<String, &String> = cfg
-        .revalidate
-        .urls
-        .iter()
-        .map(|u| (redact_url(u), u))
-        .collect();
-    let http = http_client(cfg);
-    let (mut rows_done, mut tags_done) = (0, 0);
-    for row in &rows {
-        let id: i64 = row.get(0);
-        let key: String = row.get(1);
-        let tags: Vec<String> = row.get(2);
-        let status = row
-            .get::<_, Option<i32>>(3)
-            .map_or_else(|| "no answer".to_string(), |s| format!("HTTP {s}"));
-        let failed_at: String = row.get(4);
-        let Some(url) = urls.get(&key) else {
-            println!(
-                "row {id}: {key} is not a configured endpoint (CDC_REVALIDATE_URLS); its {} tags \
-                 stay in outbox_failed",
-                tags.len()
-            );
-            continue;
-        };
-        let mut result = Outcome::Delivered;
-        for chunk in tags.chunks(cfg.revalidate.max_batch_tags) {
-            result = post_with_retries(&http, url, &key, &cfg.revalidate.secret, chunk).await;
-            if result != Outcome::Delivered {
-                break;
-            }
-        }
-        match result {
-            Outcome::Delivered => {
-                client
-                    .execute(
-                        &format!("DELETE FROM {s}.outbox_failed WHERE id = $1"),
-                        &[&id],
-                    )
-                    .await?;
-                rows_done += 1;
-                tags_done += tags.len();
-                println!(
-                    "row {id}: {key}: redelivered {} tags (parked {failed_at} after {status}): {}",
-                    tags.len(),
-                    tags.join(" ")
-                );
-            }
-            Outcome::Failed { why, .. } => {
-                println!("row {id}: {key}: FAILED again, left in outbox_failed: {why}");
-            }
-        }
-    }
-    println!(
-        "redelivered {rows_done} of {} parked rows ({tags_done} tags)",
-        rows.len()
-    );
-    Ok(rows_done == rows.len())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -663,25 +372,5 @@ mod tests {
         assert!(backoff(0) <= Duration::from_millis(200));
         assert!(backoff(3) >= Duration::from_millis(800));
         assert!(backoff(30) <= Duration::from_secs(30));
-    }
-
-    #[test]
-    fn stored_full_urls_map_to_the_configured_key() {
-        let configured =
-            crate::config::normalize_endpoint("http://u:pw@Shop:80/r?token=t").unwrap();
-        assert_eq!(redact_url(&configured), "http://***@shop/r?token=***");
-        assert_eq!(
-            endpoint_key("http://u:pw@Shop:80/r?token=t"),
-            redact_url(&configured)
-        );
-        assert_eq!(
-            endpoint_key("http://u:pw@shop/r?token=t"),
-            redact_url(&configured)
-        );
-        // Already a key: unchanged (the migration is idempotent).
-        assert_eq!(
-            endpoint_key(&redact_url(&configured)),
-            redact_url(&configured)
-        );
     }
 }

@@ -4,12 +4,12 @@
 //! Everything is in Postgres (`<schema>.outbox_held`, one row per tag), written under the
 //! apply lock, so a crash or a new leader changes nothing:
 //!
-//! - apply, in the transaction of the summary change, upserts the tag ([`hold_sql`]): a tag
+//! - apply, in the transaction of the summary change, upserts the tag ([`outbox::hold_sql`]): a tag
 //!   with no pending row becomes pending, due at `greatest(now(), released_at +
 //!   interval)`; a tag already pending is left alone (the repeat coalesces into it).
 //!   Then, still in that transaction, every due row moves into the outbox
-//!   ([`release_sql`]): a tag not revalidated for an interval goes out as fast as an
-//!   immediate one.
+//!   ([`outbox::release_sql`]): a tag not revalidated for an interval goes out as fast as
+//!   an immediate one.
 //! - the release task ([`spawn`]) sleeps until the earliest `due_at` (or until apply held
 //!   something) and moves due rows into the outbox under the same lock.
 //!
@@ -25,11 +25,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_postgres::Client;
 
-use crate::apply::{lock_key, APPLY_LOCK_CLASS};
+use super::deliver::backoff;
 use crate::config::{Config, MAX_MIN_INTERVAL_MS};
-use crate::db::Database;
-use crate::metrics::Metrics;
-use crate::summary::quote_ident;
+use crate::ops::metrics::Metrics;
+use crate::pg::connect::Database;
+use crate::state::{self, locks, outbox};
 
 /// How often the release task looks without being woken, for rows held by other
 /// processes (`reconcile --fix`).
@@ -37,32 +37,6 @@ const POLL: Duration = Duration::from_millis(500);
 
 /// How often rows idle for longer than any interval are forgotten.
 const FORGET_EVERY: Duration = Duration::from_secs(60);
-
-/// Apply's upsert (`$1` tags, `$2` their intervals in ms, `$3` the source commit time):
-/// makes each tag pending unless it already is. Returns one row per tag made pending.
-pub fn hold_sql(state: &str) -> String {
-    format!(
-        "INSERT INTO {state}.outbox_held AS h (tag, due_at, min_interval_ms, commit_time) \
-         SELECT t.tag, now(), t.ms, $3 FROM unnest($1::text[], $2::int8[]) AS t(tag, ms) \
-         ON CONFLICT (tag) DO UPDATE SET \
-           due_at = greatest(now(), h.released_at + EXCLUDED.min_interval_ms * interval '1 millisecond'), \
-           min_interval_ms = EXCLUDED.min_interval_ms, commit_time = EXCLUDED.commit_time \
-         WHERE h.due_at IS NULL \
-         RETURNING 1"
-    )
-}
-
-/// Moves every due row into the outbox and records its release; returns the count.
-/// Run only under the apply lock: outbox ids must become visible in order.
-pub fn release_sql(state: &str) -> String {
-    format!(
-        "WITH r AS (UPDATE {state}.outbox_held SET due_at = NULL, released_at = now() \
-                    WHERE due_at <= now() RETURNING tag, commit_time), \
-              o AS (INSERT INTO {state}.outbox (tag, commit_time) \
-                    SELECT tag, commit_time FROM r ORDER BY tag RETURNING 1) \
-         SELECT count(*)::int8 FROM o"
-    )
-}
 
 /// Spawns the release task; it runs until aborted. `wake` is bumped by apply when it
 /// held tags; `enqueued` wakes the deliverers after a release.
@@ -74,8 +48,8 @@ pub fn spawn(
     enqueued: Arc<watch::Sender<u64>>,
 ) -> tokio::task::JoinHandle<()> {
     let releaser = Releaser {
-        state: quote_ident(&cfg.schema),
-        lock_key: lock_key(&cfg.schema),
+        state: state::schema(cfg),
+        lock_key: locks::apply_key(cfg),
         metrics,
         wake,
         enqueued,
@@ -108,30 +82,17 @@ impl Releaser {
                     tracing::warn!(error = %e, "the release of held tags cannot reach the database")
                 }
             }
-            tokio::time::sleep(crate::deliver::backoff(attempt)).await;
+            tokio::time::sleep(backoff(attempt)).await;
             attempt += 1;
         }
     }
 
     async fn serve(&mut self, client: &mut Client) -> anyhow::Result<()> {
         let s = &self.state;
-        let next = client
-            .prepare(&format!(
-                "SELECT extract(epoch FROM min(due_at) - clock_timestamp())::float8 \
-                 FROM {s}.outbox_held WHERE due_at IS NOT NULL"
-            ))
-            .await?;
-        let lock = client
-            .prepare("SELECT pg_advisory_xact_lock($1::int4, $2::int4)")
-            .await?;
-        let release = client.prepare(&release_sql(s)).await?;
-        // A row idle for longer than any interval is as good as none.
-        let forget = client
-            .prepare(&format!(
-                "DELETE FROM {s}.outbox_held WHERE due_at IS NULL \
-                 AND released_at < now() - $1::int8 * interval '1 millisecond'"
-            ))
-            .await?;
+        let next = client.prepare(&outbox::next_due_sql(s)).await?;
+        let lock = client.prepare(locks::XACT_LOCK_SQL).await?;
+        let release = client.prepare(&outbox::release_sql(s)).await?;
+        let forget = client.prepare(&outbox::forget_idle_sql(s)).await?;
         let mut last_forget = Instant::now();
         loop {
             let wait: Option<f64> = client.query_one(&next, &[]).await?.get(0);
@@ -144,7 +105,7 @@ impl Releaser {
                     .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
                     .start()
                     .await?;
-                tx.execute(&lock, &[&APPLY_LOCK_CLASS, &self.lock_key])
+                tx.execute(&lock, &[&locks::APPLY_CLASS, &self.lock_key])
                     .await?;
                 let released: i64 = tx.query_one(&release, &[]).await?.get(0);
                 if forget_now {

@@ -9,7 +9,7 @@ use tokio_postgres::types::PgLsn;
 use tokio_postgres::Client;
 
 use crate::error::definite;
-use crate::summary::quote_ident;
+use crate::pg::sql::quote_ident;
 
 /// The oldest server the worker runs against: PostgreSQL 15. 14 reached its end of life
 /// in November 2026, and 15 is the oldest version the test suite runs on (`make test`); a

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::pgoutput::{LogicalMessage, Relation, TupleData, Value};
+use super::pgoutput::{LogicalMessage, Relation, TupleData, Value};
 
 /// What one change means for the summary.
 #[derive(Debug, PartialEq, Eq)]

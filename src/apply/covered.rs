@@ -12,7 +12,7 @@
 //! recomputes everything it holds. Nothing is skipped on a guess: no snapshot, no xids,
 //! or a recompute of every product forgets the set.
 //!
-//! After a recompute of every product (a bulk transaction, see `bulk`; a TRUNCATE) the
+//! After a recompute of every product (a bulk transaction, see [`super::bulk`]; a TRUNCATE) the
 //! set is every product: a batch whose transactions that pass's snapshot saw needs no
 //! recompute at all.
 //!
@@ -25,8 +25,8 @@
 use anyhow::Context as _;
 use tokio_postgres::Client;
 
-use crate::ids::IdSet;
-use crate::visibility::Snapshot;
+use crate::pg::snapshot::Snapshot;
+use crate::stream::ids::IdSet;
 
 /// Most ids the spilled set holds, in multiples of the in-memory cap (10M ids with the
 /// default `max_pending`, ~600 MB of temporary files). Past it the set starts again

@@ -2,9 +2,11 @@
 //! `max_pending` bound is hit. Under backlog apply stays busy, so batches grow and the
 //! cost follows the number of distinct products rather than the number of changes.
 
+use std::time::{Duration, SystemTime};
+
 use pgwire_replication::Lsn;
 
-use crate::ids::IdSet;
+use super::ids::IdSet;
 
 /// The work handed to apply at once (applied in parts of `max_products`).
 #[derive(Debug, Default)]
@@ -77,6 +79,27 @@ impl Batch {
     pub fn take(&mut self) -> Batch {
         std::mem::take(self)
     }
+
+    /// Commit time of the newest transaction, as wall-clock time.
+    pub fn commit_time(&self) -> Option<SystemTime> {
+        self.commit_time_micros.map(pg_time)
+    }
+
+    /// Commit time of the oldest transaction, as wall-clock time.
+    pub fn oldest_commit_time(&self) -> Option<SystemTime> {
+        self.oldest_commit_micros.map(pg_time)
+    }
+}
+
+/// Converts pgoutput's commit time (µs since 2000-01-01) to wall-clock time.
+fn pg_time(micros: i64) -> SystemTime {
+    const PG_EPOCH_UNIX_SECS: u64 = 946_684_800;
+    let base = SystemTime::UNIX_EPOCH + Duration::from_secs(PG_EPOCH_UNIX_SECS);
+    if micros >= 0 {
+        base + Duration::from_micros(micros as u64)
+    } else {
+        base - Duration::from_micros(micros.unsigned_abs())
+    }
 }
 
 #[cfg(test)]
@@ -100,6 +123,16 @@ mod tests {
         assert_eq!(t.oldest_commit_micros, Some(1));
         assert_eq!(t.transactions, 2);
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn pg_epoch() {
+        let t = pg_time(0);
+        assert_eq!(
+            t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs(),
+            946_684_800
+        );
+        assert!(pg_time(-1) < t);
     }
 
     #[test]

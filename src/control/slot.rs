@@ -23,7 +23,10 @@ use tokio_postgres::Client;
 use crate::apply::Applier;
 use crate::config::Config;
 use crate::error::definite;
-use crate::summary::{qualified, quote_ident};
+use crate::failpoints::{self, crash_point};
+use crate::pg::server;
+use crate::pg::sql::qualified;
+use crate::state::{self, checkpoint};
 
 /// Why every product is recomputed before streaming; the label of
 /// `cdc_slot_recovered_total{reason}` and the text of the durable mark.
@@ -183,7 +186,7 @@ pub async fn prepare(cfg: &Config, applier: &mut Applier, mode: Mode) -> anyhow:
                 recovered: None,
             });
         }
-        Decision::NotSetUp => return Err(definite(not_set_up(cfg))),
+        Decision::NotSetUp => return Err(definite(state::not_set_up(cfg))),
         Decision::Recompute { reason, recreate } => (reason, recreate),
     };
     let show = |l: Option<Lsn>| l.map(|l| l.to_string()).unwrap_or_else(|| "none".into());
@@ -215,8 +218,8 @@ pub async fn prepare(cfg: &Config, applier: &mut Applier, mode: Mode) -> anyhow:
         );
     }
     // Durable before anything changes: a crash from here on resumes the recompute.
-    mark(client, cfg, reason.label()).await?;
-    crash_point("recompute-marked");
+    checkpoint::mark(client, cfg, reason.label()).await?;
+    crash_point(failpoints::RECOMPUTE_MARKED);
     if recreate {
         end_stale_walsender(client, cfg, &observed).await?;
         if observed.slot.is_some() {
@@ -224,10 +227,10 @@ pub async fn prepare(cfg: &Config, applier: &mut Applier, mode: Mode) -> anyhow:
                 .execute("SELECT pg_drop_replication_slot($1)", &[&cfg.slot])
                 .await
                 .with_context(|| format!("dropping replication slot {}", cfg.slot))?;
-            crash_point("slot-dropped");
+            crash_point(failpoints::SLOT_DROPPED);
         }
         create(client, cfg).await?;
-        crash_point("slot-recreated");
+        crash_point(failpoints::SLOT_RECREATED);
     }
     let lsn = confirmed_flush(client, cfg).await?;
     let what = if reason == Reason::Setup {
@@ -258,7 +261,7 @@ async fn recompute(
     tags: bool,
     what: &str,
 ) -> anyhow::Result<()> {
-    crate::visibility::wait_settled(applier.client()).await?;
+    crate::apply::visibility::wait_settled(applier.client()).await?;
     let total: i64 = applier
         .client()
         .query_one(
@@ -275,7 +278,7 @@ async fn recompute(
     let mut last_report = Instant::now();
     let applied = applier
         .recompute_all(lsn, tags, |done| {
-            crash_point("recompute-page");
+            crash_point(failpoints::RECOMPUTE_PAGE);
             if last_report.elapsed().as_secs() >= 2 {
                 last_report = Instant::now();
                 let pct = if total > 0 {
@@ -319,21 +322,7 @@ async fn observe(client: &Client, cfg: &Config) -> anyhow::Result<Observed> {
             active_pid: r.get(5),
             in_this_database: r.get(6),
         });
-    let state = quote_ident(&cfg.schema);
-    let row = client
-        .query_opt(
-            &format!("SELECT lsn, recompute_reason FROM {state}.checkpoint WHERE slot_name = $1"),
-            &[&cfg.slot],
-        )
-        .await?;
-    // A mark written when no checkpoint existed yet stores 0/0 beside it.
-    let (checkpoint, pending) = match row {
-        Some(r) => {
-            let lsn = Lsn(u64::from(r.get::<_, PgLsn>(0)));
-            (Some(lsn).filter(|l| l.0 != 0), r.get(1))
-        }
-        None => (None, None),
-    };
+    let stored = checkpoint::read_with_mark(client, cfg).await?;
     let server: PgLsn = client
         .query_one(
             "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
@@ -344,8 +333,8 @@ async fn observe(client: &Client, cfg: &Config) -> anyhow::Result<Observed> {
         .get(0);
     Ok(Observed {
         slot,
-        checkpoint,
-        pending,
+        checkpoint: stored.lsn,
+        pending: stored.recompute_reason,
         server_lsn: Lsn(u64::from(server)),
     })
 }
@@ -416,7 +405,7 @@ async fn end_stale_walsender(
 pub async fn create(client: &Client, cfg: &Config) -> anyhow::Result<Lsn> {
     // 17+: a failover slot is synchronized to standbys that ask for it, so it survives
     // their promotion (arguments: name, plugin, temporary, two_phase, failover).
-    let failover = cfg.failover_slot && crate::server::supports_failover_slots(client).await?;
+    let failover = cfg.failover_slot && server::supports_failover_slots(client).await?;
     let sql = if failover {
         "SELECT lsn FROM pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)"
     } else {
@@ -446,80 +435,6 @@ async fn confirmed_flush(client: &Client, cfg: &Config) -> anyhow::Result<Lsn> {
             cfg.slot
         )
     })
-}
-
-/// Writes the durable "recompute pending" mark (inserting a 0/0 checkpoint when there is
-/// none yet).
-async fn mark(client: &Client, cfg: &Config, reason: &str) -> anyhow::Result<()> {
-    let state = quote_ident(&cfg.schema);
-    client
-        .execute(
-            &format!(
-                "INSERT INTO {state}.checkpoint AS c (slot_name, lsn, recompute_reason) \
-                 VALUES ($1, '0/0', $2) ON CONFLICT (slot_name) DO UPDATE \
-                 SET recompute_reason = coalesce(c.recompute_reason, EXCLUDED.recompute_reason), \
-                     updated_at = now()"
-            ),
-            &[&cfg.slot, &reason],
-        )
-        .await
-        .context("writing the recompute mark")?;
-    Ok(())
-}
-
-/// A state schema set up by an earlier version lacks what this one added (the recompute
-/// mark column, `outbox_held`): the upgrade part of `sql/state_schema.sql` adds it, cheap
-/// and idempotent. The worker's role owns its state schema (setup created it). Run before
-/// anything else reads the state, so a database never set up gets the clear message.
-pub async fn ensure_state(client: &Client, cfg: &Config) -> anyhow::Result<()> {
-    let state = quote_ident(&cfg.schema);
-    let current = client
-        .query_one(
-            "SELECT to_regclass($1) IS NOT NULL, EXISTS (SELECT 1 FROM pg_attribute \
-             WHERE attrelid = to_regclass($1) AND attname = 'recompute_reason'), \
-             to_regclass($2) IS NOT NULL",
-            &[
-                &format!("{state}.checkpoint"),
-                &format!("{state}.outbox_held"),
-            ],
-        )
-        .await;
-    match current {
-        Ok(row) if !row.get::<_, bool>(0) => return Err(definite(not_set_up(cfg))),
-        Ok(row) if row.get::<_, bool>(1) && row.get::<_, bool>(2) => return Ok(()),
-        Ok(_) => {}
-        // to_regclass of a schema that does not exist is null, not an error; this is
-        // for a role that cannot see it at all.
-        Err(e) if matches!(e.code().map(|c| c.code()), Some("42P01" | "3F000")) => {
-            return Err(definite(not_set_up(cfg)))
-        }
-        Err(e) => return Err(e.into()),
-    }
-    let sql = crate::setup::state_upgrade_ddl().replace("{schema}", &state);
-    client.batch_execute(&sql).await.with_context(|| {
-        format!(
-            "upgrading the state schema {state} (checkpoint.recompute_reason, outbox_held: \
-             new in this version). Fix: run `cdc-worker setup` once as the state schema's owner"
-        )
-    })?;
-    tracing::info!(schema = %state, "state schema upgraded to this version");
-    Ok(())
-}
-
-pub fn not_set_up(cfg: &Config) -> String {
-    format!(
-        "no checkpoint for slot {} in schema {}: the database is not set up. Fix: run `cdc-worker setup` first",
-        cfg.slot, cfg.schema
-    )
-}
-
-/// A named crash point for the fault tests (`FAILPOINTS=slot-recreated=return`): the
-/// process aborts there, like a kill -9 at exactly that moment. Inert unless configured.
-pub fn crash_point(name: &str) {
-    fail::fail_point!(name, |_| {
-        tracing::error!(failpoint = name, "failpoint reached: aborting the process");
-        std::process::abort()
-    });
 }
 
 #[cfg(test)]

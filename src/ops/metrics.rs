@@ -326,7 +326,7 @@ impl Metrics {
     }
 
     /// The slot's failover and invalidation state (`server::slot_state`).
-    pub fn set_slot_state(&self, s: &crate::server::SlotState) {
+    pub fn set_slot_state(&self, s: &crate::pg::server::SlotState) {
         self.slot_failover.set(s.failover.map_or(-1, i64::from));
         let state = s.summary();
         let mut last = self
@@ -406,7 +406,7 @@ pub async fn serve(addr: &str, metrics: Arc<Metrics>) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::SlotState;
+    use crate::pg::server::SlotState;
 
     #[test]
     fn slot_state_is_one_hot_and_failover_is_minus_one_before_17() {

@@ -7,25 +7,14 @@ use std::collections::BTreeSet;
 use anyhow::Context;
 use tokio_postgres::Client;
 
+use super::{leader, slot};
 use crate::apply::Applier;
 use crate::config::Config;
-use crate::db::Database;
 use crate::error::definite;
-use crate::layout::Layout;
-use crate::server;
-use crate::slot;
-use crate::summary::{qualified, quote_ident};
-
-const STATE_DDL: &str = include_str!("../sql/state_schema.sql");
-
-/// The part of the state DDL that `run` applies to a state schema an earlier version
-/// set up (everything from the `-- ==== upgrade` line on).
-pub fn state_upgrade_ddl() -> &'static str {
-    let at = STATE_DDL
-        .find("-- ==== upgrade")
-        .expect("sql/state_schema.sql has an upgrade part");
-    &STATE_DDL[at..]
-}
+use crate::pg::connect::Database;
+use crate::pg::server;
+use crate::pg::sql::{qualified, quote_ident};
+use crate::shop::layout::Layout;
 
 pub async fn run(cfg: &Config) -> anyhow::Result<()> {
     let db = Database::parse(&cfg.database_url)?;
@@ -34,12 +23,12 @@ pub async fn run(cfg: &Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("connecting to {}", db.display()))?;
     tracing::info!(database = %db.display(), "checking the database");
-    crate::leader::refuse_pooler(&db, &client, cfg).await?;
+    leader::refuse_pooler(&db, &client, cfg).await?;
     let plan = check(&client, cfg).await?;
     create(&client, cfg, &plan).await?;
     // The slot and the checkpoint are the leader's to change; a running worker checks them
     // at its own start and recovers by itself.
-    if !crate::leader::try_lead(&client, cfg).await? {
+    if !leader::try_lead(&client, cfg).await? {
         tracing::info!(slot = %cfg.slot, "a worker is running for this slot; it keeps the slot and the checkpoint itself: setup complete");
         return Ok(());
     }
@@ -202,16 +191,7 @@ async fn check(client: &Client, cfg: &Config) -> anyhow::Result<Plan> {
 }
 
 async fn create(client: &Client, cfg: &Config, plan: &Plan) -> anyhow::Result<()> {
-    let state = quote_ident(&cfg.schema);
-    client
-        .batch_execute(&STATE_DDL.replace("{schema}", &state))
-        .await
-        .with_context(|| {
-            format!(
-                "creating the state schema {state}. Fix: GRANT CREATE ON DATABASE to the worker's \
-                 role, or create the schema for it: CREATE SCHEMA {state} AUTHORIZATION <role>"
-            )
-        })?;
+    crate::state::create(client, cfg).await?;
     if plan.create_summary {
         let ddl = &plan.summary_ddl;
         client

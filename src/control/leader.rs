@@ -18,26 +18,19 @@ use tokio::sync::watch;
 use tokio_postgres::Client;
 
 use crate::config::Config;
-use crate::db::Database;
 use crate::error::definite;
-
-/// Advisory lock class of leadership: the instance holding it streams, others wait.
-const LEADER_LOCK_CLASS: i32 = 0x6364_0002;
+use crate::pg::connect::Database;
+use crate::state::locks;
 
 /// How often a standby tries to take over.
 const STANDBY_POLL: Duration = Duration::from_millis(500);
-
-/// The lock's key for this slot.
-fn key(cfg: &Config) -> i32 {
-    crate::apply::lock_key(&cfg.slot)
-}
 
 /// Tries once to become the leader of `cfg.slot` on this connection.
 pub async fn try_lead(client: &Client, cfg: &Config) -> anyhow::Result<bool> {
     Ok(client
         .query_one(
-            "SELECT pg_try_advisory_lock($1::int4, $2::int4)",
-            &[&LEADER_LOCK_CLASS, &key(cfg)],
+            locks::TRY_SESSION_LOCK_SQL,
+            &[&locks::LEADER_CLASS, &locks::leader_key(cfg)],
         )
         .await?
         .get(0))

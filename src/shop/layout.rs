@@ -12,7 +12,7 @@ use tokio_postgres::Client;
 
 use crate::config::{Config, SummaryColumns};
 use crate::error::definite;
-use crate::summary::{qualified, quote_ident};
+use crate::pg::sql::{qualified, quote_ident};
 
 /// Product and store id types the worker supports (`pg_type.typname`).
 const ID_TYPES: &[&str] = &["text", "varchar", "int4", "int8", "uuid"];

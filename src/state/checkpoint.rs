@@ -1,0 +1,87 @@
+//! The checkpoint: per slot, the LSN up to which every change is in the summary, and the
+//! durable "recompute pending" mark. Apply writes the LSN in the transaction of the rows
+//! it covers ([`write_sql`]); the slot is never told more than what is stored here.
+
+use anyhow::Context as _;
+use pgwire_replication::Lsn;
+use tokio_postgres::types::PgLsn;
+use tokio_postgres::Client;
+
+use crate::config::Config;
+use crate::pg::sql::quote_ident;
+
+/// Apply's checkpoint write (`$1` slot, `$2` LSN, `$3` reset). While streaming the
+/// checkpoint only moves forward (`greatest`), so a replayed batch can never move it back;
+/// a recompute that recovers from a broken invariant sets it to the slot's start (`$3`
+/// true; possibly lower, after a restore) and clears the recompute mark in the same
+/// transaction.
+pub fn write_sql(state: &str) -> String {
+    format!(
+        "INSERT INTO {state}.checkpoint AS c (slot_name, lsn) VALUES ($1, $2) \
+         ON CONFLICT (slot_name) DO UPDATE SET lsn = CASE WHEN $3 THEN EXCLUDED.lsn \
+         ELSE greatest(c.lsn, EXCLUDED.lsn) END, \
+         recompute_reason = CASE WHEN $3 THEN NULL ELSE c.recompute_reason END, \
+         updated_at = now()"
+    )
+}
+
+/// The stored checkpoint of `slot` in state schema `schema`, if any.
+pub async fn read(client: &Client, schema: &str, slot: &str) -> anyhow::Result<Option<Lsn>> {
+    let sql = format!(
+        "SELECT lsn FROM {}.checkpoint WHERE slot_name = $1",
+        quote_ident(schema)
+    );
+    let row = client.query_opt(&sql, &[&slot]).await?;
+    Ok(row.map(|r| Lsn(u64::from(r.get::<_, PgLsn>(0)))))
+}
+
+/// The checkpoint row as the start-up decision reads it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stored {
+    /// `None` when there is no row, or only the 0/0 placeholder of a mark written before
+    /// the first checkpoint.
+    pub lsn: Option<Lsn>,
+    /// The durable recompute mark: why every product must be recomputed before streaming.
+    pub recompute_reason: Option<String>,
+}
+
+/// Reads the checkpoint of `cfg.slot` with its mark.
+pub async fn read_with_mark(client: &Client, cfg: &Config) -> anyhow::Result<Stored> {
+    let state = quote_ident(&cfg.schema);
+    let row = client
+        .query_opt(
+            &format!("SELECT lsn, recompute_reason FROM {state}.checkpoint WHERE slot_name = $1"),
+            &[&cfg.slot],
+        )
+        .await?;
+    Ok(match row {
+        Some(r) => {
+            let lsn = Lsn(u64::from(r.get::<_, PgLsn>(0)));
+            Stored {
+                lsn: Some(lsn).filter(|l| l.0 != 0),
+                recompute_reason: r.get(1),
+            }
+        }
+        None => Stored::default(),
+    })
+}
+
+/// Writes the durable "recompute pending" mark (inserting a 0/0 checkpoint when there is
+/// none yet). An earlier mark's reason is kept: the recompute it asked for is the one
+/// still owed.
+pub async fn mark(client: &Client, cfg: &Config, reason: &str) -> anyhow::Result<()> {
+    let state = quote_ident(&cfg.schema);
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {state}.checkpoint AS c (slot_name, lsn, recompute_reason) \
+                 VALUES ($1, '0/0', $2) ON CONFLICT (slot_name) DO UPDATE \
+                 SET recompute_reason = coalesce(c.recompute_reason, EXCLUDED.recompute_reason), \
+                     updated_at = now()"
+            ),
+            &[&cfg.slot, &reason],
+        )
+        .await
+        .context("writing the recompute mark")?;
+    Ok(())
+}

@@ -1,0 +1,270 @@
+//! The stream stage: WAL in, batches of dirty product ids out, acknowledgements back.
+//!
+//! `pgwire-replication` holds the replication connection ([`stream_loop`] reads its
+//! events); [`pgoutput`] decodes each change, [`route`] turns it into the products it may
+//! affect, [`batch`] coalesces them ([`ids`] keeps the set compact) until apply is free,
+//! and [`passes`] drops the changes a pass over every product already read. The LSN apply
+//! committed is the only one ever acknowledged to the slot.
+
+pub mod batch;
+pub mod ids;
+pub mod passes;
+pub mod pgoutput;
+pub mod route;
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant as Deadline;
+
+use crate::config::Config;
+use crate::error::definite;
+use crate::ops::metrics::Metrics;
+use batch::Batch;
+use passes::Passes;
+use route::{Route, Router};
+
+/// The stream loop's ends of the handover to the apply task: batches go one way, the
+/// checkpoint each stored (or the error that ended it) comes back, one answer per batch.
+pub struct Handover {
+    pub batches: mpsc::Sender<Batch>,
+    pub applied: mpsc::Receiver<anyhow::Result<Option<Lsn>>>,
+}
+
+/// Reads events, batches, hands batches to apply, and acknowledges what apply committed.
+/// Returns the last acknowledged LSN on shutdown.
+///
+/// One `select!`, arms in priority order (`biased`):
+/// 1. apply finished a batch: acknowledge its checkpoint ([`LoopState::applied`]);
+/// 2. the stream was silent for three heartbeats while we were reading: the connection is
+///    dead ([`dead_connection`]);
+/// 3. shutdown asked: stop reading, finish the batch in flight;
+/// 4. an event from the stream ([`LoopState::on_event`]).
+///
+/// Between two selects the batch is handed over when apply is free and the batch holds a
+/// commit or is full: at once when idle (latency), larger under backlog because apply is
+/// busy meanwhile (throughput).
+pub async fn stream_loop(
+    cfg: &Config,
+    metrics: &Metrics,
+    shutdown: &watch::Receiver<bool>,
+    stream: &mut ReplicationClient,
+    apply: &mut Handover,
+    passes: Passes,
+    start: Lsn,
+) -> anyhow::Result<Lsn> {
+    let mut shutdown = shutdown.clone();
+    let mut state = LoopState::new(cfg, passes, start);
+    // The heartbeat puts a message into the stream at least every heartbeat interval, so a
+    // stream silent for three of them is a dead connection (a cut without RST), not an
+    // idle database: end the session and reconnect.
+    let silence = cfg.heartbeat() * 3;
+    loop {
+        if state.ready_to_hand_over() {
+            let batch = state.hand_over();
+            metrics.batch_size.observe(batch.len() as f64);
+            apply
+                .batches
+                .send(batch)
+                .await
+                .map_err(|_| anyhow::anyhow!("apply task ended unexpectedly"))?;
+        }
+        if state.stopping && !state.in_flight {
+            if state.batch.is_empty() {
+                return Ok(state.acked);
+            }
+            // Products of a transaction cut short by the shutdown: recompute them anyway
+            // (harmless); the checkpoint stays at the last commit.
+            state.batch.lsn.get_or_insert(state.acked);
+            continue;
+        }
+        tokio::select! {
+            biased;
+            done = apply.applied.recv() => {
+                let done = done.ok_or_else(|| anyhow::anyhow!("apply task ended unexpectedly"))?;
+                if let Some(lsn) = state.applied(done?) {
+                    stream.update_applied_lsn(lsn);
+                }
+            }
+            _ = tokio::time::sleep_until(state.heard + silence), if state.can_read() => {
+                return Err(dead_connection(silence, cfg.heartbeat()));
+            }
+            _ = shutdown.wait_for(|s| *s), if !state.stopping => {
+                tracing::info!("shutdown requested: finishing the batch in flight");
+                state.stopping = true;
+            }
+            event = stream.recv(), if state.can_read() => {
+                let event = event
+                    .context("replication stream")?
+                    .ok_or_else(|| anyhow::Error::new(std::io::Error::other("replication stream ended")))?;
+                state.on_event(event, metrics)?;
+            }
+        }
+    }
+}
+
+/// Everything the stream loop knows between two events.
+struct LoopState {
+    /// The batch being filled.
+    batch: Batch,
+    /// A batch is with apply. Apply takes one at a time, in order, so a batch handed over
+    /// later is applied after every earlier one committed.
+    in_flight: bool,
+    /// The transaction being received, between its Begin and its Commit.
+    open_xid: Option<u32>,
+    /// The last checkpoint apply committed, acknowledged to the slot. Only moves forward.
+    acked: Lsn,
+    /// Shutdown was asked for: nothing more is read, the batch in flight is finished.
+    stopping: bool,
+    /// When an idle keepalive last moved the checkpoint.
+    last_idle_advance: Instant,
+    /// When the stream (or apply) was last heard from, for the silence rule.
+    heard: Deadline,
+    /// `batch.max_pending`: a batch this large is handed over even mid-transaction, and
+    /// nothing more is read until it is.
+    max_pending: usize,
+    router: Router,
+    passes: Passes,
+}
+
+impl LoopState {
+    fn new(cfg: &Config, passes: Passes, start: Lsn) -> LoopState {
+        LoopState {
+            batch: Batch::default(),
+            in_flight: false,
+            open_xid: None,
+            acked: start,
+            stopping: false,
+            last_idle_advance: Instant::now(),
+            heard: Deadline::now(),
+            max_pending: cfg.batch.max_pending,
+            router: Router::new(&cfg.tables.schema, &cfg.tables.sources),
+            passes,
+        }
+    }
+
+    /// Apply is free and the batch holds a commit, or is full.
+    fn ready_to_hand_over(&self) -> bool {
+        !self.in_flight && (self.batch.has_commit() || self.batch.len() >= self.max_pending)
+    }
+
+    /// Whether the loop reads the stream (and counts its silence): not stopping, and room
+    /// in the batch. A full batch waits for apply; the stream waits with it.
+    fn can_read(&self) -> bool {
+        !self.stopping && self.batch.len() < self.max_pending
+    }
+
+    /// Nothing received is unapplied: no open transaction, no batch with apply, nothing in
+    /// the batch. Only then may the checkpoint move past what apply stored.
+    fn is_idle(&self) -> bool {
+        let idle = self.open_xid.is_none() && !self.in_flight && self.batch.is_empty();
+        // `Batch::is_empty` does not look at the xids it carries. A batch carries an xid
+        // without a commit only while that transaction is open (a cut carries it on), so an
+        // idle batch carries none, and moving the checkpoint skips no transaction.
+        debug_assert!(!idle || self.batch.xids.is_empty(), "idle batch with xids");
+        idle
+    }
+
+    /// Takes the batch for apply. The rest of a transaction cut by the handover belongs to
+    /// the next batch: its xid goes along, for the visibility wait and for `Covered`.
+    fn hand_over(&mut self) -> Batch {
+        debug_assert!(!self.in_flight, "one batch with apply at a time");
+        let batch = self.batch.take();
+        if let Some(xid) = self.open_xid {
+            self.batch.begin(xid);
+        }
+        self.in_flight = true;
+        batch
+    }
+
+    /// Apply committed the batch in flight, with `lsn` as its checkpoint (none for a cut
+    /// mid-transaction). Returns the LSN to acknowledge, if it moved forward.
+    fn applied(&mut self, lsn: Option<Lsn>) -> Option<Lsn> {
+        debug_assert!(self.in_flight, "an answer without a batch in flight");
+        self.in_flight = false;
+        self.heard = Deadline::now();
+        let lsn = lsn.filter(|&l| l > self.acked)?;
+        self.acked = lsn;
+        Some(lsn)
+    }
+
+    fn on_event(&mut self, event: ReplicationEvent, metrics: &Metrics) -> anyhow::Result<()> {
+        self.heard = Deadline::now();
+        match event {
+            ReplicationEvent::Begin { xid, .. } => {
+                debug_assert!(self.open_xid.is_none(), "Begin inside a transaction");
+                self.open_xid = Some(xid);
+                self.batch.begin(xid);
+            }
+            ReplicationEvent::Commit {
+                end_lsn,
+                commit_time_micros,
+                ..
+            } => {
+                self.open_xid = None;
+                self.batch.commit(end_lsn, commit_time_micros);
+            }
+            ReplicationEvent::XLogData { data, .. } => self.on_change(&data, metrics)?,
+            ReplicationEvent::KeepAlive { wal_end, .. } => self.on_keepalive(wal_end),
+            ReplicationEvent::Message { .. } => {}
+            ReplicationEvent::StoppedAt { .. } => {
+                anyhow::bail!("replication stopped at a stop LSN we never set")
+            }
+        }
+        Ok(())
+    }
+
+    /// A pgoutput message: decoded, routed to product ids, marked in the batch.
+    fn on_change(&mut self, data: &bytes::Bytes, metrics: &Metrics) -> anyhow::Result<()> {
+        let msg = pgoutput::decode(data).context("decoding pgoutput")?;
+        let (route, counted) = self
+            .router
+            .route(&msg)
+            .map_err(|e| definite(e.to_string()))?;
+        if let Some((table, op)) = counted {
+            metrics.record_change(table, op.as_str());
+            self.batch.changes += 1;
+        }
+        match route {
+            Route::None => {}
+            // A pass over every product saw this transaction: nothing to mark.
+            Route::Products(..) if self.passes.saw(self.open_xid) => self.batch.covered += 1,
+            Route::Products(old, new) => {
+                for id in old.into_iter().chain(new) {
+                    self.batch.mark(id);
+                }
+            }
+            Route::All(why) => {
+                tracing::warn!(reason = %why, "recomputing every product");
+                self.batch.mark_all(why);
+            }
+        }
+        Ok(())
+    }
+
+    /// Nothing of ours lies before `wal_end` that is not applied when the loop is idle:
+    /// move the checkpoint (and so the slot) there, so idle periods and WAL of other tables
+    /// never pile up behind the slot. Throttled; heartbeats do the rest.
+    fn on_keepalive(&mut self, wal_end: Lsn) {
+        if self.is_idle()
+            && wal_end > self.acked
+            && self.last_idle_advance.elapsed() >= Duration::from_secs(1)
+        {
+            self.last_idle_advance = Instant::now();
+            self.batch.lsn = Some(wal_end);
+        }
+    }
+}
+
+/// The error that ends a session whose stream stayed silent although heartbeats are
+/// written (transient: the session reconnects).
+fn dead_connection(silence: Duration, heartbeat: Duration) -> anyhow::Error {
+    anyhow::Error::new(std::io::Error::other(format!(
+        "nothing arrived from Postgres for {}s although a heartbeat is written every {}s: \
+         the connection is dead",
+        silence.as_secs(),
+        heartbeat.as_secs()
+    )))
+}
