@@ -51,37 +51,55 @@ pub trait Spill {
     async fn missing(&self, ids: &[&str]) -> anyhow::Result<Vec<usize>>;
 }
 
+/// The products known to be covered, and the snapshot that covers them.
+///
+/// The invariant, the same in every state that has a snapshot: every product in the set
+/// was recomputed by a statement whose snapshot saw at least every transaction `seen`
+/// saw. So a batch whose transactions `seen` all saw finds their changes to those
+/// products already in the summary.
+enum Set {
+    /// Nothing is known to be covered: every batch recomputes all it holds.
+    Empty,
+    /// Every product (a pass over all of them).
+    Every { seen: Snapshot },
+    /// Up to `cap` products, in memory.
+    Memory { seen: Snapshot, ids: IdSet },
+    /// `count` products in the spill store (more than `cap`, at most `cap * SPILL_FACTOR`).
+    Spilled { seen: Snapshot, count: usize },
+}
+
+impl Set {
+    fn seen(&self) -> Option<&Snapshot> {
+        match self {
+            Set::Empty => None,
+            Set::Every { seen } | Set::Memory { seen, .. } | Set::Spilled { seen, .. } => {
+                Some(seen)
+            }
+        }
+    }
+}
+
 pub struct Covered {
-    /// Products recomputed, each by a statement that started after `seen` was taken;
-    /// while `spilled` is 0.
-    ids: IdSet,
-    /// How many ids are in the spill store instead (0: the set is `ids`).
-    spilled: usize,
-    seen: Option<Snapshot>,
+    set: Set,
     /// Most ids kept in memory (memory stays within what `batch.max_pending` allows).
     cap: usize,
     /// The store was refused (said once): past `cap` the set starts again instead.
     no_store: bool,
-    /// Every product was recomputed after `seen` was taken (`ids` is then empty).
-    every: bool,
 }
 
 impl Covered {
     pub fn new(cap: usize) -> Covered {
         Covered {
-            ids: IdSet::default(),
-            spilled: 0,
-            seen: None,
+            set: Set::Empty,
             cap,
             no_store: false,
-            every: false,
         }
     }
 
-    /// Whether `seen` saw every one of a batch's transactions, so that the covered
-    /// products' recomputes read all of their changes.
+    /// Whether the set's snapshot saw every one of a batch's transactions, so that the
+    /// covered products' recomputes read all of their changes.
     pub fn covers(&self, xids: &[u32]) -> bool {
-        match &self.seen {
+        match self.set.seen() {
             Some(s) => !xids.is_empty() && xids.iter().all(|&x| s.sees(s.xid8(x))),
             None => false,
         }
@@ -89,7 +107,7 @@ impl Covered {
 
     /// Whether a pass over every product saw all of a batch's transactions.
     pub fn saw_all(&self, xids: &[u32]) -> bool {
-        self.every && self.covers(xids)
+        matches!(self.set, Set::Every { .. }) && self.covers(xids)
     }
 
     /// The ids of a batch still to recompute: all of them unless [`Covered::covers`].
@@ -99,28 +117,31 @@ impl Covered {
         ids: impl Iterator<Item = &'a str>,
         xids: &[u32],
     ) -> anyhow::Result<Vec<&'a str>> {
-        if self.saw_all(xids) {
-            return Ok(Vec::new());
-        }
-        if !self.covers(xids) || self.is_empty() {
+        if !self.covers(xids) {
             return Ok(ids.collect());
         }
-        if self.spilled == 0 {
-            return Ok(ids.filter(|id| !self.ids.contains(id)).collect());
+        match &self.set {
+            Set::Empty => Ok(ids.collect()),
+            Set::Every { .. } => Ok(Vec::new()),
+            Set::Memory { ids: held, .. } => Ok(ids.filter(|id| !held.contains(id)).collect()),
+            Set::Spilled { .. } => {
+                let ids: Vec<&str> = ids.collect();
+                let mut todo = Vec::new();
+                for (i, part) in ids.chunks(self.chunk()).enumerate() {
+                    let at = i * self.chunk();
+                    todo.extend(spill.missing(part).await?.into_iter().map(|n| ids[at + n]));
+                }
+                Ok(todo)
+            }
         }
-        let ids: Vec<&str> = ids.collect();
-        let mut todo = Vec::new();
-        for (i, part) in ids.chunks(self.chunk()).enumerate() {
-            let at = i * self.chunk();
-            todo.extend(spill.missing(part).await?.into_iter().map(|n| ids[at + n]));
-        }
-        Ok(todo)
     }
 
     /// A batch recomputed `ids` after `seen` was taken (it saw all of the batch's
     /// transactions; `None` when the batch had none, or recomputed nothing). `extends` is
-    /// what [`Covered::covers`] said for the batch: the older snapshot then still holds for
-    /// every id, old and new, so the set grows; otherwise it starts again from this batch.
+    /// what [`Covered::covers`] said for the batch: the set's snapshot then still holds for
+    /// every id, old and new, so the set grows; otherwise it starts again from this batch,
+    /// under `seen`. A failure midway leaves the set empty: never a set that claims more
+    /// than was recorded.
     pub async fn record(
         &mut self,
         spill: &impl Spill,
@@ -131,76 +152,120 @@ impl Covered {
         if ids.is_empty() {
             return Ok(());
         }
+        let set = std::mem::replace(&mut self.set, Set::Empty);
         let Some(seen) = seen else {
-            self.forget();
             return Ok(());
         };
-        if !extends || self.len() + ids.len() > self.cap * SPILL_FACTOR {
-            self.forget();
-            self.seen = Some(seen.clone());
-        }
-        if self.spilled == 0 && self.ids.len() + ids.len() <= self.cap {
-            for id in ids {
-                self.ids.insert(id);
-            }
-            return Ok(());
-        }
-        if ids.len() > self.cap * SPILL_FACTOR {
-            self.forget();
-            return Ok(());
-        }
-        if self.spilled == 0 && (self.no_store || !spill.reset().await?) {
-            if !self.no_store {
-                self.no_store = true;
-                tracing::warn!(
-                    "covered products stay in memory: this role may not create temporary tables. \
-                     A transaction touching more than batch.max_pending products may be recomputed \
-                     more than once. Fix: GRANT TEMPORARY ON DATABASE <database> TO <role>"
-                );
-            }
-            // Memory only: start again from this batch, under its own snapshot, if it fits.
-            self.forget();
-            if ids.len() <= self.cap {
-                for id in ids {
-                    self.ids.insert(id);
+        self.set = match set {
+            Set::Memory {
+                seen: old,
+                ids: held,
+            } if extends => self.grow_memory(spill, old, held, ids, seen).await?,
+            Set::Spilled { seen: old, count } if extends && count + ids.len() <= self.most() => {
+                self.insert(spill, ids).await?;
+                Set::Spilled {
+                    seen: old,
+                    count: count + ids.len(),
                 }
-                self.seen = Some(seen);
             }
-            return Ok(());
-        }
-        if self.spilled == 0 {
-            // Moving to the store: what memory held goes first.
-            let held: Vec<&str> = self.ids.iter().collect();
-            if !held.is_empty() {
-                self.insert(spill, &held).await?;
-            }
-            self.spilled = held.len();
-            self.ids.clear();
-            tracing::debug!(
-                ids = self.spilled + ids.len(),
-                "covered products moved to a temporary table"
-            );
-        }
-        self.insert(spill, ids).await?;
-        self.spilled += ids.len();
+            // Not covered (a newer transaction), past the store's bound, or after a pass
+            // over every product (whose covered batches recompute nothing, so never get here).
+            _ => self.start(spill, ids, seen).await?,
+        };
         Ok(())
     }
 
     /// Every product was recomputed, each page by a statement that started after `seen`
     /// was taken (it saw the batch's transactions).
     pub fn record_every(&mut self, seen: Snapshot) {
-        self.forget();
-        self.every = true;
-        self.seen = Some(seen);
+        self.set = Set::Every { seen };
     }
 
     /// After a failure, or a recompute of every product without a snapshot. A spill store
     /// keeps its rows until it is next used, and is emptied then.
     pub fn forget(&mut self) {
-        self.ids.clear();
-        self.spilled = 0;
-        self.seen = None;
-        self.every = false;
+        self.set = Set::Empty;
+    }
+
+    /// Adds `ids` to the set in memory under its old snapshot; past `cap` moves everything
+    /// to the store, or (without one) starts again from `ids` under `seen`.
+    async fn grow_memory(
+        &mut self,
+        spill: &impl Spill,
+        old: Snapshot,
+        mut held: IdSet,
+        ids: &[&str],
+        seen: Snapshot,
+    ) -> anyhow::Result<Set> {
+        let total = held.len() + ids.len();
+        if total <= self.cap {
+            for id in ids {
+                held.insert(id);
+            }
+            return Ok(Set::Memory {
+                seen: old,
+                ids: held,
+            });
+        }
+        if total > self.most() || !self.store_ready(spill).await? {
+            return self.start(spill, ids, seen).await;
+        }
+        // Moving to the store: what memory held goes first.
+        let moved: Vec<&str> = held.iter().collect();
+        self.insert(spill, &moved).await?;
+        self.insert(spill, ids).await?;
+        tracing::debug!(ids = total, "covered products moved to a temporary table");
+        Ok(Set::Spilled {
+            seen: old,
+            count: total,
+        })
+    }
+
+    /// A set of just `ids` under `seen`: in memory when they fit, else in the (emptied)
+    /// store, else nothing.
+    async fn start(
+        &mut self,
+        spill: &impl Spill,
+        ids: &[&str],
+        seen: Snapshot,
+    ) -> anyhow::Result<Set> {
+        if ids.len() <= self.cap {
+            let mut set = IdSet::default();
+            for id in ids {
+                set.insert(id);
+            }
+            return Ok(Set::Memory { seen, ids: set });
+        }
+        if ids.len() > self.most() || !self.store_ready(spill).await? {
+            return Ok(Set::Empty);
+        }
+        self.insert(spill, ids).await?;
+        Ok(Set::Spilled {
+            seen,
+            count: ids.len(),
+        })
+    }
+
+    /// Empties the store for a new set; false (said once) when the role may not have one.
+    async fn store_ready(&mut self, spill: &impl Spill) -> anyhow::Result<bool> {
+        if self.no_store {
+            return Ok(false);
+        }
+        if spill.reset().await? {
+            return Ok(true);
+        }
+        self.no_store = true;
+        tracing::warn!(
+            "covered products stay in memory: this role may not create temporary tables. \
+             A transaction touching more than batch.max_pending products may be recomputed \
+             more than once. Fix: GRANT TEMPORARY ON DATABASE <database> TO <role>"
+        );
+        Ok(false)
+    }
+
+    /// Most ids the set holds at all.
+    fn most(&self) -> usize {
+        self.cap * SPILL_FACTOR
     }
 
     fn chunk(&self) -> usize {
@@ -215,11 +280,24 @@ impl Covered {
     }
 
     pub fn len(&self) -> usize {
-        self.ids.len() + self.spilled
+        match &self.set {
+            Set::Empty | Set::Every { .. } => 0,
+            Set::Memory { ids, .. } => ids.len(),
+            Set::Spilled { count, .. } => *count,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// How many covered ids are in memory (the rest, if any, in the store).
+    #[cfg(test)]
+    fn in_memory(&self) -> usize {
+        match &self.set {
+            Set::Memory { ids, .. } => ids.len(),
+            _ => 0,
+        }
     }
 }
 
@@ -380,7 +458,7 @@ mod tests {
         c.record(&s, &["c", "d", "e"], snap("120:130:"), true)
             .await
             .unwrap();
-        assert_eq!((c.len(), c.ids.len(), *s.resets.borrow()), (5, 0, 1));
+        assert_eq!((c.len(), c.in_memory(), *s.resets.borrow()), (5, 0, 1));
         assert_eq!(todo(&c, &s, &["e", "f", "a", "g"], &[99]).await, ["f", "g"]);
         // A tenth of the cap (at least one) per call, positions kept across calls.
         assert_eq!(*s.largest.borrow(), 1);
