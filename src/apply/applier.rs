@@ -17,6 +17,7 @@ use crate::outbox::tags::{TagTemplates, Tags, Touched};
 use crate::pg::connect::Database;
 use crate::pg::snapshot::Snapshot;
 use crate::shop::layout::Layout;
+use crate::shop::sql;
 use crate::state::{self, checkpoint, locks, outbox};
 
 /// What one apply transaction did.
@@ -108,44 +109,20 @@ impl Applier {
                 layout.summary
             )));
         }
-        let Layout {
-            summary,
-            product,
-            product_key,
-            col: c,
-            ..
-        } = &layout;
         let state = state::schema(cfg);
-        let prepare = |sql: String| {
+        let prepare = |text: String| {
             let client = &client;
-            async move { crate::pg::prepare(client, &sql).await }
+            async move { crate::pg::prepare(client, &text).await }
         };
         let stmts = Statements {
             lock: prepare(locks::XACT_LOCK_SQL.into()).await?,
-            write: prepare(write_sql(&layout)).await?,
+            write: prepare(sql::write(&layout)).await?,
             enqueue: prepare(outbox::enqueue_sql(&state)).await?,
             hold: prepare(outbox::hold_sql(&state)).await?,
             release: prepare(outbox::release_sql(&state)).await?,
             checkpoint: prepare(checkpoint::write_sql(&state)).await?,
-            // Every product id that exists in the source or in the summary, in keyset
-            // pages in the id type's order. Each side is limited before the union so both
-            // use their index. The first page has no lower bound.
-            first_page: prepare(format!(
-                "SELECT id::text FROM ((SELECT {product_key} AS id FROM {product} \
-                 ORDER BY {product_key} LIMIT $1) UNION (SELECT {pid} FROM {summary} \
-                 ORDER BY {pid} LIMIT $1)) ids ORDER BY id LIMIT $1",
-                pid = c.product_id
-            ))
-            .await?,
-            next_page: prepare(format!(
-                "SELECT id::text FROM ((SELECT {product_key} AS id FROM {product} \
-                 WHERE {product_key} > {after} ORDER BY {product_key} LIMIT $2) UNION \
-                 (SELECT {pid} FROM {summary} WHERE {pid} > {after} ORDER BY {pid} LIMIT $2)) ids \
-                 ORDER BY id LIMIT $2",
-                pid = c.product_id,
-                after = layout.id(1)
-            ))
-            .await?,
+            first_page: prepare(sql::first_page(&layout)).await?,
+            next_page: prepare(sql::next_page(&layout)).await?,
         };
         Ok(Applier {
             client,
@@ -358,105 +335,4 @@ impl Applier {
             }
         }
     }
-}
-
-/// The set-based apply of one part (`$1` the currency, `$2` the product ids as text):
-/// the summary query's rows (`d`) against the table's (`c`), the rows that differ
-/// updated (inserted when new), the rows whose product has no summary row any more
-/// deleted, all in one statement and one snapshot. Returns one row per changed product:
-/// kind (`i`, `u`, `d`), product id, store id, old store id, whether its stock changed
-/// (for the tags).
-/// Equal rows are not written: a no-op source change writes nothing.
-fn write_sql(layout: &Layout) -> String {
-    let c = &layout.col;
-    const FIELDS: [&str; 6] = [
-        "store_id",
-        "title",
-        "price",
-        "active",
-        "inventory_available",
-        "primary_image_url",
-    ];
-    let fields = |alias: &str| {
-        FIELDS
-            .iter()
-            .map(|f| format!("{alias}.{f}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let cols = [
-        &c.store_id,
-        &c.title,
-        &c.price,
-        &c.active,
-        &c.inventory_available,
-        &c.primary_image_url,
-    ];
-    // From the joined `changed` row, and (for the upsert) from the row proposed.
-    let update_sets = cols
-        .iter()
-        .zip(FIELDS)
-        .map(|(col, f)| format!("{col} = ch.{f}"))
-        .chain([format!("{} = {}", c.updated_at, layout.now)])
-        .collect::<Vec<_>>()
-        .join(", ");
-    let upsert_sets = cols
-        .iter()
-        .copied()
-        .chain([&c.updated_at])
-        .map(|col| format!("{col} = EXCLUDED.{col}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    // The summary's own id, when the table has no default for it: cuid-like ('c' and 24
-    // hex digits of randomness; Prisma's cuid() runs in the client, not the database).
-    let (id_col, id_val) = if layout.generate_row_id {
-        (
-            format!("{}, ", c.id),
-            "'c' || substr(md5(gen_random_uuid()::text), 1, 24), ",
-        )
-    } else {
-        (String::new(), "")
-    };
-    // Rows that exist are changed by a plain UPDATE (joined on the unique product id):
-    // an INSERT ... ON CONFLICT would first try the insert (a new row id, a speculative
-    // index entry) for every one of them, about a fifth more per product. Only new rows
-    // take the upsert, which stays the safe way to add a row. Rows to delete come from `c`
-    // (the rows read), so the summary's index is not searched for every id again.
-    format!(
-        "WITH d AS (SELECT s.* FROM ({query}) s WHERE s.product_id = ANY({ids})), \
-         c AS (SELECT t.{pid} AS product_id, t.{sid} AS store_id, t.{title} AS title, \
-               t.{price} AS price, t.{active} AS active, t.{inv} AS inventory_available, \
-               t.{img} AS primary_image_url FROM {summary} t WHERE t.{pid} = ANY({ids})), \
-         changed AS (SELECT d.*, c.product_id IS NULL AS is_new, c.store_id AS old_store, \
-               c.inventory_available IS DISTINCT FROM d.inventory_available AS inventory_changed \
-               FROM d LEFT JOIN c ON c.product_id = d.product_id \
-               WHERE c.product_id IS NULL OR ({d_fields}) IS DISTINCT FROM ({c_fields})), \
-         updated AS (UPDATE {summary} t SET {update_sets} FROM changed ch \
-               WHERE NOT ch.is_new AND t.{pid} = ch.product_id RETURNING 1), \
-         inserted AS (INSERT INTO {summary} ({id_col}{pid}, {sid}, {title}, {price}, {active}, \
-               {inv}, {img}, {updated}) \
-               SELECT {id_val}product_id, store_id, title, price, active, inventory_available, \
-               primary_image_url, {now} FROM changed WHERE is_new \
-               ON CONFLICT ({pid}) DO UPDATE SET {upsert_sets} RETURNING 1), \
-         deleted AS (DELETE FROM {summary} t USING c WHERE t.{pid} = c.product_id \
-               AND NOT EXISTS (SELECT 1 FROM d WHERE d.product_id = c.product_id) \
-               RETURNING t.{pid} AS product_id, t.{sid} AS store_id) \
-         SELECT (CASE WHEN is_new THEN 'i' ELSE 'u' END)::\"char\", product_id::text, \
-                store_id::text, old_store::text, inventory_changed FROM changed \
-         UNION ALL SELECT 'd'::\"char\", product_id::text, store_id::text, NULL, true FROM deleted",
-        query = layout.query(),
-        ids = layout.ids(2),
-        summary = layout.summary,
-        pid = c.product_id,
-        sid = c.store_id,
-        title = c.title,
-        price = c.price,
-        active = c.active,
-        inv = c.inventory_available,
-        img = c.primary_image_url,
-        updated = c.updated_at,
-        now = layout.now,
-        d_fields = fields("d"),
-        c_fields = fields("c"),
-    )
 }

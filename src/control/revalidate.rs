@@ -11,6 +11,7 @@ use crate::outbox::tags::TagTemplates;
 use crate::pg::connect::Database;
 use crate::redact::redact_url;
 use crate::shop::layout::Layout;
+use crate::shop::sql;
 use crate::state::{self, outbox};
 
 /// `cdc-worker revalidate`: the operator's manual trigger. Sends the tags of the given
@@ -33,16 +34,7 @@ pub async fn revalidate_now(
         let client = db.connect("cdc-worker/revalidate").await?;
         let layout = Layout::load(&client, cfg).await?;
         let rows = client
-            .query(
-                &format!(
-                    "SELECT t.{pid}::text, t.{}::text FROM {} t WHERE t.{pid} = ANY({})",
-                    layout.col.store_id,
-                    layout.summary,
-                    layout.ids(1),
-                    pid = layout.col.product_id,
-                ),
-                &[&products],
-            )
+            .query(&sql::stores_of(&layout), &[&products])
             .await
             .map_err(|e| anyhow::Error::new(e).context("looking up the products' stores"))?;
         for id in products {

@@ -7,6 +7,7 @@ use tokio_postgres::{Client, Statement};
 use super::Options;
 use crate::config::Config;
 use crate::shop::layout::Layout;
+use crate::shop::sql;
 
 /// A page of products to compare.
 #[derive(Debug)]
@@ -43,42 +44,11 @@ impl Pager {
         layout: &Layout,
         opts: &Options,
     ) -> anyhow::Result<Pager> {
-        let Layout {
-            summary,
-            product,
-            product_key: key,
-            ..
-        } = layout;
-        let (pid, sid) = (&layout.col.product_id, &layout.col.store_id);
-        // Reconcile plans every statement for its parameters (plan_cache_mode), so the
-        // "no lower bound" case costs nothing on the first page.
-        let after =
-            |col: &str, n: usize| format!("(${n}::text IS NULL OR {col} > {})", layout.id(n));
-        let sql = match &opts.store {
-            // The page-size-th next id of each side (OFFSET over an index-only scan); the
-            // smaller one ends the page, so neither side has more than page_size rows in it.
-            None => format!(
-                "SELECT least((SELECT {key} FROM {product} WHERE {} ORDER BY {key} \
-                 OFFSET $2 LIMIT 1), (SELECT {pid} FROM {summary} WHERE {} \
-                 ORDER BY {pid} OFFSET $2 LIMIT 1))::text",
-                after(key, 1),
-                after(pid, 1)
-            ),
-            // The next ids in the store on either side, each side limited before the union.
-            Some(_) => format!(
-                "SELECT coalesce(array_agg(id::text ORDER BY id), '{{}}') FROM (SELECT id FROM \
-                 ((SELECT s.product_id AS id FROM ({query}) s WHERE {} \
-                 AND s.store_id = {store} ORDER BY s.product_id LIMIT $3) UNION \
-                 (SELECT t.{pid} FROM {summary} t WHERE {} \
-                 AND t.{sid} = {store} ORDER BY t.{pid} LIMIT $3)) u \
-                 ORDER BY id LIMIT $3) ids",
-                after("s.product_id", 2),
-                after(&format!("t.{pid}"), 2),
-                query = cfg.summary_query()?,
-                store = layout.store(4),
-            ),
+        let text = match &opts.store {
+            None => sql::page_bound(layout),
+            Some(_) => sql::store_page(layout),
         };
-        let stmt = crate::pg::prepare(&client, &sql).await?;
+        let stmt = crate::pg::prepare(&client, &text).await?;
         Ok(Pager {
             client,
             stmt,
@@ -132,22 +102,6 @@ impl Pager {
     }
 }
 
-/// The FULL OUTER JOIN of the summary query and the table over `filter`, reduced to the
-/// number of products compared and the ids that differ.
-pub(super) fn compare_sql(layout: &Layout, source_filter: &str, table_filter: &str) -> String {
-    format!(
-        "SELECT count(*)::int8, coalesce(array_agg(coalesce(d.product_id, c.product_id)) \
-         FILTER (WHERE d.product_id IS NULL OR c.product_id IS NULL OR \
-         (d.store_id, d.title, d.price, d.active, d.inventory_available, d.primary_image_url) \
-         IS DISTINCT FROM (c.store_id, c.title, c.price, c.active, \
-         c.inventory_available, c.primary_image_url)), '{{}}') \
-         FROM ({} WHERE {source_filter}) d FULL JOIN ({} WHERE {table_filter}) c \
-         ON c.product_id = d.product_id",
-        layout.summary_select(),
-        layout.table_select()
-    )
-}
-
 /// Compares pages on its own connection.
 pub(super) struct Comparer {
     client: Client,
@@ -163,26 +117,13 @@ impl Comparer {
         cfg: &Config,
         layout: &Layout,
     ) -> anyhow::Result<Comparer> {
-        let prepare = |sql: String| {
+        let prepare = |text: String| {
             let client = &client;
-            async move { crate::pg::prepare(client, &sql).await }
+            async move { crate::pg::prepare(client, &text).await }
         };
-        let pid = format!("t.{}", layout.col.product_id);
-        let after = |col: &str| format!("($2::text IS NULL OR {col} > {})", layout.id(2));
-        let upto = |col: &str| format!("{col} <= {}", layout.id(3));
-        let bounded = prepare(compare_sql(
-            layout,
-            &format!("{} AND {}", after("s.product_id"), upto("s.product_id")),
-            &format!("{} AND {}", after(&pid), upto(&pid)),
-        ))
-        .await?;
-        let open = prepare(compare_sql(layout, &after("s.product_id"), &after(&pid))).await?;
-        let ids = prepare(compare_sql(
-            layout,
-            &format!("s.product_id = ANY({})", layout.ids(2)),
-            &format!("{pid} = ANY({})", layout.ids(2)),
-        ))
-        .await?;
+        let bounded = prepare(sql::compare_range(layout)).await?;
+        let open = prepare(sql::compare_open(layout)).await?;
+        let ids = prepare(sql::compare_ids(layout)).await?;
         Ok(Comparer {
             client,
             bounded,

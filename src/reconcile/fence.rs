@@ -12,6 +12,7 @@ use super::report::Discrepancy;
 use super::SETTLE_ROUNDS;
 use crate::config::Config;
 use crate::shop::layout::Layout;
+use crate::shop::sql;
 use crate::shop::summary::{diff, Change, SummaryRow};
 use crate::state::checkpoint;
 
@@ -35,17 +36,7 @@ impl Checker {
         layout: &Layout,
         timeout: Duration,
     ) -> anyhow::Result<Checker> {
-        // Both sides of the ids, in one statement (one snapshot); the last column says
-        // which side a row is from.
-        let sql = format!(
-            "SELECT d.*, true FROM ({} WHERE s.product_id = ANY({ids})) d UNION ALL \
-             SELECT c.*, false FROM ({} WHERE t.{} = ANY({ids})) c",
-            layout.summary_select(),
-            layout.table_select(),
-            layout.col.product_id,
-            ids = layout.ids(2),
-        );
-        let detail = crate::pg::prepare(&client, &sql).await?;
+        let detail = crate::pg::prepare(&client, &sql::both_sides(layout)).await?;
         Ok(Checker {
             client,
             detail,

@@ -55,6 +55,7 @@ use crate::error::definite;
 use crate::pg::connect::Database;
 use crate::pg::sql::qualified;
 use crate::shop::layout::Layout;
+use crate::shop::sql;
 use crate::state;
 
 use compare::{Comparer, Page, PageResult, Pager};
@@ -369,22 +370,10 @@ async fn estimate_total(
     store: Option<&str>,
 ) -> anyhow::Result<i64> {
     let row = match store {
-        None => {
-            client
-                .query_one(&format!("SELECT count(*) FROM {}", layout.product), &[])
-                .await?
-        }
+        None => client.query_one(&sql::count_products(layout), &[]).await?,
         Some(store) => {
             client
-                .query_one(
-                    &format!(
-                        "SELECT count(*) FROM {} WHERE {} = {}",
-                        layout.summary,
-                        layout.col.store_id,
-                        layout.store(1)
-                    ),
-                    &[&store],
-                )
+                .query_one(&sql::count_store(layout), &[&store])
                 .await?
         }
     };

@@ -89,35 +89,6 @@ impl Layout {
         &self.query
     }
 
-    /// The summary query as `s`, its seven columns with ids as text; callers append a
-    /// `WHERE` on `s.product_id` / `s.store_id` (native types). `$1` is the currency.
-    pub fn summary_select(&self) -> String {
-        format!(
-            "SELECT s.product_id::text AS product_id, s.store_id::text AS store_id, \
-             s.title::text AS title, s.price, s.active, s.inventory_available, \
-             s.primary_image_url::text AS primary_image_url FROM ({}) s",
-            self.query
-        )
-    }
-
-    /// The summary table as `t`, the same seven columns under the same names.
-    pub fn table_select(&self) -> String {
-        let c = &self.col;
-        format!(
-            "SELECT t.{}::text AS product_id, t.{}::text AS store_id, t.{}::text AS title, \
-             t.{} AS price, t.{} AS active, t.{} AS inventory_available, \
-             t.{}::text AS primary_image_url FROM {} t",
-            c.product_id,
-            c.store_id,
-            c.title,
-            c.price,
-            c.active,
-            c.inventory_available,
-            c.primary_image_url,
-            self.summary
-        )
-    }
-
     /// `CREATE TABLE` for a missing summary table: the Prisma model's columns and
     /// indexes, with the product and store ids in the source's own types. Room is left
     /// in every page (fillfactor 70) so that apply's updates, which never change an

@@ -4,4 +4,5 @@
 //! shop through here, so nothing else assumes the reference schema's names or text ids.
 
 pub mod layout;
+pub mod sql;
 pub mod summary;
