@@ -16,7 +16,7 @@
 --
 -- Prisma sets no database default for "id" (cuid() runs in the client) or "updatedAt"
 -- (@updatedAt is client-side too), so the worker generates both itself.
--- `cdc-worker setup` creates the same table (src/layout.rs, with the configured column names
+-- `cdc-worker setup` creates the same table (src/shop/layout.rs, with the configured column names
 -- and the source's id types) when it is missing; tests use this file as the app's migration.
 
 CREATE TABLE "ProductSummary" (

@@ -31,7 +31,7 @@ struct Outcome {
     log: String,
 }
 
-/// The worker's log line when it recomputes every product before streaming (src/slot.rs).
+/// The worker's log line when it recomputes every product before streaming (src/control/slot.rs).
 const RECOMPUTE: &str = "recomputing every product before streaming";
 
 async fn drift_on(c: &Client) -> i64 {

@@ -6,7 +6,7 @@
 //! The decoder module is compiled in directly via `#[path]` instead of
 //! depending on the `cdc-worker` crate: that would drag tokio, reqwest,
 //! rustls etc. through sanitizer instrumentation for no benefit. This works
-//! because `src/pgoutput.rs` only uses `bytes` and `thiserror`; if it ever
+//! because `src/stream/pgoutput.rs` only uses `bytes` and `thiserror`; if it ever
 //! grows `crate::` imports, switch to a path dependency on `..`.
 #![no_main]
 
