@@ -1,7 +1,10 @@
 //! Integration-test harness: a Postgres cluster per test run, a fresh database per test,
-//! and a handle on the `cdc-worker` binary as a child process.
+//! and a handle on the `cdc-worker` binary as a child process; and the helpers the test
+//! files share: prepared databases, an in-process revalidation endpoint, state queries,
+//! metrics scrapes.
 //!
-//! Use it from a `tests/*.rs` file with `mod support;`.
+//! Use it from a `tests/*.rs` file with `mod support;`. A helper a second test file needs
+//! belongs here (or in `tests/nextjs_support/` for the storefront's), not in a copy.
 //!
 //! The local cluster is defined once, in `scripts/test-cluster.sh`; this module shells out to
 //! it. Set `CDC_TEST_DATABASE_URL` (a `postgresql://` URL of a superuser on a server with
@@ -18,6 +21,10 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio_postgres::NoTls;
+
+mod endpoint;
+#[allow(unused_imports)] // each test binary uses a different part
+pub use endpoint::{revalidate_env, Answer, Delivery, Endpoint};
 
 /// The reference source schema (the shop's tables) loaded into every test database.
 pub const SOURCE_SCHEMA_SQL: &str = include_str!("../../sql/source_schema.sql");
