@@ -6,35 +6,18 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use support::{
-    free_port, revalidate_env, seed, wait_until, Answer, Cluster, Endpoint, TestDb, WorkerProcess,
+    free_port, revalidate_env, wait_until, Answer, Cluster, Endpoint, TestDb, WorkerProcess,
 };
 use tokio_postgres::Client;
 
 const SECRET: &str = "delivery-secret";
 
-async fn prepared(hint: &str, products: i32) -> (TestDb, Client) {
-    let db = Cluster::shared().create_db(hint).await;
-    let c = db.client().await;
-    seed(&c, 1, products).await;
-    let setup = WorkerProcess::run_to_end(&db, &["setup"], &[]);
-    assert!(setup.success, "{}", setup.output);
-    (db, c)
-}
-
 /// A config file that sets only `revalidate.give_up_after_secs`.
-fn config_giving_up_after(name: &str, secs: u64) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("delivery-{name}-{}.toml", std::process::id()));
-    std::fs::write(
-        &path,
-        format!("[revalidate]\ngive_up_after_secs = {secs}\n"),
-    )
-    .unwrap();
-    path
+fn config_giving_up_after(db: &TestDb, secs: u64) -> String {
+    db.config_file(&format!("[revalidate]\ngive_up_after_secs = {secs}\n"))
 }
 
 async fn parked_tags(c: &Client) -> Vec<String> {
@@ -81,7 +64,7 @@ async fn metrics_text(addr: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_401_for_10_seconds_then_200_loses_no_tag() {
     let e = Endpoint::start(Answer::Status(401)).await;
-    let (db, c) = prepared("delivery_401", 5).await;
+    let (db, c) = Cluster::shared().prepared_db("delivery_401", 5).await;
     let w = WorkerProcess::start(&db, &["run"], &revalidate_env(&e.url, SECRET));
     w.wait_for_log(Duration::from_secs(20), "streaming").await;
     let t = Instant::now();
@@ -116,14 +99,13 @@ async fn a_401_for_10_seconds_then_200_loses_no_tag() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tags_parked_after_give_up_are_redelivered_by_revalidate_failed() {
     let e = Endpoint::start(Answer::Status(404)).await;
-    let (db, c) = prepared("delivery_parked", 3).await;
-    let config = config_giving_up_after("parked", 2);
-    let config = config.to_str().unwrap();
+    let (db, c) = Cluster::shared().prepared_db("delivery_parked", 3).await;
+    let config = config_giving_up_after(&db, 2);
     let metrics_addr = format!("127.0.0.1:{}", free_port());
     let env = revalidate_env(&e.url, SECRET);
     let mut run_env = env.to_vec();
     run_env.push(("CDC_METRICS_ADDR", &metrics_addr));
-    let w = WorkerProcess::start(&db, &["--config", config, "run"], &run_env);
+    let w = WorkerProcess::start(&db, &["--config", &config, "run"], &run_env);
     w.wait_for_log(Duration::from_secs(20), "streaming").await;
     c.batch_execute("UPDATE \"Price\" SET amount = 7 WHERE \"productId\" = 'p1'")
         .await
@@ -185,7 +167,7 @@ async fn tags_parked_after_give_up_are_redelivered_by_revalidate_failed() {
 async fn a_redirect_is_not_followed_and_not_counted_delivered() {
     let elsewhere = Endpoint::start(Answer::Ok).await;
     let redirecting = Endpoint::start(Answer::Redirect(format!("{}/login", elsewhere.base))).await;
-    let (db, c) = prepared("delivery_redirect", 3).await;
+    let (db, c) = Cluster::shared().prepared_db("delivery_redirect", 3).await;
     let url = &redirecting.url;
     let w = WorkerProcess::start(&db, &["run"], &revalidate_env(url, SECRET));
     w.wait_for_log(Duration::from_secs(20), "streaming").await;
@@ -236,15 +218,14 @@ async fn a_redirect_is_not_followed_and_not_counted_delivered() {
 /// (logged), in the `endpoint` metric label and in outbox_cursor / outbox_failed.
 #[tokio::test(flavor = "multi_thread")]
 async fn credentials_in_a_revalidate_url_appear_nowhere() {
-    let (db, c) = prepared("delivery_secrets", 3).await;
+    let (db, c) = Cluster::shared().prepared_db("delivery_secrets", 3).await;
     let closed = free_port();
     let url = format!("http://user:s3cretpass@127.0.0.1:{closed}/api/revalidate?token=t0psecret");
-    let config = config_giving_up_after("secrets", 2);
-    let config = config.to_str().unwrap();
+    let config = config_giving_up_after(&db, 2);
     let metrics_addr = format!("127.0.0.1:{}", free_port());
     let w = WorkerProcess::start(
         &db,
-        &["--config", config, "run"],
+        &["--config", &config, "run"],
         &[
             ("CDC_REVALIDATE_URLS", &url),
             ("CDC_REVALIDATE_SECRET", SECRET),
@@ -301,7 +282,7 @@ async fn credentials_in_a_revalidate_url_appear_nowhere() {
 #[tokio::test(flavor = "multi_thread")]
 async fn cursors_keyed_by_the_full_url_are_renamed_in_place() {
     let e = Endpoint::start(Answer::Ok).await;
-    let (db, c) = prepared("delivery_migrate", 3).await;
+    let (db, c) = Cluster::shared().prepared_db("delivery_migrate", 3).await;
     let port = e.base.rsplit(':').next().unwrap();
     // As an earlier version stored it: the configured string, not normalized (the
     // fragment, never sent, is dropped by normalization).

@@ -18,7 +18,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{seed, wait_until, Cluster, Proxy, TestDb, WorkerProcess};
+use support::{wait_until, Cluster, Proxy, TestDb, WorkerProcess};
 use tokio_postgres::Client;
 
 /// The harness's superuser password (scripts/test-cluster.sh).
@@ -77,22 +77,16 @@ async fn failover(name: &str, products: i32, failover_slot: bool) -> Outcome {
     let primary = Cluster::private(&format!("{name}_primary"));
     // Before any test database exists: making the standby may restart the primary.
     let standby = primary.standby(&format!("{name}_standby"));
-    let db = primary.create_db(name).await;
-    let c = db.client().await;
-    seed(&c, 1, products).await;
+    let (db, c) = primary.seeded_db(name, products).await;
     let on_standby = standby.url_for("postgres", PASSWORD, &db.name);
 
     let proxy = Proxy::start(primary.port).await;
     let via = proxy.url(&db.url, primary.port);
     let env = [("DATABASE_URL", via.as_str())];
     // Without a failover slot on 17+, the slot is not synchronized: the path of 15/16.
-    let config =
-        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.toml", db.name));
-    std::fs::write(&config, format!("failover_slot = {failover_slot}\n")).unwrap();
-    let config = config.to_str().unwrap();
-    let setup = WorkerProcess::run_to_end(&db, &["setup", "--config", config], &env);
-    assert!(setup.success, "{}", setup.output);
-    let worker = WorkerProcess::start(&db, &["run", "--config", config], &env);
+    let config = db.config_file(&format!("failover_slot = {failover_slot}\n"));
+    db.setup(&["--config", &config], &env);
+    let worker = WorkerProcess::start(&db, &["run", "--config", &config], &env);
     c.batch_execute(
         "UPDATE \"Inventory\" SET quantity = quantity + 1 WHERE \"productId\" IN ('p1', 'p2')",
     )

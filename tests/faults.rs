@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use support::{
-    revalidate_env, seed, wait_converged, wait_until, Answer, Cluster, Endpoint, Proxy, TestDb,
+    revalidate_env, wait_converged, wait_until, Answer, Cluster, Endpoint, Proxy, TestDb,
     WorkerProcess,
 };
 use tokio_postgres::Client;
@@ -165,15 +165,6 @@ fn start(db: &TestDb, r: &Endpoint, url: Option<&str>) -> WorkerProcess {
     WorkerProcess::start(db, &["run"], &e)
 }
 
-async fn prepared(cluster: &Cluster, hint: &str, products: i32) -> (TestDb, Client) {
-    let db = cluster.create_db(hint).await;
-    let c = db.client().await;
-    seed(&c, 1, products).await;
-    let setup = WorkerProcess::run_to_end(&db, &["setup"], &[]);
-    assert!(setup.success, "{}", setup.output);
-    (db, c)
-}
-
 /// The end state every fault test demands.
 async fn assert_recovered(db: &TestDb, c: &Client, r: &Endpoint, last: &HashMap<String, Instant>) {
     wait_converged(c, "summary equals the source after the faults").await;
@@ -198,7 +189,7 @@ async fn assert_recovered(db: &TestDb, c: &Client, r: &Endpoint, last: &HashMap<
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_at_random_points_under_a_mixed_workload() {
     let r = Endpoint::start(Answer::Ok).await;
-    let (db, c) = prepared(Cluster::shared(), "fault_kill9", 300).await;
+    let (db, c) = Cluster::shared().prepared_db("fault_kill9", 300).await;
     let mut worker = start(&db, &r, None);
     let load = workload(db.url.clone(), 300);
     let mut rng = rand::thread_rng();
@@ -216,7 +207,7 @@ async fn kill_9_at_random_points_under_a_mixed_workload() {
 async fn postgres_restart_mid_stream() {
     let cluster = Cluster::private("fault_restart");
     let r = Endpoint::start(Answer::Ok).await;
-    let (db, _) = prepared(&cluster, "fault_restart", 200).await;
+    let (db, _) = cluster.prepared_db("fault_restart", 200).await;
     let worker = start(&db, &r, None);
     let load = workload(db.url.clone(), 200);
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -236,7 +227,7 @@ async fn postgres_restart_mid_stream() {
 async fn connections_cut_by_a_tcp_proxy() {
     let cluster = Cluster::shared();
     let r = Endpoint::start(Answer::Ok).await;
-    let (db, c) = prepared(cluster, "fault_proxy", 200).await;
+    let (db, c) = cluster.prepared_db("fault_proxy", 200).await;
     let p = Proxy::start(cluster.port).await;
     let via_proxy = p.url(&db.url, cluster.port);
     let worker = start(&db, &r, Some(&via_proxy));
@@ -268,7 +259,7 @@ async fn confirmed(c: &Client, slot: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn nextjs_endpoint_failing_then_hanging() {
     let r = Endpoint::start(Answer::Ok).await;
-    let (db, c) = prepared(Cluster::shared(), "fault_endpoint", 200).await;
+    let (db, c) = Cluster::shared().prepared_db("fault_endpoint", 200).await;
     let _worker = start(&db, &r, None);
     let load = workload(db.url.clone(), 200);
     // 500s, then a hang longer than the worker's request timeout (5 s).
@@ -320,7 +311,7 @@ async fn leader_and_standby(
 async fn a_silent_network_cut_hands_over_within_30s() {
     let cluster = Cluster::shared();
     let r = Endpoint::start(Answer::Ok).await;
-    let (db, c) = prepared(cluster, "fault_silent", 20).await;
+    let (db, c) = cluster.prepared_db("fault_silent", 20).await;
     let p = Proxy::start(cluster.port).await;
     let via_proxy = p.url(&db.url, cluster.port);
     let (_leader, standby) = leader_and_standby(&db, &r, Some(&via_proxy)).await;
@@ -342,7 +333,7 @@ async fn a_silent_network_cut_hands_over_within_30s() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sigterm_leader_hands_over_at_once() {
     let r = Endpoint::start(Answer::Ok).await;
-    let (db, c) = prepared(Cluster::shared(), "fault_handover", 20).await;
+    let (db, c) = Cluster::shared().prepared_db("fault_handover", 20).await;
     let (leader, standby) = leader_and_standby(&db, &r, None).await;
     let t = Instant::now();
     leader.sigterm();
@@ -362,7 +353,7 @@ async fn a_sigterm_leader_hands_over_at_once() {
 async fn a_lost_slot_is_recreated_and_backfilled() {
     let cluster = Cluster::private("fault_lost_slot");
     let r = Endpoint::start(Answer::Ok).await;
-    let (db, c) = prepared(&cluster, "fault_lost_slot", 50).await;
+    let (db, c) = cluster.prepared_db("fault_lost_slot", 50).await;
     for sql in [
         "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'",
         "SELECT pg_reload_conf()",
@@ -435,7 +426,7 @@ async fn a_lost_slot_is_recreated_and_backfilled() {
 async fn one_endpoint_down_neither_blocks_nor_repeats_the_other() {
     let up = Endpoint::start(Answer::Ok).await;
     let down = Endpoint::start(Answer::Status(500)).await;
-    let (db, c) = prepared(Cluster::shared(), "fault_fanout", 10).await;
+    let (db, c) = Cluster::shared().prepared_db("fault_fanout", 10).await;
     let urls = format!("{},{}", up.url, down.url);
     let _w = WorkerProcess::start(&db, &["run"], &revalidate_env(&urls, SECRET));
     for i in 1..=5 {

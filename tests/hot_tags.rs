@@ -8,11 +8,10 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use support::{
-    free_port, revalidate_env, seed, wait_until, Answer, Cluster, Delivery, Endpoint, TestDb,
+    free_port, revalidate_env, wait_until, Answer, Cluster, Delivery, Endpoint, TestDb,
     WorkerProcess,
 };
 use tokio_postgres::Client;
@@ -73,39 +72,27 @@ fn first_covering(e: &StoreEndpoint, want: &Snapshot) -> Option<StoreDelivery> {
     })
 }
 
-/// A database with products p1..p150 (p1, p4, ... p148 in store s1), set up.
-async fn prepared(hint: &str) -> (TestDb, Client) {
-    let db = Cluster::shared().create_db(hint).await;
-    let c = db.client().await;
-    seed(&c, 1, 150).await;
-    let setup = WorkerProcess::run_to_end(&db, &["setup"], &[]);
-    assert!(setup.success, "{}", setup.output);
-    (db, c)
-}
+/// Products p1..p150 (p1, p4, ... p148 in store s1).
+const PRODUCTS: i32 = 150;
 
 fn store_products() -> Vec<String> {
-    (1..=150)
+    (1..=PRODUCTS)
         .filter(|g| g % 3 == 1)
         .map(|g| format!("p{g}"))
         .collect()
 }
 
 /// A config file throttling the store listing tag.
-fn config_with_interval(name: &str, ms: u64) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("hot-tags-{name}-{}.toml", std::process::id()));
-    std::fs::write(
-        &path,
-        format!("[revalidate]\nmin_interval_ms = {{ \"store:{{storeId}}:products\" = {ms} }}\n"),
-    )
-    .unwrap();
-    path
+fn config_with_interval(db: &TestDb, ms: u64) -> String {
+    db.config_file(&format!(
+        "[revalidate]\nmin_interval_ms = {{ \"store:{{storeId}}:products\" = {ms} }}\n"
+    ))
 }
 
-fn start_worker(db: &TestDb, config: &Path, e: &StoreEndpoint, metrics: &str) -> WorkerProcess {
+fn start_worker(db: &TestDb, config: &str, e: &StoreEndpoint, metrics: &str) -> WorkerProcess {
     let mut env = revalidate_env(&e.url, SECRET).to_vec();
     env.push(("CDC_METRICS_ADDR", metrics));
-    WorkerProcess::start(db, &["--config", config.to_str().unwrap(), "run"], &env)
+    WorkerProcess::start(db, &["--config", config, "run"], &env)
 }
 
 /// A stock change: one more unit at location l1; returns the product's new available
@@ -164,9 +151,9 @@ fn ms(d: Duration) -> u128 {
 /// interval (plus slack); product and inventory tags are never held.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_on_one_store_gives_two_store_revalidations_not_fifty() {
-    let (db, c) = prepared("hot_burst").await;
+    let (db, c) = Cluster::shared().prepared_db("hot_burst", PRODUCTS).await;
     let e = endpoint(&db).await;
-    let config = config_with_interval("burst", 1000);
+    let config = config_with_interval(&db, 1000);
     let metrics = format!("127.0.0.1:{}", free_port());
     let w = start_worker(&db, &config, &e, &metrics);
     w.wait_for_log(Duration::from_secs(30), "streaming").await;
@@ -292,9 +279,11 @@ async fn a_burst_on_one_store_gives_two_store_revalidations_not_fifty() {
 /// right after (held), then changes while it is held.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_change_while_the_tag_is_held_is_never_dropped() {
-    let (db, c) = prepared("hot_never_dropped").await;
+    let (db, c) = Cluster::shared()
+        .prepared_db("hot_never_dropped", PRODUCTS)
+        .await;
     let e = endpoint(&db).await;
-    let config = config_with_interval("never-dropped", 1500);
+    let config = config_with_interval(&db, 1500);
     let metrics = format!("127.0.0.1:{}", free_port());
     let w = start_worker(&db, &config, &e, &metrics);
     w.wait_for_log(Duration::from_secs(30), "streaming").await;
@@ -382,9 +371,9 @@ async fn a_change_while_the_tag_is_held_is_never_dropped() {
 /// delivers it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tag_held_when_the_worker_is_killed_is_delivered_after_restart() {
-    let (db, c) = prepared("hot_kill9").await;
+    let (db, c) = Cluster::shared().prepared_db("hot_kill9", PRODUCTS).await;
     let e = endpoint(&db).await;
-    let config = config_with_interval("kill9", 5000);
+    let config = config_with_interval(&db, 5000);
     let metrics = format!("127.0.0.1:{}", free_port());
     let mut w = start_worker(&db, &config, &e, &metrics);
     w.wait_for_log(Duration::from_secs(30), "streaming").await;
@@ -436,7 +425,7 @@ async fn a_tag_held_when_the_worker_is_killed_is_delivered_after_restart() {
 /// mark column) upgrades it and throttles.
 #[tokio::test(flavor = "multi_thread")]
 async fn run_upgrades_a_state_schema_of_an_earlier_version() {
-    let (db, c) = prepared("hot_upgrade").await;
+    let (db, c) = Cluster::shared().prepared_db("hot_upgrade", PRODUCTS).await;
     c.batch_execute(
         "DROP TABLE cdc_worker.outbox_held; \
          ALTER TABLE cdc_worker.checkpoint DROP COLUMN recompute_reason",
@@ -444,7 +433,7 @@ async fn run_upgrades_a_state_schema_of_an_earlier_version() {
     .await
     .unwrap();
     let e = endpoint(&db).await;
-    let config = config_with_interval("upgrade", 1000);
+    let config = config_with_interval(&db, 1000);
     let metrics = format!("127.0.0.1:{}", free_port());
     let w = start_worker(&db, &config, &e, &metrics);
     w.wait_for_log(Duration::from_secs(30), "streaming").await;

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{free_port, seed, wait_converged, Cluster, WorkerProcess};
+use support::{free_port, wait_converged, Cluster, WorkerProcess};
 
 async fn scrape(http: &reqwest::Client, addr: &str, path: &str) -> (u16, String) {
     let resp = http
@@ -27,11 +27,7 @@ fn value(metrics: &str, series: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_and_probes_on_leader_and_standby() {
-    let db = Cluster::shared().create_db("operations").await;
-    let c = db.client().await;
-    seed(&c, 1, 10).await;
-    let setup = WorkerProcess::run_to_end(&db, &["setup"], &[]);
-    assert!(setup.success, "{}", setup.output);
+    let (db, c) = Cluster::shared().prepared_db("operations", 10).await;
     let leader_addr = format!("127.0.0.1:{}", free_port());
     let leader = WorkerProcess::start(
         &db,

@@ -6,33 +6,24 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{
-    drift, seed, summary_of, wait_converged, wait_until, Cluster, TestDb, WorkerProcess,
-};
+use support::{drift, summary_of, wait_converged, wait_until, Cluster, TestDb, WorkerProcess};
 use tokio_postgres::Client;
 
 /// A database with a few products, set up, and a running worker.
 async fn started(hint: &str, products: i32) -> (TestDb, Client, WorkerProcess) {
-    let db = Cluster::shared().create_db(hint).await;
-    let c = db.client().await;
-    seed(&c, 1, products).await;
-    let setup = WorkerProcess::run_to_end(&db, &["setup"], &[]);
-    assert!(setup.success, "setup failed:\n{}", setup.output);
+    let (db, c) = Cluster::shared().prepared_db(hint, products).await;
     let w = WorkerProcess::start(&db, &["run"], &[]);
     (db, c, w)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn setup_backfills_and_is_idempotent() {
-    let db = Cluster::shared().create_db("setup_backfill").await;
-    let c = db.client().await;
-    seed(&c, 1, 250).await;
+    let (db, c) = Cluster::shared().seeded_db("setup_backfill", 250).await;
     // A product without a USD price has no row.
     c.batch_execute("DELETE FROM \"Price\" WHERE \"productId\" = 'p7'")
         .await
         .unwrap();
-    let first = WorkerProcess::run_to_end(&db, &["setup"], &[]);
-    assert!(first.success, "{}", first.output);
+    let first = db.setup(&[], &[]);
     assert!(first.output.contains("backfill done"), "{}", first.output);
     let n: i64 = c
         .query_one("SELECT count(*) FROM \"ProductSummary\"", &[])
@@ -46,8 +37,7 @@ async fn setup_backfills_and_is_idempotent() {
     let id: String = row.get(7);
     assert!(id.starts_with('c') && id.len() == 25, "cuid-like id: {id}");
 
-    let second = WorkerProcess::run_to_end(&db, &["setup"], &[]);
-    assert!(second.success, "{}", second.output);
+    let second = db.setup(&[], &[]);
     assert!(
         second.output.contains("no backfill needed"),
         "{}",
@@ -391,14 +381,11 @@ async fn least_privilege_role(db: &TestDb, c: &tokio_postgres::Client) -> (Strin
 
 #[tokio::test(flavor = "multi_thread")]
 async fn runs_as_a_non_superuser_over_tls() {
-    let db = Cluster::shared().create_db("least_privilege").await;
-    let c = db.client().await;
-    seed(&c, 1, 20).await;
+    let (db, c) = Cluster::shared().seeded_db("least_privilege", 20).await;
     let (url, role) = least_privilege_role(&db, &c).await;
     let tls_url = format!("{url}?sslmode=require");
     let env = [("DATABASE_URL", tls_url.as_str())];
-    let setup = WorkerProcess::run_to_end(&db, &["setup"], &env);
-    assert!(setup.success, "{}", setup.output);
+    let setup = db.setup(&[], &env);
     assert!(!setup.output.contains("pw-s3cret"), "password in logs");
     let w = WorkerProcess::start(&db, &["run"], &env);
     c.batch_execute("UPDATE \"Inventory\" SET quantity = 1 WHERE id = 'inv1-1'")
@@ -571,15 +558,9 @@ async fn verify_full_checks_the_certificate_on_both_connections() {
 /// the checkpoint moves with the last one.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_larger_than_max_products_is_applied_in_parts() {
-    let db = Cluster::shared().create_db("parts").await;
-    let c = db.client().await;
-    seed(&c, 1, 400).await;
-    let config =
-        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.toml", db.name));
-    std::fs::write(&config, "[batch]\nmax_products = 50\n").unwrap();
-    let config = config.display().to_string();
-    let setup = WorkerProcess::run_to_end(&db, &["--config", &config, "setup"], &[]);
-    assert!(setup.success, "{}", setup.output);
+    let (db, c) = Cluster::shared().seeded_db("parts", 400).await;
+    let config = db.config_file("[batch]\nmax_products = 50\n");
+    db.setup(&["--config", &config], &[]);
     let w = WorkerProcess::start(&db, &["--config", &config, "run"], &[]);
     c.batch_execute("UPDATE \"Inventory\" SET reserved = 0")
         .await
@@ -640,11 +621,7 @@ fn batch_total(log: &str, key: &str) -> usize {
 /// that recompute is still applied.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backlog_recomputes_each_product_once() {
-    let db = Cluster::shared().create_db("backlog_once").await;
-    let c = db.client().await;
-    seed(&c, 1, 200).await;
-    let setup = WorkerProcess::run_to_end(&db, &["setup"], &[]);
-    assert!(setup.success, "setup failed:\n{}", setup.output);
+    let (db, c) = Cluster::shared().prepared_db("backlog_once", 200).await;
     for _ in 0..4 {
         c.batch_execute("UPDATE \"Inventory\" SET quantity = quantity + 1")
             .await
@@ -686,14 +663,9 @@ async fn run_after_a_transaction_touching_everything_twice(
     max_pending: usize,
     no_temp: bool,
 ) -> (WorkerProcess, TestDb) {
-    let db = Cluster::shared().create_db(name).await;
-    let c = db.client().await;
-    seed(&c, 1, products).await;
+    let (db, c) = Cluster::shared().seeded_db(name, products).await;
     c.batch_execute("ANALYZE \"Product\"").await.unwrap();
-    let config =
-        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.toml", db.name));
-    std::fs::write(&config, format!("[batch]\nmax_pending = {max_pending}\n")).unwrap();
-    let config = config.display().to_string();
+    let config = db.config_file(&format!("[batch]\nmax_pending = {max_pending}\n"));
     let mut url = None;
     if no_temp {
         c.batch_execute(&format!(
@@ -705,8 +677,7 @@ async fn run_after_a_transaction_touching_everything_twice(
         url = Some(least_privilege_role(&db, &c).await.0);
     }
     let env: Vec<(&str, &str)> = url.iter().map(|u| ("DATABASE_URL", u.as_str())).collect();
-    let setup = WorkerProcess::run_to_end(&db, &["--config", &config, "setup"], &env);
-    assert!(setup.success, "{}", setup.output);
+    db.setup(&["--config", &config], &env);
     c.batch_execute(
         "BEGIN; UPDATE \"Price\" SET amount = amount + 1; \
          UPDATE \"Price\" SET amount = amount + 1; COMMIT;",

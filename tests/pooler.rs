@@ -83,9 +83,7 @@ fn pgbouncer(cluster: &Cluster, user: &str, password: &str) -> PgBouncer {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_transaction_pooler_is_refused_before_anything_changes() {
     let cluster = Cluster::shared();
-    let db = cluster.create_db("pooler").await;
-    let c = db.client().await;
-    support::seed(&c, 1, 3).await;
+    let (db, c) = cluster.seeded_db("pooler", 3).await;
     // The worker refuses before it needs any privilege, so a bare login role will do.
     let role = format!("{}_bouncer", db.name);
     let direct = db.create_role(&role, "bouncer-pw").await;

@@ -8,26 +8,19 @@ mod support;
 
 use std::time::Duration;
 
-use support::{
-    drift, seed, summary_of, wait_converged, wait_until, Cluster, TestDb, WorkerProcess,
-};
+use support::{drift, summary_of, wait_converged, wait_until, Cluster, TestDb, WorkerProcess};
 use tokio_postgres::Client;
 
 /// A config file with small apply parts, so a recompute of 300 products takes 6 pages.
 fn small_parts(db: &TestDb) -> String {
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.toml", db.name));
-    std::fs::write(&path, "[batch]\nmax_products = 50\n").unwrap();
-    path.display().to_string()
+    db.config_file("[batch]\nmax_products = 50\n")
 }
 
 /// A set-up database with `n` products and no worker running.
 async fn set_up(hint: &str, n: i32) -> (TestDb, Client, String) {
-    let db = Cluster::shared().create_db(hint).await;
-    let c = db.client().await;
-    seed(&c, 1, n).await;
+    let (db, c) = Cluster::shared().seeded_db(hint, n).await;
     let config = small_parts(&db);
-    let setup = WorkerProcess::run_to_end(&db, &["--config", &config, "setup"], &[]);
-    assert!(setup.success, "setup failed:\n{}", setup.output);
+    db.setup(&["--config", &config], &[]);
     (db, c, config)
 }
 
@@ -153,11 +146,9 @@ async fn a_crash_at_any_point_of_recovery_is_finished_by_the_next_start() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crash_during_setups_backfill_is_finished_later() {
     for finisher in ["setup", "run"] {
-        let db = Cluster::shared()
-            .create_db(&format!("setup_crash_{finisher}"))
+        let (db, c) = Cluster::shared()
+            .seeded_db(&format!("setup_crash_{finisher}"), 300)
             .await;
-        let c = db.client().await;
-        seed(&c, 1, 300).await;
         let config = small_parts(&db);
         let crashed = WorkerProcess::run_to_end(
             &db,
@@ -175,8 +166,7 @@ async fn a_crash_during_setups_backfill_is_finished_later() {
             "part of the backfill was done: {summarized}"
         );
         if finisher == "setup" {
-            let again = WorkerProcess::run_to_end(&db, &["--config", &config, "setup"], &[]);
-            assert!(again.success, "{}", again.output);
+            let again = db.setup(&["--config", &config], &[]);
             assert!(
                 again.output.contains("reason=\"resumed\""),
                 "{}",
@@ -239,9 +229,7 @@ async fn a_checkpoint_ahead_of_the_server_is_reset() {
 /// the rows the backfill changes are revalidated.
 #[tokio::test(flavor = "multi_thread")]
 async fn setup_over_an_existing_summary_enqueues_the_tags_it_changes() {
-    let db = Cluster::shared().create_db("existing_summary").await;
-    let c = db.client().await;
-    seed(&c, 1, 3).await;
+    let (db, c) = Cluster::shared().seeded_db("existing_summary", 3).await;
     c.batch_execute(include_str!("../sql/product_summary.sql"))
         .await
         .unwrap();
@@ -255,8 +243,7 @@ async fn setup_over_an_existing_summary_enqueues_the_tags_it_changes() {
         ("CDC_REVALIDATE_URLS", "http://127.0.0.1:9/api/revalidate"),
         ("CDC_REVALIDATE_SECRET", "s"),
     ];
-    let setup = WorkerProcess::run_to_end(&db, &["setup"], &env);
-    assert!(setup.success, "{}", setup.output);
+    db.setup(&[], &env);
     let tags: Vec<String> = c
         .query("SELECT tag FROM cdc_worker.outbox ORDER BY tag", &[])
         .await
@@ -288,9 +275,7 @@ impl HeldCommits {
     }
 
     async fn on(cluster: Cluster, name: &str, products: i32) -> HeldCommits {
-        let db = cluster.create_db(name).await;
-        let c = db.client().await;
-        seed(&c, 1, products).await;
+        let (db, c) = cluster.seeded_db(name, products).await;
         for sql in [
             "SET synchronous_commit = local".to_string(),
             "ALTER SYSTEM SET synchronous_standby_names = 'nobody'".to_string(),
@@ -368,8 +353,7 @@ async fn inventory_of(c: &Client, product: &str) -> i32 {
 /// change touches the product, would keep them for good. A held commit keeps that moment
 /// open: the summary must show the change once it is visible, not before.
 async fn a_held_update_is_applied_once_visible(h: &HeldCommits, older_open: bool) {
-    let setup = WorkerProcess::run_to_end(&h.db, &["setup"], &[]);
-    assert!(setup.success, "{}", setup.output);
+    h.db.setup(&[], &[]);
     let _w = WorkerProcess::start(&h.db, &["run"], &[]);
     tokio::time::sleep(Duration::from_millis(500)).await;
     // An older transaction with an xid, left open, keeps xmax below the held commit's xid.
@@ -445,8 +429,7 @@ async fn a_held_commit_at_xid_epoch_1_is_waited_for() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_recompute_waits_for_commits_before_the_slots_start() {
     let h = HeldCommits::new("settled", 5).await;
-    let setup = WorkerProcess::run_to_end(&h.db, &["setup"], &[]);
-    assert!(setup.success, "{}", setup.output);
+    h.db.setup(&[], &[]);
     let held = h
         .hold("UPDATE \"Inventory\" SET quantity = 500 WHERE id = 'inv1-1'")
         .await;
@@ -475,8 +458,7 @@ async fn a_recompute_waits_for_commits_before_the_slots_start() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_recompute_waits_before_listing_products() {
     let h = HeldCommits::new("recompute_all_visibility", 5).await;
-    let setup = WorkerProcess::run_to_end(&h.db, &["setup"], &[]);
-    assert!(setup.success, "{}", setup.output);
+    h.db.setup(&[], &[]);
     let w = WorkerProcess::start(&h.db, &["run"], &[]);
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Keep apply busy on a first held commit, so the next two arrive in one batch.

@@ -97,8 +97,7 @@ async fn a_snake_case_shop_with_bigint_ids() {
     let c = db.client().await;
     c.batch_execute(SNAKE_SCHEMA).await.unwrap();
     snake_seed(&c, 12).await;
-    let setup = WorkerProcess::run_to_end(&db, &["--config", SNAKE_CONFIG, "setup"], &[]);
-    assert!(setup.success, "{}", setup.output);
+    db.setup(&["--config", SNAKE_CONFIG], &[]);
     let n: i64 = c
         .query_one("SELECT count(*) FROM shop.product_summary", &[])
         .await
@@ -262,21 +261,13 @@ async fn a_shop_with_uuid_ids() {
     )
     .await
     .unwrap();
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let query = dir.join(format!("{}.sql", db.name));
+    let query = db.tmp_path(".sql");
     std::fs::write(&query, uuid_query()).unwrap();
-    let config = dir.join(format!("{}.toml", db.name));
-    std::fs::write(
-        &config,
-        format!(
-            "[tables]\nschema = \"uuidshop\"\nsummary_query_file = \"{}\"\n",
-            query.display()
-        ),
-    )
-    .unwrap();
-    let config = config.display().to_string();
-    let setup = WorkerProcess::run_to_end(&db, &["--config", &config, "setup"], &[]);
-    assert!(setup.success, "{}", setup.output);
+    let config = db.config_file(&format!(
+        "[tables]\nschema = \"uuidshop\"\nsummary_query_file = \"{}\"\n",
+        query.display()
+    ));
+    db.setup(&["--config", &config], &[]);
     let types: Vec<String> = c
         .query(
             "SELECT format_type(atttypid, NULL) FROM pg_attribute \
@@ -361,7 +352,7 @@ async fn a_config_that_does_not_fit_is_refused_before_anything_changes() {
     .await
     .unwrap();
     snake_seed(&c, 3).await;
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(&db.name);
+    let dir = db.tmp_path("");
     std::fs::create_dir_all(&dir).unwrap();
     let base = std::fs::read_to_string(SNAKE_CONFIG).unwrap();
     let query = include_str!("../config/examples/snake_case/summary_query.sql");
@@ -454,8 +445,7 @@ async fn a_config_that_does_not_fit_is_refused_before_anything_changes() {
         .get(0);
     assert!(!created, "nothing was created");
     // `run` checks the same at its start: after a good setup, a query that lost a column.
-    let setup = WorkerProcess::run_to_end(&db, &["--config", SNAKE_CONFIG, "setup"], &[]);
-    assert!(setup.success, "{}", setup.output);
+    db.setup(&["--config", SNAKE_CONFIG], &[]);
     let out = WorkerProcess::run_to_end(&db, &["--config", &cases[2].0, "run"], &[]);
     assert_eq!(out.code, Some(2), "{}", out.output);
     assert!(out.output.contains(cases[2].1), "{}", out.output);

@@ -979,6 +979,53 @@ pub async fn summary_of(c: &tokio_postgres::Client, product: &str) -> Option<tok
     .unwrap()
 }
 
+// ---- Prepared test databases ----------------------------------------------------------
+
+impl Cluster {
+    /// A fresh database ([`Cluster::create_db`]) with products p1..=p{products} ([`seed`]),
+    /// and a client on it. Not set up: see [`Cluster::prepared_db`].
+    pub async fn seeded_db(&self, hint: &str, products: i32) -> (TestDb, tokio_postgres::Client) {
+        let db = self.create_db(hint).await;
+        let c = db.client().await;
+        seed(&c, 1, products).await;
+        (db, c)
+    }
+
+    /// [`Cluster::seeded_db`], then `cdc-worker setup` ([`TestDb::setup`]): the summary is
+    /// backfilled and the slot exists; no worker runs yet.
+    pub async fn prepared_db(&self, hint: &str, products: i32) -> (TestDb, tokio_postgres::Client) {
+        let (db, c) = self.seeded_db(hint, products).await;
+        db.setup(&[], &[]);
+        (db, c)
+    }
+}
+
+impl TestDb {
+    /// Runs `cdc-worker ARGS setup` against this database to its end and panics with its
+    /// output unless it succeeded. `args` are the global options (`--config PATH`), `env` as
+    /// for [`WorkerProcess::start`]. Returns the run, for what a test checks in its output.
+    pub fn setup(&self, args: &[&str], env: &[(&str, &str)]) -> Finished {
+        let args: Vec<&str> = args.iter().copied().chain(["setup"]).collect();
+        let out = WorkerProcess::run_to_end(self, &args, env);
+        assert!(out.success, "setup failed:\n{}", out.output);
+        out
+    }
+
+    /// `target/tmp/<database name><suffix>`: a path of this test's own (the database name is
+    /// unique) for a file or directory it hands the worker.
+    pub fn tmp_path(&self, suffix: &str) -> PathBuf {
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}{suffix}", self.name))
+    }
+
+    /// Writes `toml` to a config file of this test's own (`target/tmp/<database name>.toml`)
+    /// and returns its path, for `--config`.
+    pub fn config_file(&self, toml: &str) -> String {
+        let path = self.tmp_path(".toml");
+        fs::write(&path, toml).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        path.display().to_string()
+    }
+}
+
 // ---- A TCP proxy between the worker and Postgres ----------------------------------------
 
 /// Forwards TCP connections on 127.0.0.1:`port` to a target port that can change
