@@ -9,7 +9,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::{
-    free_port, revalidate_env, wait_until, Answer, Cluster, Endpoint, TestDb, WorkerProcess,
+    free_port, metrics_text, revalidate_env, wait_until, Answer, Cluster, Endpoint, TestDb,
+    WorkerProcess,
 };
 use tokio_postgres::Client;
 
@@ -48,15 +49,6 @@ async fn state_tables(c: &Client) -> String {
         }
     }
     out
-}
-
-async fn metrics_text(addr: &str) -> String {
-    reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }
 
 /// Issue 9 item 7: a 401 (a secret being rotated, clock skew) used to be a definite

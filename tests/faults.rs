@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use support::{
-    revalidate_env, wait_converged, wait_until, Answer, Cluster, Endpoint, Proxy, TestDb,
-    WorkerProcess,
+    json_report, outbox_len, revalidate_env, slot_confirmed, slot_count, wait_converged,
+    wait_until, Answer, Cluster, Endpoint, Proxy, TestDb, WorkerProcess,
 };
 use tokio_postgres::Client;
 
@@ -169,11 +169,7 @@ fn start(db: &TestDb, r: &Endpoint, url: Option<&str>) -> WorkerProcess {
 async fn assert_recovered(db: &TestDb, c: &Client, r: &Endpoint, last: &HashMap<String, Instant>) {
     wait_converged(c, "summary equals the source after the faults").await;
     let out = WorkerProcess::run_to_end(db, &["reconcile", "--json"], &[]);
-    // The report is the JSON object on stdout, after the log lines on stderr.
-    let start = out.output.find("\n{").map_or(0, |i| i + 1);
-    let end = out.output.rfind('}').map_or(0, |i| i + 1);
-    let json: serde_json::Value = serde_json::from_str(&out.output[start..end])
-        .unwrap_or_else(|e| panic!("no JSON from reconcile ({e}):\n{}", out.output));
+    let json = json_report(&out.output);
     assert_eq!(json["discrepancies"], 0, "{json}");
     assert!(out.success, "{}", out.output);
     let t = Instant::now();
@@ -246,16 +242,6 @@ async fn connections_cut_by_a_tcp_proxy() {
     );
 }
 
-async fn confirmed(c: &Client, slot: &str) -> i64 {
-    c.query_one(
-        "SELECT (confirmed_flush_lsn - '0/0')::int8 FROM pg_replication_slots WHERE slot_name = $1",
-        &[&slot],
-    )
-    .await
-    .unwrap()
-    .get(0)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn nextjs_endpoint_failing_then_hanging() {
     let r = Endpoint::start(Answer::Ok).await;
@@ -266,21 +252,17 @@ async fn nextjs_endpoint_failing_then_hanging() {
     r.set(Answer::Status(500));
     tokio::time::sleep(Duration::from_secs(3)).await;
     r.set(Answer::Hang);
-    let before = confirmed(&c, &db.slot()).await;
+    let before = slot_confirmed(&c, &db.slot()).await.expect("the slot");
     tokio::time::sleep(Duration::from_secs(8)).await;
     // The outage holds up neither the summary nor the slot.
-    let during = confirmed(&c, &db.slot()).await;
+    let during = slot_confirmed(&c, &db.slot()).await.expect("the slot");
     assert!(
         during > before,
         "the slot did not advance while Next.js hung"
     );
     let last = load.finish().await;
     wait_converged(&c, "the summary keeps flowing while Next.js is down").await;
-    let pending: i64 = c
-        .query_one("SELECT count(*) FROM cdc_worker.outbox", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pending = outbox_len(&c).await;
     assert!(pending > 0, "tags wait in the outbox during the outage");
     r.set(Answer::Ok);
     assert_recovered(&db, &c, &r, &last).await;
@@ -389,16 +371,8 @@ async fn a_lost_slot_is_recreated_and_backfilled() {
     e.push(("FAILPOINTS", "slot-dropped=return"));
     let mut crashed = WorkerProcess::start(&db, &["run"], &e);
     assert!(!crashed.wait_exit(Duration::from_secs(60)).success());
-    let slots: i64 = c
-        .query_one(
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
-            &[&db.slot()],
-        )
-        .await
-        .unwrap()
-        .get(0);
     assert_eq!(
-        slots,
+        slot_count(&c, &db.slot()).await,
         0,
         "crashed after the drop:\n{}",
         crashed.log_tail(20)

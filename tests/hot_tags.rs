@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use support::{
-    free_port, revalidate_env, wait_until, Answer, Cluster, Delivery, Endpoint, TestDb,
+    free_port, metric, revalidate_env, wait_until, Answer, Cluster, Delivery, Endpoint, TestDb,
     WorkerProcess,
 };
 use tokio_postgres::Client;
@@ -126,19 +126,6 @@ async fn summary_shows(c: &Client, product: &str, available: i32) -> bool {
     support::summary_of(c, product)
         .await
         .is_some_and(|r| r.get::<_, i32>(4) == available)
-}
-
-async fn metric(addr: &str, name: &str) -> f64 {
-    let text = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
 }
 
 fn ms(d: Duration) -> u128 {

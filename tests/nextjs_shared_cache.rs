@@ -11,7 +11,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use nextjs_support::{ensure_built, field, get, start_next, time_until_field, RedisServer, SECRET};
-use support::{wait_until, Cluster, TestDb, WorkerProcess};
+use support::{outbox_len, wait_until, Cluster, TestDb, WorkerProcess};
 
 async fn shop(hint: &str) -> TestDb {
     let db = Cluster::shared().create_db(hint).await;
@@ -27,13 +27,6 @@ async fn shop(hint: &str) -> TestDb {
     let setup = WorkerProcess::run_to_end(&db, &["setup"], &[]);
     assert!(setup.success, "{}", setup.output);
     db
-}
-
-async fn outbox_len(c: &tokio_postgres::Client) -> i64 {
-    c.query_one("SELECT count(*) FROM cdc_worker.outbox", &[])
-        .await
-        .unwrap()
-        .get(0)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -6,7 +6,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{drift, summary_of, wait_converged, wait_until, Cluster, TestDb, WorkerProcess};
+use support::{
+    drift, slot_count, summary_of, summary_rows, wait_converged, wait_until, Cluster, TestDb,
+    WorkerProcess,
+};
 use tokio_postgres::Client;
 
 /// A database with a few products, set up, and a running worker.
@@ -25,12 +28,7 @@ async fn setup_backfills_and_is_idempotent() {
         .unwrap();
     let first = db.setup(&[], &[]);
     assert!(first.output.contains("backfill done"), "{}", first.output);
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM \"ProductSummary\"", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 249);
+    assert_eq!(summary_rows(&c).await, 249);
     assert_eq!(drift(&c).await, 0);
     let row = summary_of(&c, "p1").await.unwrap();
     assert_eq!(row.get::<_, i32>(4), 14, "2 x (10 - 3)");
@@ -248,13 +246,7 @@ async fn truncate_schema_change_toast_and_big_transactions() {
     wait_until(
         Duration::from_secs(10),
         "TRUNCATE Product empties the summary",
-        || async {
-            c.query_one("SELECT count(*) FROM \"ProductSummary\"", &[])
-                .await
-                .unwrap()
-                .get::<_, i64>(0)
-                == 0
-        },
+        || async { summary_rows(&c).await == 0 },
     )
     .await;
 }
@@ -417,15 +409,11 @@ async fn bad_input_fails_clearly_before_touching_anything() {
         "{}",
         out.output
     );
-    let slots: i64 = c
-        .query_one(
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
-            &[&db.slot()],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(slots, 0, "nothing created after a failed check");
+    assert_eq!(
+        slot_count(&c, &db.slot()).await,
+        0,
+        "nothing created after a failed check"
+    );
 
     // A slot of another plugin under our name.
     let db2 = Cluster::shared().create_db("bad_slot").await;

@@ -176,13 +176,7 @@ async fn fix_repairs_everything_and_enqueues_tags() {
     assert_eq!(r["checked"], 30, "{r}");
     assert_eq!(code, 0);
 
-    let tags: Vec<String> = c
-        .query("SELECT tag FROM cdc_worker.outbox", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let tags = support::outbox_tags(&c).await;
     for tag in [
         "product:p0001",
         "product:zz-gone",

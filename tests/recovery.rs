@@ -8,7 +8,10 @@ mod support;
 
 use std::time::Duration;
 
-use support::{drift, summary_of, wait_converged, wait_until, Cluster, TestDb, WorkerProcess};
+use support::{
+    drift, outbox_tags, slot_confirmed, summary_of, summary_rows, wait_converged, wait_until,
+    Cluster, TestDb, WorkerProcess,
+};
 use tokio_postgres::Client;
 
 /// A config file with small apply parts, so a recompute of 300 products takes 6 pages.
@@ -41,16 +44,6 @@ async fn mark_and_checkpoint(c: &Client, slot: &str) -> (Option<String>, u64) {
         .await
         .unwrap();
     (row.get(0), row.get::<_, i64>(1) as u64)
-}
-
-async fn slot_confirmed(c: &Client, slot: &str) -> Option<u64> {
-    c.query_opt(
-        "SELECT (confirmed_flush_lsn - '0/0')::int8 FROM pg_replication_slots WHERE slot_name = $1",
-        &[&slot],
-    )
-    .await
-    .unwrap()
-    .map(|r| r.get::<_, i64>(0) as u64)
 }
 
 /// After recovery: converged, mark cleared, slot not ahead of the checkpoint, and a new
@@ -156,11 +149,7 @@ async fn a_crash_during_setups_backfill_is_finished_later() {
             &[("FAILPOINTS", "recompute-page=return")],
         );
         assert!(!crashed.success, "setup should abort:\n{}", crashed.output);
-        let summarized: i64 = c
-            .query_one("SELECT count(*) FROM \"ProductSummary\"", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let summarized = summary_rows(&c).await;
         assert!(
             summarized > 0 && summarized < 300,
             "part of the backfill was done: {summarized}"
@@ -244,13 +233,7 @@ async fn setup_over_an_existing_summary_enqueues_the_tags_it_changes() {
         ("CDC_REVALIDATE_SECRET", "s"),
     ];
     db.setup(&[], &env);
-    let tags: Vec<String> = c
-        .query("SELECT tag FROM cdc_worker.outbox ORDER BY tag", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let tags = outbox_tags(&c).await;
     assert!(
         tags.contains(&"product:p1".to_string()) && tags.contains(&"product:p2".to_string()),
         "tags of the changed and the new rows: {tags:?}"

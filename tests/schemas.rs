@@ -9,7 +9,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{wait_until, Cluster, TestDb, WorkerProcess};
+use support::{json_report, outbox_tags, wait_until, Cluster, TestDb, WorkerProcess};
 use tokio_postgres::Client;
 
 const SNAKE_CONFIG: &str = "config/examples/snake_case/cdc-worker.toml";
@@ -69,26 +69,9 @@ fn reconcile(db: &TestDb, config: &str) -> serde_json::Value {
         ],
         &[],
     );
-    // The JSON object is printed alone (its braces on their own lines) among the logs.
-    let start = out
-        .output
-        .find("\n{\n")
-        .unwrap_or_else(|| panic!("{}", out.output))
-        + 1;
-    let end = start + out.output[start..].find("\n}").unwrap() + 1;
-    let report: serde_json::Value = serde_json::from_str(&out.output[start..=end])
-        .unwrap_or_else(|e| panic!("{e}: {}", out.output));
+    let report = json_report(&out.output);
     assert!(out.success, "reconcile exit {:?}: {}", out.code, out.output);
     report
-}
-
-async fn outbox_tags(c: &Client) -> Vec<String> {
-    c.query("SELECT DISTINCT tag FROM cdc_worker.outbox", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

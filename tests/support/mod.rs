@@ -1026,6 +1026,105 @@ impl TestDb {
     }
 }
 
+// ---- The worker's state and reports --------------------------------------------------------
+
+/// The slot's confirmed flush LSN (as a number), if the slot exists.
+pub async fn slot_confirmed(c: &tokio_postgres::Client, slot: &str) -> Option<u64> {
+    c.query_opt(
+        "SELECT (confirmed_flush_lsn - '0/0')::int8 FROM pg_replication_slots WHERE slot_name = $1",
+        &[&slot],
+    )
+    .await
+    .unwrap()
+    .map(|r| r.get::<_, i64>(0) as u64)
+}
+
+/// How many replication slots are named `slot` (of any database): 0 or 1.
+pub async fn slot_count(c: &tokio_postgres::Client, slot: &str) -> i64 {
+    c.query_one(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+        &[&slot],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// The tags waiting in the worker's outbox (`cdc_worker.outbox`), sorted, repeats included.
+pub async fn outbox_tags(c: &tokio_postgres::Client) -> Vec<String> {
+    c.query("SELECT tag FROM cdc_worker.outbox ORDER BY tag", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// How many tags wait in the worker's outbox (`cdc_worker.outbox`).
+pub async fn outbox_len(c: &tokio_postgres::Client) -> i64 {
+    c.query_one("SELECT count(*) FROM cdc_worker.outbox", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// How many rows the summary table (`"ProductSummary"`) has.
+pub async fn summary_rows(c: &tokio_postgres::Client) -> i64 {
+    c.query_one("SELECT count(*) FROM \"ProductSummary\"", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// The report a `--json` command (`reconcile --json`) prints among the log lines of its
+/// output: the pretty-printed object from a line `{` to the next line `}`. Panics with the
+/// output if there is none.
+pub fn json_report(output: &str) -> serde_json::Value {
+    let lines: Vec<&str> = output.lines().collect();
+    let start = lines.iter().position(|l| *l == "{");
+    let end = start.and_then(|s| lines[s..].iter().position(|l| *l == "}").map(|n| s + n));
+    let (Some(start), Some(end)) = (start, end) else {
+        panic!("no JSON report in the output:\n{output}");
+    };
+    serde_json::from_str(&lines[start..=end].join("\n"))
+        .unwrap_or_else(|e| panic!("no JSON report in the output ({e}):\n{output}"))
+}
+
+// ---- The worker's metrics listener (CDC_METRICS_ADDR) --------------------------------------
+
+/// GET `http://{addr}{path}` with `http`: the status and the body.
+pub async fn scrape(http: &reqwest::Client, addr: &str, path: &str) -> (u16, String) {
+    let resp = http
+        .get(format!("http://{addr}{path}"))
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+/// The body of `http://{addr}/metrics`, whatever the status.
+pub async fn metrics_text(addr: &str) -> String {
+    scrape(&reqwest::Client::new(), addr, "/metrics").await.1
+}
+
+/// The value of the first sample in `metrics` whose line starts with `series`: a name and a
+/// space (`"cdc_leader "`), a name and its labels, or a name's prefix.
+pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The value of the unlabelled metric `name` at `http://{addr}/metrics`; panics with the
+/// metrics if there is none.
+pub async fn metric(addr: &str, name: &str) -> f64 {
+    let text = metrics_text(addr).await;
+    metric_value(&text, &format!("{name} "))
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+}
+
 // ---- A TCP proxy between the worker and Postgres ----------------------------------------
 
 /// Forwards TCP connections on 127.0.0.1:`port` to a target port that can change
