@@ -49,6 +49,15 @@ fn all_delivered_after(r: &Endpoint, last: &HashMap<String, Instant>) -> Result<
     }
 }
 
+/// Waits up to `timeout` until [`all_delivered_after`] holds; panics with what is missing.
+async fn wait_delivered_after(r: &Endpoint, last: &HashMap<String, Instant>, timeout: Duration) {
+    let t = Instant::now();
+    while let Err(e) = all_delivered_after(r, last) {
+        assert!(t.elapsed() <= timeout, "{e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 // ---- A mixed workload that records when each product last changed ----
 
 struct Workload {
@@ -172,14 +181,7 @@ async fn assert_recovered(db: &TestDb, c: &Client, r: &Endpoint, last: &HashMap<
     let json = json_report(&out.output);
     assert_eq!(json["discrepancies"], 0, "{json}");
     assert!(out.success, "{}", out.output);
-    let t = Instant::now();
-    loop {
-        match all_delivered_after(r, last) {
-            Ok(()) => break,
-            Err(e) if t.elapsed() > Duration::from_secs(20) => panic!("{e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
+    wait_delivered_after(r, last, Duration::from_secs(20)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -389,11 +391,7 @@ async fn a_lost_slot_is_recreated_and_backfilled() {
     let mut last = HashMap::new();
     last.insert("p1".to_string(), Instant::now() - Duration::from_secs(60));
     last.insert("p2".to_string(), Instant::now() - Duration::from_secs(60));
-    let t = Instant::now();
-    while let Err(e) = all_delivered_after(&r, &last) {
-        assert!(t.elapsed() < Duration::from_secs(10), "{e}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_delivered_after(&r, &last, Duration::from_secs(10)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -103,12 +103,7 @@ async fn revalidation_at_one_instance_refreshes_the_other_within_1s() {
     }
     // The tag could not be recorded for the other instances, so A refuses it (503) and
     // the worker keeps it: it is still in the outbox, and the worker still runs.
-    wait_until(
-        Duration::from_secs(10),
-        "the worker was refused with 503",
-        || async { worker.log().contains("503") },
-    )
-    .await;
+    worker.wait_for_log(Duration::from_secs(10), "503").await;
     assert!(
         outbox_len(&c).await > 0,
         "the refused tags stay in the outbox"

@@ -444,15 +444,13 @@ async fn bad_input_fails_clearly_before_touching_anything() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_standby_takes_over_when_the_leader_dies() {
     let (db, c, mut leader) = started("standby", 10).await;
-    wait_until(Duration::from_secs(10), "leader streaming", || async {
-        leader.output().contains("streaming")
-    })
-    .await;
+    leader
+        .wait_for_log(Duration::from_secs(10), "streaming")
+        .await;
     let standby = WorkerProcess::start(&db, &["run"], &[]);
-    wait_until(Duration::from_secs(10), "standby waiting", || async {
-        standby.output().contains("waiting as standby")
-    })
-    .await;
+    standby
+        .wait_for_log(Duration::from_secs(10), "waiting as standby")
+        .await;
     leader.kill9();
     let t = Instant::now();
     c.batch_execute("UPDATE \"Product\" SET title = 'after failover' WHERE id = 'p1'")

@@ -75,6 +75,25 @@ async fn assert_recovered(db: &TestDb, c: &Client, what: &str) {
     assert_eq!(drift(c).await, 0);
 }
 
+/// Starts the worker on `config` and waits until it has recovered ([`assert_recovered`]),
+/// saying so in the log with `reason="{reason}"`. Returns the running worker.
+async fn run_until_recovered(
+    db: &TestDb,
+    c: &Client,
+    config: &str,
+    what: &str,
+    reason: &str,
+) -> WorkerProcess {
+    let w = WorkerProcess::start(db, &["--config", config, "run"], &[]);
+    assert_recovered(db, c, what).await;
+    assert!(
+        w.output().contains(&format!("reason=\"{reason}\"")),
+        "{what}: the log should give reason={reason:?}:\n{}",
+        w.log_tail(20)
+    );
+    w
+}
+
 /// The slot vanished (failover to a server without it, a restore, a provider dropping
 /// it) while a checkpoint exists: the worker recreates it and recomputes by itself.
 #[tokio::test(flavor = "multi_thread")]
@@ -84,11 +103,9 @@ async fn a_missing_slot_is_recreated_and_everything_recomputed() {
         .await
         .unwrap();
     change_every_price(&c).await;
-    let w = WorkerProcess::start(&db, &["--config", &config, "run"], &[]);
-    assert_recovered(&db, &c, "the missing slot recreated").await;
-    let log = w.output();
+    let w = run_until_recovered(&db, &c, &config, "the missing slot recreated", "missing").await;
     assert!(
-        log.contains("reason=\"missing\"") && log.contains("does not exist"),
+        w.output().contains("does not exist"),
         "the log says what happened:\n{}",
         w.log_tail(20)
     );
@@ -124,13 +141,8 @@ async fn a_crash_at_any_point_of_recovery_is_finished_by_the_next_start() {
         c.batch_execute("UPDATE \"Product\" SET title = title || '!' WHERE id IN ('p1', 'p299')")
             .await
             .unwrap();
-        let w = WorkerProcess::start(&db, &["--config", &config, "run"], &[]);
-        assert_recovered(&db, &c, &format!("restart after a crash at {point}")).await;
-        assert!(
-            w.output().contains("reason=\"resumed\""),
-            "{point}: the restart resumes the recompute:\n{}",
-            w.log_tail(20)
-        );
+        let what = format!("restart after a crash at {point}");
+        let _w = run_until_recovered(&db, &c, &config, &what, "resumed").await;
     }
 }
 
@@ -179,13 +191,7 @@ async fn a_slot_advanced_past_the_checkpoint_is_detected_and_recomputed() {
     )
     .await
     .unwrap();
-    let w = WorkerProcess::start(&db, &["--config", &config, "run"], &[]);
-    assert_recovered(&db, &c, "the advanced slot").await;
-    assert!(
-        w.output().contains("reason=\"slot_ahead\""),
-        "{}",
-        w.log_tail(20)
-    );
+    let _w = run_until_recovered(&db, &c, &config, "the advanced slot", "slot_ahead").await;
 }
 
 /// A checkpoint above the server's WAL position (a dump restored elsewhere, a blue/green
@@ -200,17 +206,12 @@ async fn a_checkpoint_ahead_of_the_server_is_reset() {
     .await
     .unwrap();
     change_every_price(&c).await;
-    let w = WorkerProcess::start(&db, &["--config", &config, "run"], &[]);
-    assert_recovered(&db, &c, "the checkpoint ahead of the server").await;
+    let what = "the checkpoint ahead of the server";
+    let _w = run_until_recovered(&db, &c, &config, what, "checkpoint_ahead").await;
     let (_, checkpoint) = mark_and_checkpoint(&c, &db.slot()).await;
     assert!(
         checkpoint < 0xFF_0000_0000,
         "checkpoint reset: {checkpoint:X}"
-    );
-    assert!(
-        w.output().contains("reason=\"checkpoint_ahead\""),
-        "{}",
-        w.log_tail(20)
     );
 }
 
