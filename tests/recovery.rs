@@ -332,6 +332,20 @@ async fn inventory_of(c: &Client, product: &str) -> i32 {
     summary_of(c, product).await.unwrap().get::<_, i32>(4)
 }
 
+/// p1's first inventory row set to 500 (p1 shows 14 available before, 504 after).
+const HELD_UPDATE: &str = "UPDATE \"Inventory\" SET quantity = 500 WHERE id = 'inv1-1'";
+
+/// Releases the held [`HELD_UPDATE`]; the summary must show it within 5 s.
+async fn release_held_update(h: &HeldCommits, held: Held) {
+    h.release(held).await;
+    wait_until(
+        Duration::from_secs(5),
+        "the change once visible",
+        || async { inventory_of(&h.c, "p1").await == 497 + 7 },
+    )
+    .await;
+}
+
 /// Postgres streams a transaction once its commit record is flushed, a moment before other
 /// sessions can see it. A recompute in that moment reads the old rows and, since no later
 /// change touches the product, would keep them for good. A held commit keeps that moment
@@ -348,18 +362,10 @@ async fn a_held_update_is_applied_once_visible(h: &HeldCommits, older_open: bool
             .await
             .unwrap();
     }
-    let held = h
-        .hold("UPDATE \"Inventory\" SET quantity = 500 WHERE id = 'inv1-1'")
-        .await;
+    let held = h.hold(HELD_UPDATE).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(inventory_of(&h.c, "p1").await, 14, "not visible yet");
-    h.release(held).await;
-    wait_until(
-        Duration::from_secs(5),
-        "the change once visible",
-        || async { inventory_of(&h.c, "p1").await == 497 + 7 },
-    )
-    .await;
+    release_held_update(h, held).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -414,9 +420,7 @@ async fn a_held_commit_at_xid_epoch_1_is_waited_for() {
 async fn a_recompute_waits_for_commits_before_the_slots_start() {
     let h = HeldCommits::new("settled", 5).await;
     h.db.setup(&[], &[]);
-    let held = h
-        .hold("UPDATE \"Inventory\" SET quantity = 500 WHERE id = 'inv1-1'")
-        .await;
+    let held = h.hold(HELD_UPDATE).await;
     h.c.execute(
         "SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())",
         &[&h.db.slot()],
@@ -427,13 +431,7 @@ async fn a_recompute_waits_for_commits_before_the_slots_start() {
     w.wait_for_log(Duration::from_secs(20), "reason=\"slot_ahead\"")
         .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    h.release(held).await;
-    wait_until(
-        Duration::from_secs(5),
-        "the change once visible",
-        || async { inventory_of(&h.c, "p1").await == 497 + 7 },
-    )
-    .await;
+    release_held_update(&h, held).await;
     h.finish().await;
 }
 
