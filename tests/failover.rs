@@ -34,10 +34,6 @@ struct Outcome {
 /// The worker's log line when it recomputes every product before streaming (src/slot.rs).
 const RECOMPUTE: &str = "recomputing every product before streaming";
 
-async fn drift_on(c: &Client) -> i64 {
-    support::drift(c).await
-}
-
 async fn title_in_summary(c: &Client, product: &str) -> Option<String> {
     c.query_opt(
         "SELECT title FROM \"ProductSummary\" WHERE \"productId\" = $1",
@@ -92,7 +88,7 @@ async fn failover(name: &str, products: i32, failover_slot: bool) -> Outcome {
     wait_until(
         Duration::from_secs(120),
         "converged on the primary",
-        || async { drift_on(&c).await == 0 },
+        || async { support::drift(&c).await == 0 },
     )
     .await;
 
@@ -162,7 +158,7 @@ async fn failover(name: &str, products: i32, failover_slot: bool) -> Outcome {
     wait_until(
         Duration::from_secs(120),
         "converged on the new primary",
-        || async { drift_on(&s).await == 0 },
+        || async { support::drift(&s).await == 0 },
     )
     .await;
     assert_eq!(

@@ -9,8 +9,8 @@ mod support;
 use std::time::Duration;
 
 use support::{
-    drift, outbox_tags, slot_confirmed, summary_of, summary_rows, wait_converged, wait_until,
-    Cluster, TestDb, WorkerProcess,
+    drift, outbox_tags, revalidate_env, slot_confirmed, summary_of, summary_rows, wait_converged,
+    wait_until, Cluster, TestDb, WorkerProcess, CLOSED_PORT_URL,
 };
 use tokio_postgres::Client;
 
@@ -229,11 +229,7 @@ async fn setup_over_an_existing_summary_enqueues_the_tags_it_changes() {
     )
     .await
     .unwrap();
-    let env = [
-        ("CDC_REVALIDATE_URLS", "http://127.0.0.1:9/api/revalidate"),
-        ("CDC_REVALIDATE_SECRET", "s"),
-    ];
-    db.setup(&[], &env);
+    db.setup(&[], &revalidate_env(CLOSED_PORT_URL, "s"));
     let tags = outbox_tags(&c).await;
     assert!(
         tags.contains(&"product:p1".to_string()) && tags.contains(&"product:p2".to_string()),

@@ -9,7 +9,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{json_report, outbox_tags, wait_until, Cluster, TestDb, WorkerProcess};
+use support::{
+    json_report, outbox_tags, revalidate_env, wait_until, Cluster, TestDb, WorkerProcess,
+    CLOSED_PORT_URL,
+};
 use tokio_postgres::Client;
 
 const SNAKE_CONFIG: &str = "config/examples/snake_case/cdc-worker.toml";
@@ -17,10 +20,7 @@ const SNAKE_SCHEMA: &str = include_str!("../config/examples/snake_case/schema.sq
 
 /// Revalidation to a closed port: tags are enqueued (and checked in the outbox) while
 /// delivery keeps retrying.
-const TAGS_ENV: [(&str, &str); 2] = [
-    ("CDC_REVALIDATE_URLS", "http://127.0.0.1:9/api/revalidate"),
-    ("CDC_REVALIDATE_SECRET", "s"),
-];
+const TAGS_ENV: [(&str, &str); 2] = revalidate_env(CLOSED_PORT_URL, "s");
 
 async fn snake_seed(c: &Client, n: i64) {
     c.batch_execute(&format!(

@@ -177,9 +177,13 @@ fn tags_of(body: &str) -> Vec<String> {
         .collect()
 }
 
+/// A revalidation URL nothing answers (port 9, discard): the worker enqueues its tags in the
+/// outbox and keeps retrying them.
+pub const CLOSED_PORT_URL: &str = "http://127.0.0.1:9/api/revalidate";
+
 /// The environment that has a worker revalidate at `urls` (comma-separated) with requests
 /// signed by `secret`. Extend it with `.to_vec()` and `push`.
-pub fn revalidate_env<'a>(urls: &'a str, secret: &'a str) -> [(&'static str, &'a str); 2] {
+pub const fn revalidate_env<'a>(urls: &'a str, secret: &'a str) -> [(&'static str, &'a str); 2] {
     [
         ("CDC_REVALIDATE_URLS", urls),
         ("CDC_REVALIDATE_SECRET", secret),

@@ -24,7 +24,7 @@ use tokio_postgres::NoTls;
 
 mod endpoint;
 #[allow(unused_imports)] // each test binary uses a different part
-pub use endpoint::{revalidate_env, Answer, Delivery, Endpoint};
+pub use endpoint::{revalidate_env, Answer, Delivery, Endpoint, CLOSED_PORT_URL};
 
 /// The reference source schema (the shop's tables) loaded into every test database.
 pub const SOURCE_SCHEMA_SQL: &str = include_str!("../../sql/source_schema.sql");
