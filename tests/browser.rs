@@ -11,10 +11,21 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use nextjs_support::{ensure_built, nextjs_dir, start_next, SECRET};
-use support::{Cluster, WorkerProcess};
+use nextjs_support::{ensure_built, nextjs_dir, start_next, storefront_db, SECRET};
+use support::{revalidate_env, WorkerProcess};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Store `corner-store` with eight products p1..p8, each with a USD price, stock and an image.
+const CORNER_STORE: &str = "INSERT INTO \"Product\"(id, \"storeId\", title)
+       SELECT 'p' || g, 'corner-store', (ARRAY['Mug', 'Tee', 'Cap', 'Poster', 'Socks', 'Tote'])[1 + g % 6] || ' no. ' || g
+       FROM generate_series(1, 8) g;
+     INSERT INTO \"Price\"(id, \"productId\", currency, amount)
+       SELECT 'u' || g, 'p' || g, 'USD', 900 + g * 250 FROM generate_series(1, 8) g;
+     INSERT INTO \"Inventory\"(id, \"productId\", \"locationId\", quantity, reserved)
+       SELECT 'i' || g, 'p' || g, 'l1', (g * 3) % 11, 0 FROM generate_series(1, 8) g;
+     INSERT INTO \"ProductImage\"(id, \"productId\", url, position)
+       SELECT 'img' || g, 'p' || g, '/placeholder/p' || g || '.svg', 1 FROM generate_series(1, 8) g;";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_price_change_reaches_the_screen() {
@@ -23,36 +34,13 @@ async fn a_price_change_reaches_the_screen() {
         "{CHROMIUM} is missing: apt-get install chromium"
     );
     ensure_built();
-    let db = Cluster::shared().create_db("browser").await;
-    let c = db.client().await;
-    c.batch_execute(
-        "INSERT INTO \"Product\"(id, \"storeId\", title)
-           SELECT 'p' || g, 'corner-store', (ARRAY['Mug', 'Tee', 'Cap', 'Poster', 'Socks', 'Tote'])[1 + g % 6] || ' no. ' || g
-           FROM generate_series(1, 8) g;
-         INSERT INTO \"Price\"(id, \"productId\", currency, amount)
-           SELECT 'u' || g, 'p' || g, 'USD', 900 + g * 250 FROM generate_series(1, 8) g;
-         INSERT INTO \"Inventory\"(id, \"productId\", \"locationId\", quantity, reserved)
-           SELECT 'i' || g, 'p' || g, 'l1', (g * 3) % 11, 0 FROM generate_series(1, 8) g;
-         INSERT INTO \"ProductImage\"(id, \"productId\", url, position)
-           SELECT 'img' || g, 'p' || g, '/placeholder/p' || g || '.svg', 1 FROM generate_series(1, 8) g;",
-    )
-    .await
-    .unwrap();
-    let setup = WorkerProcess::run_to_end(&db, &["setup"], &[]);
-    assert!(setup.success, "{}", setup.output);
+    let (db, _c) = storefront_db("browser", CORNER_STORE).await;
 
     let next = start_next(&db.url, &[]);
     let http = reqwest::Client::new();
     next.wait_ready(&http, "/stores/corner-store").await;
     let endpoint = next.url("/api/revalidate");
-    let mut worker = WorkerProcess::start(
-        &db,
-        &["run"],
-        &[
-            ("CDC_REVALIDATE_URLS", endpoint.as_str()),
-            ("CDC_REVALIDATE_SECRET", SECRET),
-        ],
-    );
+    let mut worker = WorkerProcess::start(&db, &["run"], &revalidate_env(&endpoint, SECRET));
     worker
         .wait_for_log(Duration::from_secs(30), "streaming")
         .await;

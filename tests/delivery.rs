@@ -6,114 +6,19 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{free_port, seed, wait_until, Cluster, TestDb, WorkerProcess};
+use support::{
+    free_port, metrics_text, revalidate_env, wait_until, Answer, Cluster, Endpoint, TestDb,
+    WorkerProcess,
+};
 use tokio_postgres::Client;
 
 const SECRET: &str = "delivery-secret";
 
-/// What an endpoint answers.
-#[derive(Clone, Debug)]
-enum Answer {
-    Ok,
-    Status(u16),
-    /// 302 to this location.
-    Redirect(String),
-}
-
-/// An in-process endpoint: answers every request (any method, any path) as `answer`
-/// says, counts requests, and records the tags of POSTs it answered 200.
-#[derive(Clone)]
-struct Endpoint {
-    /// `http://127.0.0.1:<port>`
-    base: String,
-    answer: Arc<Mutex<Answer>>,
-    requests: Arc<AtomicUsize>,
-    /// (method, path) of every request.
-    seen: Arc<Mutex<Vec<(String, String)>>>,
-    received: Arc<Mutex<Vec<String>>>,
-}
-
-async fn endpoint(answer: Answer) -> Endpoint {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let e = Endpoint {
-        base: format!("http://{}", listener.local_addr().unwrap()),
-        answer: Arc::new(Mutex::new(answer)),
-        requests: Arc::default(),
-        seen: Arc::default(),
-        received: Arc::default(),
-    };
-    let state = e.clone();
-    let app = axum::Router::new().fallback(
-        move |method: axum::http::Method, uri: axum::http::Uri, body: String| {
-            let state = state.clone();
-            async move {
-                use axum::http::{header, StatusCode};
-                use axum::response::IntoResponse;
-                state.requests.fetch_add(1, Ordering::SeqCst);
-                state
-                    .seen
-                    .lock()
-                    .unwrap()
-                    .push((method.to_string(), uri.path().to_string()));
-                let answer = state.answer.lock().unwrap().clone();
-                match answer {
-                    Answer::Status(code) => StatusCode::from_u16(code).unwrap().into_response(),
-                    Answer::Redirect(to) => {
-                        (StatusCode::FOUND, [(header::LOCATION, to)]).into_response()
-                    }
-                    Answer::Ok => {
-                        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) {
-                            let mut got = state.received.lock().unwrap();
-                            for t in v["tags"].as_array().into_iter().flatten() {
-                                got.push(t.as_str().unwrap_or_default().to_string());
-                            }
-                        }
-                        (StatusCode::OK, "ok").into_response()
-                    }
-                }
-            }
-        },
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    e
-}
-
-impl Endpoint {
-    fn url(&self) -> String {
-        format!("{}/api/revalidate", self.base)
-    }
-    fn set(&self, answer: Answer) {
-        *self.answer.lock().unwrap() = answer;
-    }
-    fn got(&self, tag: &str) -> bool {
-        self.received.lock().unwrap().iter().any(|t| t == tag)
-    }
-}
-
-async fn prepared(hint: &str, products: i32) -> (TestDb, Client) {
-    let db = Cluster::shared().create_db(hint).await;
-    let c = db.client().await;
-    seed(&c, 1, products).await;
-    let setup = WorkerProcess::run_to_end(&db, &["setup"], &[]);
-    assert!(setup.success, "{}", setup.output);
-    (db, c)
-}
-
 /// A config file that sets only `revalidate.give_up_after_secs`.
-fn config_giving_up_after(name: &str, secs: u64) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("delivery-{name}-{}.toml", std::process::id()));
-    std::fs::write(
-        &path,
-        format!("[revalidate]\ngive_up_after_secs = {secs}\n"),
-    )
-    .unwrap();
-    path
+fn config_giving_up_after(db: &TestDb, secs: u64) -> String {
+    db.config_file(&format!("[revalidate]\ngive_up_after_secs = {secs}\n"))
 }
 
 async fn parked_tags(c: &Client) -> Vec<String> {
@@ -146,30 +51,13 @@ async fn state_tables(c: &Client) -> String {
     out
 }
 
-async fn metrics_text(addr: &str) -> String {
-    reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// Issue 9 item 7: a 401 (a secret being rotated, clock skew) used to be a definite
 /// refusal: the tags went to outbox_failed and were never sent again.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_401_for_10_seconds_then_200_loses_no_tag() {
-    let e = endpoint(Answer::Status(401)).await;
-    let (db, c) = prepared("delivery_401", 5).await;
-    let url = e.url();
-    let w = WorkerProcess::start(
-        &db,
-        &["run"],
-        &[
-            ("CDC_REVALIDATE_URLS", &url),
-            ("CDC_REVALIDATE_SECRET", SECRET),
-        ],
-    );
+    let e = Endpoint::start(Answer::Status(401)).await;
+    let (db, c) = Cluster::shared().prepared_db("delivery_401", 5).await;
+    let w = WorkerProcess::start(&db, &["run"], &revalidate_env(&e.url, SECRET));
     w.wait_for_log(Duration::from_secs(20), "streaming").await;
     let t = Instant::now();
     for i in 1..=5 {
@@ -194,10 +82,7 @@ async fn a_401_for_10_seconds_then_200_loses_no_tag() {
         t.elapsed() >= Duration::from_secs(10),
         "delivered before the endpoint accepted?"
     );
-    assert!(
-        e.requests.load(Ordering::SeqCst) >= 3,
-        "the 401s were not retried"
-    );
+    assert!(e.requests() >= 3, "the 401s were not retried");
     assert_eq!(parked_tags(&c).await, Vec::<String>::new());
 }
 
@@ -205,19 +90,14 @@ async fn a_401_for_10_seconds_then_200_loses_no_tag() {
 /// counted by a gauge, and `revalidate --failed` delivers them and empties the table.
 #[tokio::test(flavor = "multi_thread")]
 async fn tags_parked_after_give_up_are_redelivered_by_revalidate_failed() {
-    let e = endpoint(Answer::Status(404)).await;
-    let (db, c) = prepared("delivery_parked", 3).await;
-    let config = config_giving_up_after("parked", 2);
-    let config = config.to_str().unwrap();
-    let url = e.url();
+    let e = Endpoint::start(Answer::Status(404)).await;
+    let (db, c) = Cluster::shared().prepared_db("delivery_parked", 3).await;
+    let config = config_giving_up_after(&db, 2);
     let metrics_addr = format!("127.0.0.1:{}", free_port());
-    let env = [
-        ("CDC_REVALIDATE_URLS", url.as_str()),
-        ("CDC_REVALIDATE_SECRET", SECRET),
-    ];
+    let env = revalidate_env(&e.url, SECRET);
     let mut run_env = env.to_vec();
     run_env.push(("CDC_METRICS_ADDR", &metrics_addr));
-    let w = WorkerProcess::start(&db, &["--config", config, "run"], &run_env);
+    let w = WorkerProcess::start(&db, &["--config", &config, "run"], &run_env);
     w.wait_for_log(Duration::from_secs(20), "streaming").await;
     c.batch_execute("UPDATE \"Price\" SET amount = 7 WHERE \"productId\" = 'p1'")
         .await
@@ -228,10 +108,7 @@ async fn tags_parked_after_give_up_are_redelivered_by_revalidate_failed() {
         || async { parked_tags(&c).await.contains(&"product:p1".to_string()) },
     )
     .await;
-    assert!(
-        e.requests.load(Ordering::SeqCst) >= 2,
-        "parked without a retry"
-    );
+    assert!(e.requests() >= 2, "parked without a retry");
     wait_until(
         Duration::from_secs(10),
         "cdc_outbox_failed_tags counts them",
@@ -280,18 +157,11 @@ async fn tags_parked_after_give_up_are_redelivered_by_revalidate_failed() {
 /// login page, another host) counted as delivered.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redirect_is_not_followed_and_not_counted_delivered() {
-    let elsewhere = endpoint(Answer::Ok).await;
-    let redirecting = endpoint(Answer::Redirect(format!("{}/login", elsewhere.base))).await;
-    let (db, c) = prepared("delivery_redirect", 3).await;
-    let url = redirecting.url();
-    let w = WorkerProcess::start(
-        &db,
-        &["run"],
-        &[
-            ("CDC_REVALIDATE_URLS", &url),
-            ("CDC_REVALIDATE_SECRET", SECRET),
-        ],
-    );
+    let elsewhere = Endpoint::start(Answer::Ok).await;
+    let redirecting = Endpoint::start(Answer::Redirect(format!("{}/login", elsewhere.base))).await;
+    let (db, c) = Cluster::shared().prepared_db("delivery_redirect", 3).await;
+    let url = &redirecting.url;
+    let w = WorkerProcess::start(&db, &["run"], &revalidate_env(url, SECRET));
     w.wait_for_log(Duration::from_secs(20), "streaming").await;
     c.batch_execute("UPDATE \"Product\" SET title = 'moved' WHERE id = 'p1'")
         .await
@@ -299,17 +169,14 @@ async fn a_redirect_is_not_followed_and_not_counted_delivered() {
     wait_until(
         Duration::from_secs(20),
         "the redirecting endpoint is retried (or the redirect followed)",
-        || async {
-            redirecting.requests.load(Ordering::SeqCst) >= 3
-                || elsewhere.requests.load(Ordering::SeqCst) > 0
-        },
+        || async { redirecting.requests() >= 3 || elsewhere.requests() > 0 },
     )
     .await;
     assert_eq!(
-        elsewhere.requests.load(Ordering::SeqCst),
+        elsewhere.requests(),
         0,
         "the redirect was followed: {:?}",
-        elsewhere.seen.lock().unwrap()
+        elsewhere.seen()
     );
     let delivered: i64 = c
         .query_one(
@@ -333,28 +200,24 @@ async fn a_redirect_is_not_followed_and_not_counted_delivered() {
     let out = WorkerProcess::run_to_end(
         &db,
         &["revalidate", "--store", "s1"],
-        &[
-            ("CDC_REVALIDATE_URLS", &url),
-            ("CDC_REVALIDATE_SECRET", SECRET),
-        ],
+        &revalidate_env(url, SECRET),
     );
     assert_eq!(out.code, Some(1), "{}", out.output);
-    assert_eq!(elsewhere.requests.load(Ordering::SeqCst), 0);
+    assert_eq!(elsewhere.requests(), 0);
 }
 
 /// Issue 9 item 12: the credentials of a revalidation URL appeared in reqwest's error text
 /// (logged), in the `endpoint` metric label and in outbox_cursor / outbox_failed.
 #[tokio::test(flavor = "multi_thread")]
 async fn credentials_in_a_revalidate_url_appear_nowhere() {
-    let (db, c) = prepared("delivery_secrets", 3).await;
+    let (db, c) = Cluster::shared().prepared_db("delivery_secrets", 3).await;
     let closed = free_port();
     let url = format!("http://user:s3cretpass@127.0.0.1:{closed}/api/revalidate?token=t0psecret");
-    let config = config_giving_up_after("secrets", 2);
-    let config = config.to_str().unwrap();
+    let config = config_giving_up_after(&db, 2);
     let metrics_addr = format!("127.0.0.1:{}", free_port());
     let w = WorkerProcess::start(
         &db,
-        &["--config", config, "run"],
+        &["--config", &config, "run"],
         &[
             ("CDC_REVALIDATE_URLS", &url),
             ("CDC_REVALIDATE_SECRET", SECRET),
@@ -380,18 +243,12 @@ async fn credentials_in_a_revalidate_url_appear_nowhere() {
     let manual = WorkerProcess::run_to_end(
         &db,
         &["revalidate", "--product", "p1"],
-        &[
-            ("CDC_REVALIDATE_URLS", &url),
-            ("CDC_REVALIDATE_SECRET", SECRET),
-        ],
+        &revalidate_env(&url, SECRET),
     );
     let failed = WorkerProcess::run_to_end(
         &db,
         &["revalidate", "--failed"],
-        &[
-            ("CDC_REVALIDATE_URLS", &url),
-            ("CDC_REVALIDATE_SECRET", SECRET),
-        ],
+        &revalidate_env(&url, SECRET),
     );
     assert!(failed.output.contains("FAILED again"), "{}", failed.output);
     let tables = state_tables(&c).await;
@@ -416,8 +273,8 @@ async fn credentials_in_a_revalidate_url_appear_nowhere() {
 /// place when the key becomes the redacted URL: nothing is sent again, nothing skipped.
 #[tokio::test(flavor = "multi_thread")]
 async fn cursors_keyed_by_the_full_url_are_renamed_in_place() {
-    let e = endpoint(Answer::Ok).await;
-    let (db, c) = prepared("delivery_migrate", 3).await;
+    let e = Endpoint::start(Answer::Ok).await;
+    let (db, c) = Cluster::shared().prepared_db("delivery_migrate", 3).await;
     let port = e.base.rsplit(':').next().unwrap();
     // As an earlier version stored it: the configured string, not normalized (the
     // fragment, never sent, is dropped by normalization).
@@ -445,14 +302,7 @@ async fn cursors_keyed_by_the_full_url_are_renamed_in_place() {
     for tag in ["new:1", "new:2"] {
         c.query_one(&row(tag), &[]).await.unwrap();
     }
-    let w = WorkerProcess::start(
-        &db,
-        &["run"],
-        &[
-            ("CDC_REVALIDATE_URLS", &url),
-            ("CDC_REVALIDATE_SECRET", SECRET),
-        ],
-    );
+    let w = WorkerProcess::start(&db, &["run"], &revalidate_env(&url, SECRET));
     wait_until(
         Duration::from_secs(20),
         "the tags after the stored cursor arrive",
@@ -460,13 +310,9 @@ async fn cursors_keyed_by_the_full_url_are_renamed_in_place() {
     )
     .await;
     assert!(
-        !e.received
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|t| t.starts_with("old:")),
+        !e.tags().iter().any(|t| t.starts_with("old:")),
         "tags before the cursor were sent again: {:?}",
-        e.received.lock().unwrap()
+        e.tags()
     );
     assert!(
         w.output().contains("delivery cursor renamed"),
@@ -508,10 +354,7 @@ async fn cursors_keyed_by_the_full_url_are_renamed_in_place() {
     let out = WorkerProcess::run_to_end(
         &db,
         &["revalidate", "--failed"],
-        &[
-            ("CDC_REVALIDATE_URLS", &url),
-            ("CDC_REVALIDATE_SECRET", SECRET),
-        ],
+        &revalidate_env(&url, SECRET),
     );
     assert!(out.success, "{}", out.output);
     assert!(e.got("parked:1"));

@@ -18,7 +18,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{seed, wait_until, Cluster, Proxy, TestDb, WorkerProcess};
+use support::{wait_until, Cluster, Proxy, TestDb, WorkerProcess};
 use tokio_postgres::Client;
 
 /// The harness's superuser password (scripts/test-cluster.sh).
@@ -33,10 +33,6 @@ struct Outcome {
 
 /// The worker's log line when it recomputes every product before streaming (src/control/slot.rs).
 const RECOMPUTE: &str = "recomputing every product before streaming";
-
-async fn drift_on(c: &Client) -> i64 {
-    support::drift(c).await
-}
 
 async fn title_in_summary(c: &Client, product: &str) -> Option<String> {
     c.query_opt(
@@ -63,10 +59,7 @@ async fn standby_slot(c: &Client, slot: &str) -> Option<(bool, bool, bool)> {
 /// `cdc-worker reconcile --json` through `url`; returns its discrepancy count.
 fn reconcile(db: &TestDb, url: &str) -> i64 {
     let out = WorkerProcess::run_to_end(db, &["reconcile", "--json"], &[("DATABASE_URL", url)]);
-    let start = out.output.find("\n{").map_or(0, |i| i + 1);
-    let end = out.output.rfind('}').map_or(0, |i| i + 1);
-    let json: serde_json::Value = serde_json::from_str(&out.output[start..end])
-        .unwrap_or_else(|e| panic!("no JSON from reconcile ({e}):\n{}", out.output));
+    let json = support::json_report(&out.output);
     assert!(out.success, "{}", out.output);
     json["discrepancies"].as_i64().expect("discrepancies")
 }
@@ -77,22 +70,16 @@ async fn failover(name: &str, products: i32, failover_slot: bool) -> Outcome {
     let primary = Cluster::private(&format!("{name}_primary"));
     // Before any test database exists: making the standby may restart the primary.
     let standby = primary.standby(&format!("{name}_standby"));
-    let db = primary.create_db(name).await;
-    let c = db.client().await;
-    seed(&c, 1, products).await;
+    let (db, c) = primary.seeded_db(name, products).await;
     let on_standby = standby.url_for("postgres", PASSWORD, &db.name);
 
     let proxy = Proxy::start(primary.port).await;
     let via = proxy.url(&db.url, primary.port);
     let env = [("DATABASE_URL", via.as_str())];
     // Without a failover slot on 17+, the slot is not synchronized: the path of 15/16.
-    let config =
-        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.toml", db.name));
-    std::fs::write(&config, format!("failover_slot = {failover_slot}\n")).unwrap();
-    let config = config.to_str().unwrap();
-    let setup = WorkerProcess::run_to_end(&db, &["setup", "--config", config], &env);
-    assert!(setup.success, "{}", setup.output);
-    let worker = WorkerProcess::start(&db, &["run", "--config", config], &env);
+    let config = db.config_file(&format!("failover_slot = {failover_slot}\n"));
+    db.setup(&["--config", &config], &env);
+    let worker = WorkerProcess::start(&db, &["run", "--config", &config], &env);
     c.batch_execute(
         "UPDATE \"Inventory\" SET quantity = quantity + 1 WHERE \"productId\" IN ('p1', 'p2')",
     )
@@ -101,7 +88,7 @@ async fn failover(name: &str, products: i32, failover_slot: bool) -> Outcome {
     wait_until(
         Duration::from_secs(120),
         "converged on the primary",
-        || async { drift_on(&c).await == 0 },
+        || async { support::drift(&c).await == 0 },
     )
     .await;
 
@@ -171,7 +158,7 @@ async fn failover(name: &str, products: i32, failover_slot: bool) -> Outcome {
     wait_until(
         Duration::from_secs(120),
         "converged on the new primary",
-        || async { drift_on(&s).await == 0 },
+        || async { support::drift(&s).await == 0 },
     )
     .await;
     assert_eq!(

@@ -7,90 +7,54 @@
 mod support;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use support::{seed, wait_converged, wait_until, Cluster, Proxy, TestDb, WorkerProcess};
+use support::{
+    json_report, outbox_len, revalidate_env, slot_confirmed, slot_count, wait_converged,
+    wait_until, Answer, Cluster, Endpoint, Proxy, TestDb, WorkerProcess,
+};
 use tokio_postgres::Client;
 
 const SECRET: &str = "fault-secret";
 
-// ---- An in-process revalidation endpoint that records what arrives, or misbehaves ----
-
-const OK: u8 = 0;
-const FAIL_500: u8 = 1;
-const HANG: u8 = 2;
-
-#[derive(Clone)]
-struct Receiver {
-    url: String,
-    mode: Arc<AtomicU8>,
-    /// Every tag received with a 200, with its arrival time.
-    received: Arc<Mutex<Vec<(String, Instant)>>>,
-}
-
-async fn receiver() -> Receiver {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let r = Receiver {
-        url: format!("http://{}/api/revalidate", listener.local_addr().unwrap()),
-        mode: Arc::new(AtomicU8::new(OK)),
-        received: Arc::default(),
-    };
-    let state = r.clone();
-    let app = axum::Router::new().route(
-        "/api/revalidate",
-        axum::routing::post(move |body: String| {
-            let state = state.clone();
-            async move {
-                match state.mode.load(Ordering::SeqCst) {
-                    FAIL_500 => return axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                    HANG => {
-                        tokio::time::sleep(Duration::from_secs(3600)).await;
-                    }
-                    _ => {}
-                }
-                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-                let now = Instant::now();
-                let mut got = state.received.lock().unwrap();
-                for t in v["tags"].as_array().unwrap() {
-                    got.push((t.as_str().unwrap().to_string(), now));
-                }
-                axum::http::StatusCode::OK
-            }
-        }),
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    r
-}
-
-impl Receiver {
-    /// Whether `product:{id}` arrived after `since` for every product in `last`.
-    fn all_delivered_after(&self, last: &HashMap<String, Instant>) -> Result<(), String> {
-        let got = self.received.lock().unwrap();
-        let mut newest: HashMap<&str, Instant> = HashMap::new();
-        for (tag, at) in got.iter() {
+/// Whether `product:{id}` arrived at `r` after `last[id]` for every product in `last`.
+fn all_delivered_after(r: &Endpoint, last: &HashMap<String, Instant>) -> Result<(), String> {
+    let got = r.deliveries();
+    let mut newest: HashMap<&str, Instant> = HashMap::new();
+    for d in got.iter() {
+        for tag in &d.tags {
             if let Some(id) = tag.strip_prefix("product:") {
-                let e = newest.entry(id).or_insert(*at);
-                *e = (*e).max(*at);
+                let e = newest.entry(id).or_insert(d.at);
+                *e = (*e).max(d.at);
             }
         }
-        let missing: Vec<&String> = last
-            .iter()
-            .filter(|(id, changed)| newest.get(id.as_str()).is_none_or(|at| at < changed))
-            .map(|(id, _)| id)
-            .collect();
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{} of {} changed products have no tag after their last change, e.g. {:?}",
-                missing.len(),
-                last.len(),
-                &missing[..missing.len().min(5)]
-            ))
-        }
+    }
+    let missing: Vec<&String> = last
+        .iter()
+        .filter(|(id, changed)| newest.get(id.as_str()).is_none_or(|at| at < changed))
+        .map(|(id, _)| id)
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} of {} changed products have no tag after their last change, e.g. {:?}",
+            missing.len(),
+            last.len(),
+            &missing[..missing.len().min(5)]
+        ))
+    }
+}
+
+/// Waits up to `timeout` until [`all_delivered_after`] holds; panics with what is missing.
+async fn wait_delivered_after(r: &Endpoint, last: &HashMap<String, Instant>, timeout: Duration) {
+    let t = Instant::now();
+    while let Err(e) = all_delivered_after(r, last) {
+        assert!(t.elapsed() <= timeout, "{e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -201,57 +165,29 @@ impl Workload {
     }
 }
 
-/// The worker's environment with the receiver as its endpoint.
-fn env(r: &Receiver) -> Vec<(&'static str, String)> {
-    vec![
-        ("CDC_REVALIDATE_URLS", r.url.clone()),
-        ("CDC_REVALIDATE_SECRET", SECRET.to_string()),
-    ]
-}
-
-fn start(db: &TestDb, r: &Receiver, url: Option<&str>) -> WorkerProcess {
-    let mut e = env(r);
+/// A worker revalidating at `r`, connected through `url` if given.
+fn start(db: &TestDb, r: &Endpoint, url: Option<&str>) -> WorkerProcess {
+    let mut e = revalidate_env(&r.url, SECRET).to_vec();
     if let Some(url) = url {
-        e.push(("DATABASE_URL", url.to_string()));
+        e.push(("DATABASE_URL", url));
     }
-    let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (*k, v.as_str())).collect();
     WorkerProcess::start(db, &["run"], &e)
 }
 
-async fn prepared(cluster: &Cluster, hint: &str, products: i32) -> (TestDb, Client) {
-    let db = cluster.create_db(hint).await;
-    let c = db.client().await;
-    seed(&c, 1, products).await;
-    let setup = WorkerProcess::run_to_end(&db, &["setup"], &[]);
-    assert!(setup.success, "{}", setup.output);
-    (db, c)
-}
-
 /// The end state every fault test demands.
-async fn assert_recovered(db: &TestDb, c: &Client, r: &Receiver, last: &HashMap<String, Instant>) {
+async fn assert_recovered(db: &TestDb, c: &Client, r: &Endpoint, last: &HashMap<String, Instant>) {
     wait_converged(c, "summary equals the source after the faults").await;
     let out = WorkerProcess::run_to_end(db, &["reconcile", "--json"], &[]);
-    // The report is the JSON object on stdout, after the log lines on stderr.
-    let start = out.output.find("\n{").map_or(0, |i| i + 1);
-    let end = out.output.rfind('}').map_or(0, |i| i + 1);
-    let json: serde_json::Value = serde_json::from_str(&out.output[start..end])
-        .unwrap_or_else(|e| panic!("no JSON from reconcile ({e}):\n{}", out.output));
+    let json = json_report(&out.output);
     assert_eq!(json["discrepancies"], 0, "{json}");
     assert!(out.success, "{}", out.output);
-    let t = Instant::now();
-    loop {
-        match r.all_delivered_after(last) {
-            Ok(()) => break,
-            Err(e) if t.elapsed() > Duration::from_secs(20) => panic!("{e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
+    wait_delivered_after(r, last, Duration::from_secs(20)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_at_random_points_under_a_mixed_workload() {
-    let r = receiver().await;
-    let (db, c) = prepared(Cluster::shared(), "fault_kill9", 300).await;
+    let r = Endpoint::start(Answer::Ok).await;
+    let (db, c) = Cluster::shared().prepared_db("fault_kill9", 300).await;
     let mut worker = start(&db, &r, None);
     let load = workload(db.url.clone(), 300);
     let mut rng = rand::thread_rng();
@@ -268,8 +204,8 @@ async fn kill_9_at_random_points_under_a_mixed_workload() {
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_restart_mid_stream() {
     let cluster = Cluster::private("fault_restart");
-    let r = receiver().await;
-    let (db, _) = prepared(&cluster, "fault_restart", 200).await;
+    let r = Endpoint::start(Answer::Ok).await;
+    let (db, _) = cluster.prepared_db("fault_restart", 200).await;
     let worker = start(&db, &r, None);
     let load = workload(db.url.clone(), 200);
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -288,8 +224,8 @@ async fn postgres_restart_mid_stream() {
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_cut_by_a_tcp_proxy() {
     let cluster = Cluster::shared();
-    let r = receiver().await;
-    let (db, c) = prepared(cluster, "fault_proxy", 200).await;
+    let r = Endpoint::start(Answer::Ok).await;
+    let (db, c) = cluster.prepared_db("fault_proxy", 200).await;
     let p = Proxy::start(cluster.port).await;
     let via_proxy = p.url(&db.url, cluster.port);
     let worker = start(&db, &r, Some(&via_proxy));
@@ -308,50 +244,36 @@ async fn connections_cut_by_a_tcp_proxy() {
     );
 }
 
-async fn confirmed(c: &Client, slot: &str) -> i64 {
-    c.query_one(
-        "SELECT (confirmed_flush_lsn - '0/0')::int8 FROM pg_replication_slots WHERE slot_name = $1",
-        &[&slot],
-    )
-    .await
-    .unwrap()
-    .get(0)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn nextjs_endpoint_failing_then_hanging() {
-    let r = receiver().await;
-    let (db, c) = prepared(Cluster::shared(), "fault_endpoint", 200).await;
+    let r = Endpoint::start(Answer::Ok).await;
+    let (db, c) = Cluster::shared().prepared_db("fault_endpoint", 200).await;
     let _worker = start(&db, &r, None);
     let load = workload(db.url.clone(), 200);
     // 500s, then a hang longer than the worker's request timeout (5 s).
-    r.mode.store(FAIL_500, Ordering::SeqCst);
+    r.set(Answer::Status(500));
     tokio::time::sleep(Duration::from_secs(3)).await;
-    r.mode.store(HANG, Ordering::SeqCst);
-    let before = confirmed(&c, &db.slot()).await;
+    r.set(Answer::Hang);
+    let before = slot_confirmed(&c, &db.slot()).await.expect("the slot");
     tokio::time::sleep(Duration::from_secs(8)).await;
     // The outage holds up neither the summary nor the slot.
-    let during = confirmed(&c, &db.slot()).await;
+    let during = slot_confirmed(&c, &db.slot()).await.expect("the slot");
     assert!(
         during > before,
         "the slot did not advance while Next.js hung"
     );
     let last = load.finish().await;
     wait_converged(&c, "the summary keeps flowing while Next.js is down").await;
-    let pending: i64 = c
-        .query_one("SELECT count(*) FROM cdc_worker.outbox", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pending = outbox_len(&c).await;
     assert!(pending > 0, "tags wait in the outbox during the outage");
-    r.mode.store(OK, Ordering::SeqCst);
+    r.set(Answer::Ok);
     assert_recovered(&db, &c, &r, &last).await;
 }
 
 /// A streaming leader (through `leader_url` if given) and a standby waiting behind it.
 async fn leader_and_standby(
     db: &TestDb,
-    r: &Receiver,
+    r: &Endpoint,
     leader_url: Option<&str>,
 ) -> (WorkerProcess, WorkerProcess) {
     let leader = start(db, r, leader_url);
@@ -372,8 +294,8 @@ async fn leader_and_standby(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_silent_network_cut_hands_over_within_30s() {
     let cluster = Cluster::shared();
-    let r = receiver().await;
-    let (db, c) = prepared(cluster, "fault_silent", 20).await;
+    let r = Endpoint::start(Answer::Ok).await;
+    let (db, c) = cluster.prepared_db("fault_silent", 20).await;
     let p = Proxy::start(cluster.port).await;
     let via_proxy = p.url(&db.url, cluster.port);
     let (_leader, standby) = leader_and_standby(&db, &r, Some(&via_proxy)).await;
@@ -394,8 +316,8 @@ async fn a_silent_network_cut_hands_over_within_30s() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sigterm_leader_hands_over_at_once() {
-    let r = receiver().await;
-    let (db, c) = prepared(Cluster::shared(), "fault_handover", 20).await;
+    let r = Endpoint::start(Answer::Ok).await;
+    let (db, c) = Cluster::shared().prepared_db("fault_handover", 20).await;
     let (leader, standby) = leader_and_standby(&db, &r, None).await;
     let t = Instant::now();
     leader.sigterm();
@@ -414,8 +336,8 @@ async fn a_sigterm_leader_hands_over_at_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_slot_is_recreated_and_backfilled() {
     let cluster = Cluster::private("fault_lost_slot");
-    let r = receiver().await;
-    let (db, c) = prepared(&cluster, "fault_lost_slot", 50).await;
+    let r = Endpoint::start(Answer::Ok).await;
+    let (db, c) = cluster.prepared_db("fault_lost_slot", 50).await;
     for sql in [
         "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'",
         "SELECT pg_reload_conf()",
@@ -447,21 +369,12 @@ async fn a_lost_slot_is_recreated_and_backfilled() {
     .await;
     // First a crash right after the lost slot was dropped: the mark written before the
     // drop makes the next start recreate it and recompute.
-    let mut e = env(&r);
-    e.push(("FAILPOINTS", "slot-dropped=return".to_string()));
-    let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut e = revalidate_env(&r.url, SECRET).to_vec();
+    e.push(("FAILPOINTS", "slot-dropped=return"));
     let mut crashed = WorkerProcess::start(&db, &["run"], &e);
     assert!(!crashed.wait_exit(Duration::from_secs(60)).success());
-    let slots: i64 = c
-        .query_one(
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
-            &[&db.slot()],
-        )
-        .await
-        .unwrap()
-        .get(0);
     assert_eq!(
-        slots,
+        slot_count(&c, &db.slot()).await,
         0,
         "crashed after the drop:\n{}",
         crashed.log_tail(20)
@@ -478,28 +391,16 @@ async fn a_lost_slot_is_recreated_and_backfilled() {
     let mut last = HashMap::new();
     last.insert("p1".to_string(), Instant::now() - Duration::from_secs(60));
     last.insert("p2".to_string(), Instant::now() - Duration::from_secs(60));
-    let t = Instant::now();
-    while let Err(e) = r.all_delivered_after(&last) {
-        assert!(t.elapsed() < Duration::from_secs(10), "{e}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_delivered_after(&r, &last, Duration::from_secs(10)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_endpoint_down_neither_blocks_nor_repeats_the_other() {
-    let up = receiver().await;
-    let down = receiver().await;
-    down.mode.store(FAIL_500, Ordering::SeqCst);
-    let (db, c) = prepared(Cluster::shared(), "fault_fanout", 10).await;
+    let up = Endpoint::start(Answer::Ok).await;
+    let down = Endpoint::start(Answer::Status(500)).await;
+    let (db, c) = Cluster::shared().prepared_db("fault_fanout", 10).await;
     let urls = format!("{},{}", up.url, down.url);
-    let _w = WorkerProcess::start(
-        &db,
-        &["run"],
-        &[
-            ("CDC_REVALIDATE_URLS", &urls),
-            ("CDC_REVALIDATE_SECRET", SECRET),
-        ],
-    );
+    let _w = WorkerProcess::start(&db, &["run"], &revalidate_env(&urls, SECRET));
     for i in 1..=5 {
         c.batch_execute(&format!(
             "UPDATE \"Product\" SET title = 'v{i}' WHERE id = 'p{i}'"
@@ -510,29 +411,19 @@ async fn one_endpoint_down_neither_blocks_nor_repeats_the_other() {
     wait_until(
         Duration::from_secs(10),
         "the healthy endpoint gets every tag",
-        || async {
-            let got = up.received.lock().unwrap();
-            (1..=5).all(|i| got.iter().any(|(t, _)| *t == format!("product:p{i}")))
-        },
+        || async { (1..=5).all(|i| up.got(&format!("product:p{i}"))) },
     )
     .await;
-    assert!(down.received.lock().unwrap().is_empty());
-    down.mode.store(OK, Ordering::SeqCst);
+    assert!(down.tags().is_empty());
+    down.set(Answer::Ok);
     wait_until(
         Duration::from_secs(20),
         "the recovered endpoint catches up",
-        || async {
-            let got = down.received.lock().unwrap();
-            (1..=5).all(|i| got.iter().any(|(t, _)| *t == format!("product:p{i}")))
-        },
+        || async { (1..=5).all(|i| down.got(&format!("product:p{i}"))) },
     )
     .await;
-    let got = up.received.lock().unwrap();
     for i in 1..=5 {
-        let n = got
-            .iter()
-            .filter(|(t, _)| *t == format!("product:p{i}"))
-            .count();
+        let n = up.count(&format!("product:p{i}"));
         assert_eq!(n, 1, "product:p{i} sent {n} times to the healthy endpoint");
     }
 }

@@ -1,5 +1,6 @@
 //! Tests of the test harness itself (tests/support): the cluster, test databases, roles,
-//! TLS, private clusters that restart, and child processes.
+//! TLS, private clusters that restart, child processes, and the shared helpers' parsers and
+//! revalidation endpoint.
 
 mod support;
 
@@ -8,7 +9,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::{wait_until, Cluster, WorkerProcess};
+use support::{wait_until, Answer, Cluster, Endpoint, WorkerProcess};
 
 async fn count_products(c: &tokio_postgres::Client) -> i64 {
     c.query_one(r#"SELECT count(*) FROM "Product""#, &[])
@@ -302,6 +303,55 @@ async fn wait_until_polls_until_true() {
         start.elapsed() > Duration::from_millis(120)
     })
     .await;
+}
+
+#[test]
+fn json_report_is_the_object_among_the_log_lines() {
+    let output = "2026-01-01T00:00:00Z  INFO reconcile started\n{\n  \"checked\": 3,\n  \"fields\": {\n    \"title\": 1\n  }\n}\n2026-01-01T00:00:01Z  INFO reconcile finished {rate}\n";
+    let r = support::json_report(output);
+    assert_eq!(r["checked"], 3);
+    assert_eq!(r["fields"]["title"], 1);
+    assert_eq!(support::json_report("{\n  \"a\": 1\n}\n")["a"], 1);
+}
+
+#[test]
+fn metric_value_reads_the_first_matching_sample() {
+    let m = "# HELP cdc_leader Leader.\ncdc_leader 1\ncdc_changes_total{table=\"Price\",op=\"update\"} 3\ncdc_leader_since 9\n";
+    assert_eq!(support::metric_value(m, "cdc_leader "), Some(1.0));
+    assert_eq!(
+        support::metric_value(m, "cdc_changes_total{table=\"Price\""),
+        Some(3.0)
+    );
+    assert_eq!(support::metric_value(m, "cdc_missing "), None);
+}
+
+#[tokio::test]
+async fn endpoint_answers_as_set_and_records_what_it_accepted() {
+    let e = Endpoint::start(Answer::Status(503)).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let post = |body: &'static str| http.post(&e.url).body(body).send();
+    assert_eq!(post(r#"{"tags":["a"]}"#).await.unwrap().status(), 503);
+    e.set(Answer::Redirect("http://127.0.0.1:9/login".into()));
+    let resp = post(r#"{"tags":["a"]}"#).await.unwrap();
+    assert_eq!(resp.status(), 302);
+    assert_eq!(resp.headers()["location"], "http://127.0.0.1:9/login");
+    assert!(e.tags().is_empty(), "refused requests are not deliveries");
+    e.set(Answer::Ok);
+    for body in [r#"{"tags":["a","b"]}"#, r#"{"tags":["a"]}"#, "not json"] {
+        assert_eq!(post(body).await.unwrap().status(), 200);
+    }
+    assert_eq!(e.requests(), 5);
+    assert_eq!(
+        e.seen()[0],
+        ("POST".to_string(), "/api/revalidate".to_string())
+    );
+    assert_eq!(e.tags(), ["a", "b", "a"]);
+    assert_eq!((e.count("a"), e.count("b"), e.got("c")), (2, 1, false));
+    assert_eq!(e.deliveries().len(), 3);
+    assert!(e.first("a").unwrap() <= e.first("b").unwrap());
 }
 
 #[tokio::test]

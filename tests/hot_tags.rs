@@ -8,33 +8,26 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{free_port, seed, wait_until, Cluster, TestDb, WorkerProcess};
+use support::{
+    free_port, metric, revalidate_env, wait_until, Answer, Cluster, Delivery, Endpoint, TestDb,
+    WorkerProcess,
+};
 use tokio_postgres::Client;
 
 const SECRET: &str = "hot-tags-secret";
 const STORE_TAG: &str = "store:s1:products";
 
-/// One POST the endpoint answered.
-#[derive(Clone, Debug)]
-struct Delivery {
-    at: Instant,
-    tags: Vec<String>,
-    /// For a POST carrying the store tag: productId -> inventoryAvailable of store s1's
-    /// summary rows, read before answering.
-    snapshot: Option<BTreeMap<String, i32>>,
-}
+/// productId -> inventoryAvailable of store s1's summary rows.
+type Snapshot = BTreeMap<String, i32>;
 
-#[derive(Clone)]
-struct Endpoint {
-    url: String,
-    got: Arc<Mutex<Vec<Delivery>>>,
-}
+/// An endpoint that keeps, for a POST carrying the store tag, store s1's summary rows as
+/// read before answering.
+type StoreEndpoint = Endpoint<Option<Snapshot>>;
+type StoreDelivery = Delivery<Option<Snapshot>>;
 
-async fn store_snapshot(c: &Client) -> BTreeMap<String, i32> {
+async fn store_snapshot(c: &Client) -> Snapshot {
     c.query(
         "SELECT \"productId\", \"inventoryAvailable\" FROM \"ProductSummary\" WHERE \"storeId\" = 's1'",
         &[],
@@ -46,103 +39,60 @@ async fn store_snapshot(c: &Client) -> BTreeMap<String, i32> {
     .collect()
 }
 
-async fn endpoint(db: &TestDb) -> Endpoint {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let e = Endpoint {
-        url: format!("http://{}/api/revalidate", listener.local_addr().unwrap()),
-        got: Arc::default(),
-    };
-    let client = Arc::new(db.client().await);
-    let got = e.got.clone();
-    let app = axum::Router::new().fallback(move |body: String| {
-        let (got, client) = (got.clone(), client.clone());
+/// An endpoint that answers 200 and, when a store tag arrives, reads the store's summary
+/// rows before it answers.
+async fn endpoint(db: &TestDb) -> StoreEndpoint {
+    let client = std::sync::Arc::new(db.client().await);
+    Endpoint::observing(Answer::Ok, move |tags| {
+        let client = client.clone();
         async move {
-            let at = Instant::now();
-            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-            let tags: Vec<String> = v["tags"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|t| t.as_str().unwrap_or_default().to_string())
-                .collect();
-            let snapshot = if tags.iter().any(|t| t == STORE_TAG) {
+            if tags.iter().any(|t| t == STORE_TAG) {
                 Some(store_snapshot(&client).await)
             } else {
                 None
-            };
-            got.lock().unwrap().push(Delivery { at, tags, snapshot });
-            "ok"
+            }
         }
-    });
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    e
+    })
+    .await
 }
 
-impl Endpoint {
-    fn deliveries(&self) -> Vec<Delivery> {
-        self.got.lock().unwrap().clone()
-    }
-    fn store_deliveries(&self) -> Vec<Delivery> {
-        self.deliveries()
-            .into_iter()
-            .filter(|d| d.snapshot.is_some())
-            .collect()
-    }
-    /// The first store-tag delivery whose snapshot shows every value of `want`.
-    fn covering(&self, want: &BTreeMap<String, i32>) -> Option<Delivery> {
-        self.store_deliveries().into_iter().find(|d| {
-            let s = d.snapshot.as_ref().unwrap();
-            want.iter().all(|(p, v)| s.get(p) == Some(v))
-        })
-    }
-    /// When `tag` first arrived.
-    fn first(&self, tag: &str) -> Option<Instant> {
-        self.deliveries()
-            .iter()
-            .find(|d| d.tags.iter().any(|t| t == tag))
-            .map(|d| d.at)
-    }
+/// The deliveries that carried the store tag.
+fn store_deliveries(e: &StoreEndpoint) -> Vec<StoreDelivery> {
+    e.deliveries()
+        .into_iter()
+        .filter(|d| d.observed.is_some())
+        .collect()
 }
 
-/// A database with products p1..p150 (p1, p4, ... p148 in store s1), set up.
-async fn prepared(hint: &str) -> (TestDb, Client) {
-    let db = Cluster::shared().create_db(hint).await;
-    let c = db.client().await;
-    seed(&c, 1, 150).await;
-    let setup = WorkerProcess::run_to_end(&db, &["setup"], &[]);
-    assert!(setup.success, "{}", setup.output);
-    (db, c)
+/// The first store-tag delivery whose snapshot shows every value of `want`.
+fn first_covering(e: &StoreEndpoint, want: &Snapshot) -> Option<StoreDelivery> {
+    store_deliveries(e).into_iter().find(|d| {
+        let s = d.observed.as_ref().unwrap();
+        want.iter().all(|(p, v)| s.get(p) == Some(v))
+    })
 }
+
+/// Products p1..p150 (p1, p4, ... p148 in store s1).
+const PRODUCTS: i32 = 150;
 
 fn store_products() -> Vec<String> {
-    (1..=150)
+    (1..=PRODUCTS)
         .filter(|g| g % 3 == 1)
         .map(|g| format!("p{g}"))
         .collect()
 }
 
 /// A config file throttling the store listing tag.
-fn config_with_interval(name: &str, ms: u64) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("hot-tags-{name}-{}.toml", std::process::id()));
-    std::fs::write(
-        &path,
-        format!("[revalidate]\nmin_interval_ms = {{ \"store:{{storeId}}:products\" = {ms} }}\n"),
-    )
-    .unwrap();
-    path
+fn config_with_interval(db: &TestDb, ms: u64) -> String {
+    db.config_file(&format!(
+        "[revalidate]\nmin_interval_ms = {{ \"store:{{storeId}}:products\" = {ms} }}\n"
+    ))
 }
 
-fn start_worker(db: &TestDb, config: &Path, e: &Endpoint, metrics: &str) -> WorkerProcess {
-    WorkerProcess::start(
-        db,
-        &["--config", config.to_str().unwrap(), "run"],
-        &[
-            ("CDC_REVALIDATE_URLS", &e.url),
-            ("CDC_REVALIDATE_SECRET", SECRET),
-            ("CDC_METRICS_ADDR", metrics),
-        ],
-    )
+fn start_worker(db: &TestDb, config: &str, e: &StoreEndpoint, metrics: &str) -> WorkerProcess {
+    let mut env = revalidate_env(&e.url, SECRET).to_vec();
+    env.push(("CDC_METRICS_ADDR", metrics));
+    WorkerProcess::start(db, &["--config", config, "run"], &env)
 }
 
 /// A stock change: one more unit at location l1; returns the product's new available
@@ -178,19 +128,6 @@ async fn summary_shows(c: &Client, product: &str, available: i32) -> bool {
         .is_some_and(|r| r.get::<_, i32>(4) == available)
 }
 
-async fn metric(addr: &str, name: &str) -> f64 {
-    let text = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
-}
-
 fn ms(d: Duration) -> u128 {
     d.as_millis()
 }
@@ -201,9 +138,9 @@ fn ms(d: Duration) -> u128 {
 /// interval (plus slack); product and inventory tags are never held.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_on_one_store_gives_two_store_revalidations_not_fifty() {
-    let (db, c) = prepared("hot_burst").await;
+    let (db, c) = Cluster::shared().prepared_db("hot_burst", PRODUCTS).await;
     let e = endpoint(&db).await;
-    let config = config_with_interval("burst", 1000);
+    let config = config_with_interval(&db, 1000);
     let metrics = format!("127.0.0.1:{}", free_port());
     let w = start_worker(&db, &config, &e, &metrics);
     w.wait_for_log(Duration::from_secs(30), "streaming").await;
@@ -220,7 +157,7 @@ async fn a_burst_on_one_store_gives_two_store_revalidations_not_fifty() {
     wait_until(
         Duration::from_secs(20),
         "the first change's store revalidation",
-        || async { e.covering(&want).is_some() },
+        || async { first_covering(&e, &want).is_some() },
     )
     .await;
     let t1 = Instant::now();
@@ -238,7 +175,7 @@ async fn a_burst_on_one_store_gives_two_store_revalidations_not_fifty() {
     wait_until(
         Duration::from_secs(30),
         "a store tag delivery whose page would show every change",
-        || async { e.covering(&want).is_some() },
+        || async { first_covering(&e, &want).is_some() },
     )
     .await;
     wait_until(
@@ -250,7 +187,7 @@ async fn a_burst_on_one_store_gives_two_store_revalidations_not_fifty() {
     // Anything still on its way (nothing should be).
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let store = e.store_deliveries();
+    let store = store_deliveries(&e);
     let last = store.last().unwrap().clone();
     let product_latency: Vec<u128> = sent
         .iter()
@@ -291,7 +228,7 @@ async fn a_burst_on_one_store_gives_two_store_revalidations_not_fifty() {
         last.at >= last_sent,
         "the last store revalidation came before the last change was written"
     );
-    let shown = last.snapshot.as_ref().unwrap();
+    let shown = last.observed.as_ref().unwrap();
     assert!(
         want.iter().all(|(p, v)| shown.get(p) == Some(v)),
         "the last store revalidation does not show every change"
@@ -329,9 +266,11 @@ async fn a_burst_on_one_store_gives_two_store_revalidations_not_fifty() {
 /// right after (held), then changes while it is held.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_change_while_the_tag_is_held_is_never_dropped() {
-    let (db, c) = prepared("hot_never_dropped").await;
+    let (db, c) = Cluster::shared()
+        .prepared_db("hot_never_dropped", PRODUCTS)
+        .await;
     let e = endpoint(&db).await;
-    let config = config_with_interval("never-dropped", 1500);
+    let config = config_with_interval(&db, 1500);
     let metrics = format!("127.0.0.1:{}", free_port());
     let w = start_worker(&db, &config, &e, &metrics);
     w.wait_for_log(Duration::from_secs(30), "streaming").await;
@@ -345,14 +284,14 @@ async fn a_change_while_the_tag_is_held_is_never_dropped() {
         })
         .await;
         tokio::time::sleep(Duration::from_millis(1600)).await;
-        let before = e.store_deliveries().len();
+        let before = store_deliveries(&e).len();
         // Sent at once (leading edge).
         let p = &products[round * 10];
         want.insert(p.clone(), stock_change(&c, p).await);
         wait_until(
             Duration::from_secs(20),
             "the first change's store tag",
-            || async { e.covering(&want).is_some() },
+            || async { first_covering(&e, &want).is_some() },
         )
         .await;
         // Right after: held until an interval after that release.
@@ -390,15 +329,15 @@ async fn a_change_while_the_tag_is_held_is_never_dropped() {
         wait_until(
             Duration::from_secs(20),
             "a store revalidation that shows every change so far",
-            || async { e.covering(&want).is_some() },
+            || async { first_covering(&e, &want).is_some() },
         )
         .await;
-        let covering = e.covering(&want).unwrap();
+        let covering = first_covering(&e, &want).unwrap();
         assert!(
             covering.at >= last_commit - Duration::from_millis(1),
             "covered before the last change committed?"
         );
-        let sent = e.store_deliveries().len() - before;
+        let sent = store_deliveries(&e).len() - before;
         eprintln!(
             "round {round}: {while_held} changes applied while held; covered {} ms after the last; {sent} store revalidations this round",
             ms(covering.at.saturating_duration_since(last_commit))
@@ -419,9 +358,9 @@ async fn a_change_while_the_tag_is_held_is_never_dropped() {
 /// delivers it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tag_held_when_the_worker_is_killed_is_delivered_after_restart() {
-    let (db, c) = prepared("hot_kill9").await;
+    let (db, c) = Cluster::shared().prepared_db("hot_kill9", PRODUCTS).await;
     let e = endpoint(&db).await;
-    let config = config_with_interval("kill9", 5000);
+    let config = config_with_interval(&db, 5000);
     let metrics = format!("127.0.0.1:{}", free_port());
     let mut w = start_worker(&db, &config, &e, &metrics);
     w.wait_for_log(Duration::from_secs(30), "streaming").await;
@@ -431,7 +370,7 @@ async fn a_tag_held_when_the_worker_is_killed_is_delivered_after_restart() {
     wait_until(
         Duration::from_secs(20),
         "the first store revalidation",
-        || async { e.covering(&want).is_some() },
+        || async { first_covering(&e, &want).is_some() },
     )
     .await;
     let v = stock_change(&c, &products[1]).await;
@@ -449,18 +388,21 @@ async fn a_tag_held_when_the_worker_is_killed_is_delivered_after_restart() {
         due.is_some_and(|d| d > 0.0),
         "the held tag was released before the kill (5 s interval): cannot test"
     );
-    assert!(e.covering(&want).is_none(), "delivered before the kill?");
+    assert!(
+        first_covering(&e, &want).is_none(),
+        "delivered before the kill?"
+    );
     let restarted = Instant::now();
     let w = start_worker(&db, &config, &e, &metrics);
     wait_until(
         Duration::from_secs(30),
         "the held tag delivered by the restarted worker",
-        || async { e.covering(&want).is_some() },
+        || async { first_covering(&e, &want).is_some() },
     )
     .await;
     eprintln!(
         "delivered {} ms after the restart",
-        ms(e.covering(&want).unwrap().at - restarted)
+        ms(first_covering(&e, &want).unwrap().at - restarted)
     );
     assert!(held_due_in_ms(&c).await.is_none());
     drop(w);
@@ -470,7 +412,7 @@ async fn a_tag_held_when_the_worker_is_killed_is_delivered_after_restart() {
 /// mark column) upgrades it and throttles.
 #[tokio::test(flavor = "multi_thread")]
 async fn run_upgrades_a_state_schema_of_an_earlier_version() {
-    let (db, c) = prepared("hot_upgrade").await;
+    let (db, c) = Cluster::shared().prepared_db("hot_upgrade", PRODUCTS).await;
     c.batch_execute(
         "DROP TABLE cdc_worker.outbox_held; \
          ALTER TABLE cdc_worker.checkpoint DROP COLUMN recompute_reason",
@@ -478,7 +420,7 @@ async fn run_upgrades_a_state_schema_of_an_earlier_version() {
     .await
     .unwrap();
     let e = endpoint(&db).await;
-    let config = config_with_interval("upgrade", 1000);
+    let config = config_with_interval(&db, 1000);
     let metrics = format!("127.0.0.1:{}", free_port());
     let w = start_worker(&db, &config, &e, &metrics);
     w.wait_for_log(Duration::from_secs(30), "streaming").await;
@@ -495,7 +437,7 @@ async fn run_upgrades_a_state_schema_of_an_earlier_version() {
     wait_until(
         Duration::from_secs(20),
         "the store tag covering every change",
-        || async { e.covering(&want).is_some() },
+        || async { first_covering(&e, &want).is_some() },
     )
     .await;
     let rows: i64 = c

@@ -9,8 +9,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use nextjs_support::{ensure_built, field, get, start_next, time_until_field, SECRET};
-use support::{wait_until, Cluster, WorkerProcess};
+use nextjs_support::{
+    ensure_built, field, get, start_next, storefront_db, time_until_field, SECRET, TWO_PRODUCTS,
+};
+use support::{revalidate_env, wait_until, Cluster, WorkerProcess};
 
 /// How long until `url` shows `product`'s `name` as `want` after `since`; fails the test
 /// past the 5 s bound.
@@ -38,17 +40,7 @@ async fn stale_window(
 #[tokio::test(flavor = "multi_thread")]
 async fn pages_are_fresh_within_5s_of_a_commit() {
     ensure_built();
-    let db = Cluster::shared().create_db("nextjs_e2e").await;
-    let c = db.client().await;
-    c.batch_execute(
-        "INSERT INTO \"Product\"(id, \"storeId\", title) VALUES ('p1', 'store-a', 'Alpha'), ('p2', 'store-a', 'Beta');
-         INSERT INTO \"Price\" VALUES ('u1', 'p1', 'USD', 1299), ('u2', 'p2', 'USD', 500);
-         INSERT INTO \"Inventory\" VALUES ('i1', 'p1', 'l1', 10, 3), ('i2', 'p2', 'l1', 4, 0);",
-    )
-    .await
-    .unwrap();
-    let setup = WorkerProcess::run_to_end(&db, &["setup"], &[]);
-    assert!(setup.success, "{}", setup.output);
+    let (db, c) = storefront_db("nextjs_e2e", TWO_PRODUCTS).await;
 
     let next = start_next(&db.url, &[]);
     let http = reqwest::Client::new();
@@ -65,10 +57,7 @@ async fn pages_are_fresh_within_5s_of_a_commit() {
     );
 
     let endpoint = format!("{}/api/revalidate", next.base);
-    let env = [
-        ("CDC_REVALIDATE_URLS", endpoint.as_str()),
-        ("CDC_REVALIDATE_SECRET", SECRET),
-    ];
+    let env = revalidate_env(&endpoint, SECRET);
 
     // The cache is real: a summary change behind the worker's back stays invisible...
     c.batch_execute("UPDATE \"ProductSummary\" SET title = 'Sneaky' WHERE \"productId\" = 'p2'")

@@ -10,37 +10,16 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use nextjs_support::{ensure_built, field, get, start_next, time_until_field, RedisServer, SECRET};
-use support::{wait_until, Cluster, TestDb, WorkerProcess};
-
-async fn shop(hint: &str) -> TestDb {
-    let db = Cluster::shared().create_db(hint).await;
-    db.client()
-        .await
-        .batch_execute(
-            "INSERT INTO \"Product\"(id, \"storeId\", title) VALUES ('p1', 'store-a', 'Alpha'), ('p2', 'store-a', 'Beta');
-             INSERT INTO \"Price\" VALUES ('u1', 'p1', 'USD', 1299), ('u2', 'p2', 'USD', 500);
-             INSERT INTO \"Inventory\" VALUES ('i1', 'p1', 'l1', 10, 3), ('i2', 'p2', 'l1', 4, 0);",
-        )
-        .await
-        .unwrap();
-    let setup = WorkerProcess::run_to_end(&db, &["setup"], &[]);
-    assert!(setup.success, "{}", setup.output);
-    db
-}
-
-async fn outbox_len(c: &tokio_postgres::Client) -> i64 {
-    c.query_one("SELECT count(*) FROM cdc_worker.outbox", &[])
-        .await
-        .unwrap()
-        .get(0)
-}
+use nextjs_support::{
+    ensure_built, field, get, start_next, storefront_db, time_until_field, RedisServer, SECRET,
+    TWO_PRODUCTS,
+};
+use support::{outbox_len, revalidate_env, wait_until, WorkerProcess};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn revalidation_at_one_instance_refreshes_the_other_within_1s() {
     ensure_built();
-    let db = shop("shared_cache").await;
-    let c = db.client().await;
+    let (db, c) = storefront_db("shared_cache", TWO_PRODUCTS).await;
     let mut redis = RedisServer::start();
     let redis_url = redis.url();
     let a = start_next(&db.url, &[("REDIS_URL", &redis_url)]);
@@ -70,10 +49,7 @@ async fn revalidation_at_one_instance_refreshes_the_other_within_1s() {
     }
 
     let endpoint_a = a.url("/api/revalidate");
-    let env = [
-        ("CDC_REVALIDATE_URLS", endpoint_a.as_str()),
-        ("CDC_REVALIDATE_SECRET", SECRET),
-    ];
+    let env = revalidate_env(&endpoint_a, SECRET);
     let mut worker = WorkerProcess::start(&db, &["run"], &env);
     worker
         .wait_for_log(Duration::from_secs(30), "streaming")
@@ -127,12 +103,7 @@ async fn revalidation_at_one_instance_refreshes_the_other_within_1s() {
     }
     // The tag could not be recorded for the other instances, so A refuses it (503) and
     // the worker keeps it: it is still in the outbox, and the worker still runs.
-    wait_until(
-        Duration::from_secs(10),
-        "the worker was refused with 503",
-        || async { worker.log().contains("503") },
-    )
-    .await;
+    worker.wait_for_log(Duration::from_secs(10), "503").await;
     assert!(
         outbox_len(&c).await > 0,
         "the refused tags stay in the outbox"
@@ -167,8 +138,7 @@ async fn revalidation_at_one_instance_refreshes_the_other_within_1s() {
 #[tokio::test(flavor = "multi_thread")]
 async fn without_the_shared_cache_the_instance_not_told_stays_stale() {
     ensure_built();
-    let db = shop("no_shared_cache").await;
-    let c = db.client().await;
+    let (db, c) = storefront_db("no_shared_cache", TWO_PRODUCTS).await;
     let a = start_next(&db.url, &[]);
     let b = start_next(&db.url, &[]);
     let http = reqwest::Client::new();
@@ -182,14 +152,7 @@ async fn without_the_shared_cache_the_instance_not_told_stays_stale() {
         );
     }
     let endpoint_a = a.url("/api/revalidate");
-    let _worker = WorkerProcess::start(
-        &db,
-        &["run"],
-        &[
-            ("CDC_REVALIDATE_URLS", endpoint_a.as_str()),
-            ("CDC_REVALIDATE_SECRET", SECRET),
-        ],
-    );
+    let _worker = WorkerProcess::start(&db, &["run"], &revalidate_env(&endpoint_a, SECRET));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let t = Instant::now();
     c.batch_execute("UPDATE \"Price\" SET amount = 1499 WHERE id = 'u1'")

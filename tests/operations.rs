@@ -5,33 +5,11 @@ mod support;
 
 use std::time::Duration;
 
-use support::{free_port, seed, wait_converged, Cluster, WorkerProcess};
-
-async fn scrape(http: &reqwest::Client, addr: &str, path: &str) -> (u16, String) {
-    let resp = http
-        .get(format!("http://{addr}{path}"))
-        .send()
-        .await
-        .unwrap();
-    (resp.status().as_u16(), resp.text().await.unwrap())
-}
-
-/// The value of the first sample whose line starts with `series`.
-fn value(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
+use support::{free_port, metric_value, scrape, wait_converged, Cluster, WorkerProcess};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_and_probes_on_leader_and_standby() {
-    let db = Cluster::shared().create_db("operations").await;
-    let c = db.client().await;
-    seed(&c, 1, 10).await;
-    let setup = WorkerProcess::run_to_end(&db, &["setup"], &[]);
-    assert!(setup.success, "{}", setup.output);
+    let (db, c) = Cluster::shared().prepared_db("operations", 10).await;
     let leader_addr = format!("127.0.0.1:{}", free_port());
     let leader = WorkerProcess::start(
         &db,
@@ -75,14 +53,14 @@ async fn metrics_and_probes_on_leader_and_standby() {
             "{name} missing from /metrics:\n{m}"
         );
     }
-    assert_eq!(value(&m, "cdc_leader "), Some(1.0));
+    assert_eq!(metric_value(&m, "cdc_leader "), Some(1.0));
     assert_eq!(
-        value(&m, "cdc_changes_total{table=\"Inventory\",op=\"update\"}"),
+        metric_value(&m, "cdc_changes_total{table=\"Inventory\",op=\"update\"}"),
         Some(1.0),
         "{m}"
     );
-    assert!(value(&m, "cdc_summary_rows_written_total").unwrap() >= 1.0);
-    assert!(value(&m, "cdc_apply_latency_seconds_count").unwrap() >= 1.0);
+    assert!(metric_value(&m, "cdc_summary_rows_written_total").unwrap() >= 1.0);
+    assert!(metric_value(&m, "cdc_apply_latency_seconds_count").unwrap() >= 1.0);
     assert_eq!(scrape(&http, &leader_addr, "/healthz").await.0, 200);
     assert_eq!(scrape(&http, &leader_addr, "/readyz").await.0, 200);
 
@@ -92,7 +70,7 @@ async fn metrics_and_probes_on_leader_and_standby() {
         "slot status in the metrics",
         || async {
             let (_, m) = scrape(&http, &leader_addr, "/metrics").await;
-            value(&m, "cdc_slot_wal_status{status=\"reserved\"}") == Some(1.0)
+            metric_value(&m, "cdc_slot_wal_status{status=\"reserved\"}") == Some(1.0)
         },
     )
     .await;
@@ -107,7 +85,7 @@ async fn metrics_and_probes_on_leader_and_standby() {
     assert_eq!(status, 503, "a standby is alive but not ready");
     assert!(why.contains("not streaming"), "{why}");
     let (_, m) = scrape(&http, &standby_addr, "/metrics").await;
-    assert_eq!(value(&m, "cdc_leader "), Some(0.0));
+    assert_eq!(metric_value(&m, "cdc_leader "), Some(0.0));
 
     // --log-format json: every line the leader wrote is a JSON object.
     let log = leader.output();

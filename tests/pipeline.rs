@@ -7,47 +7,35 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::{
-    drift, seed, summary_of, wait_converged, wait_until, Cluster, TestDb, WorkerProcess,
+    drift, slot_count, summary_of, summary_rows, wait_converged, wait_until, Cluster, TestDb,
+    WorkerProcess,
 };
 use tokio_postgres::Client;
 
 /// A database with a few products, set up, and a running worker.
 async fn started(hint: &str, products: i32) -> (TestDb, Client, WorkerProcess) {
-    let db = Cluster::shared().create_db(hint).await;
-    let c = db.client().await;
-    seed(&c, 1, products).await;
-    let setup = WorkerProcess::run_to_end(&db, &["setup"], &[]);
-    assert!(setup.success, "setup failed:\n{}", setup.output);
+    let (db, c) = Cluster::shared().prepared_db(hint, products).await;
     let w = WorkerProcess::start(&db, &["run"], &[]);
     (db, c, w)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn setup_backfills_and_is_idempotent() {
-    let db = Cluster::shared().create_db("setup_backfill").await;
-    let c = db.client().await;
-    seed(&c, 1, 250).await;
+    let (db, c) = Cluster::shared().seeded_db("setup_backfill", 250).await;
     // A product without a USD price has no row.
     c.batch_execute("DELETE FROM \"Price\" WHERE \"productId\" = 'p7'")
         .await
         .unwrap();
-    let first = WorkerProcess::run_to_end(&db, &["setup"], &[]);
-    assert!(first.success, "{}", first.output);
+    let first = db.setup(&[], &[]);
     assert!(first.output.contains("backfill done"), "{}", first.output);
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM \"ProductSummary\"", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 249);
+    assert_eq!(summary_rows(&c).await, 249);
     assert_eq!(drift(&c).await, 0);
     let row = summary_of(&c, "p1").await.unwrap();
     assert_eq!(row.get::<_, i32>(4), 14, "2 x (10 - 3)");
     let id: String = row.get(7);
     assert!(id.starts_with('c') && id.len() == 25, "cuid-like id: {id}");
 
-    let second = WorkerProcess::run_to_end(&db, &["setup"], &[]);
-    assert!(second.success, "{}", second.output);
+    let second = db.setup(&[], &[]);
     assert!(
         second.output.contains("no backfill needed"),
         "{}",
@@ -258,13 +246,7 @@ async fn truncate_schema_change_toast_and_big_transactions() {
     wait_until(
         Duration::from_secs(10),
         "TRUNCATE Product empties the summary",
-        || async {
-            c.query_one("SELECT count(*) FROM \"ProductSummary\"", &[])
-                .await
-                .unwrap()
-                .get::<_, i64>(0)
-                == 0
-        },
+        || async { summary_rows(&c).await == 0 },
     )
     .await;
 }
@@ -391,14 +373,11 @@ async fn least_privilege_role(db: &TestDb, c: &tokio_postgres::Client) -> (Strin
 
 #[tokio::test(flavor = "multi_thread")]
 async fn runs_as_a_non_superuser_over_tls() {
-    let db = Cluster::shared().create_db("least_privilege").await;
-    let c = db.client().await;
-    seed(&c, 1, 20).await;
+    let (db, c) = Cluster::shared().seeded_db("least_privilege", 20).await;
     let (url, role) = least_privilege_role(&db, &c).await;
     let tls_url = format!("{url}?sslmode=require");
     let env = [("DATABASE_URL", tls_url.as_str())];
-    let setup = WorkerProcess::run_to_end(&db, &["setup"], &env);
-    assert!(setup.success, "{}", setup.output);
+    let setup = db.setup(&[], &env);
     assert!(!setup.output.contains("pw-s3cret"), "password in logs");
     let w = WorkerProcess::start(&db, &["run"], &env);
     c.batch_execute("UPDATE \"Inventory\" SET quantity = 1 WHERE id = 'inv1-1'")
@@ -430,15 +409,11 @@ async fn bad_input_fails_clearly_before_touching_anything() {
         "{}",
         out.output
     );
-    let slots: i64 = c
-        .query_one(
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
-            &[&db.slot()],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(slots, 0, "nothing created after a failed check");
+    assert_eq!(
+        slot_count(&c, &db.slot()).await,
+        0,
+        "nothing created after a failed check"
+    );
 
     // A slot of another plugin under our name.
     let db2 = Cluster::shared().create_db("bad_slot").await;
@@ -469,15 +444,13 @@ async fn bad_input_fails_clearly_before_touching_anything() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_standby_takes_over_when_the_leader_dies() {
     let (db, c, mut leader) = started("standby", 10).await;
-    wait_until(Duration::from_secs(10), "leader streaming", || async {
-        leader.output().contains("streaming")
-    })
-    .await;
+    leader
+        .wait_for_log(Duration::from_secs(10), "streaming")
+        .await;
     let standby = WorkerProcess::start(&db, &["run"], &[]);
-    wait_until(Duration::from_secs(10), "standby waiting", || async {
-        standby.output().contains("waiting as standby")
-    })
-    .await;
+    standby
+        .wait_for_log(Duration::from_secs(10), "waiting as standby")
+        .await;
     leader.kill9();
     let t = Instant::now();
     c.batch_execute("UPDATE \"Product\" SET title = 'after failover' WHERE id = 'p1'")
@@ -571,15 +544,9 @@ async fn verify_full_checks_the_certificate_on_both_connections() {
 /// the checkpoint moves with the last one.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_larger_than_max_products_is_applied_in_parts() {
-    let db = Cluster::shared().create_db("parts").await;
-    let c = db.client().await;
-    seed(&c, 1, 400).await;
-    let config =
-        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.toml", db.name));
-    std::fs::write(&config, "[batch]\nmax_products = 50\n").unwrap();
-    let config = config.display().to_string();
-    let setup = WorkerProcess::run_to_end(&db, &["--config", &config, "setup"], &[]);
-    assert!(setup.success, "{}", setup.output);
+    let (db, c) = Cluster::shared().seeded_db("parts", 400).await;
+    let config = db.config_file("[batch]\nmax_products = 50\n");
+    db.setup(&["--config", &config], &[]);
     let w = WorkerProcess::start(&db, &["--config", &config, "run"], &[]);
     c.batch_execute("UPDATE \"Inventory\" SET reserved = 0")
         .await
@@ -640,11 +607,7 @@ fn batch_total(log: &str, key: &str) -> usize {
 /// that recompute is still applied.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backlog_recomputes_each_product_once() {
-    let db = Cluster::shared().create_db("backlog_once").await;
-    let c = db.client().await;
-    seed(&c, 1, 200).await;
-    let setup = WorkerProcess::run_to_end(&db, &["setup"], &[]);
-    assert!(setup.success, "setup failed:\n{}", setup.output);
+    let (db, c) = Cluster::shared().prepared_db("backlog_once", 200).await;
     for _ in 0..4 {
         c.batch_execute("UPDATE \"Inventory\" SET quantity = quantity + 1")
             .await
@@ -686,14 +649,9 @@ async fn run_after_a_transaction_touching_everything_twice(
     max_pending: usize,
     no_temp: bool,
 ) -> (WorkerProcess, TestDb) {
-    let db = Cluster::shared().create_db(name).await;
-    let c = db.client().await;
-    seed(&c, 1, products).await;
+    let (db, c) = Cluster::shared().seeded_db(name, products).await;
     c.batch_execute("ANALYZE \"Product\"").await.unwrap();
-    let config =
-        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.toml", db.name));
-    std::fs::write(&config, format!("[batch]\nmax_pending = {max_pending}\n")).unwrap();
-    let config = config.display().to_string();
+    let config = db.config_file(&format!("[batch]\nmax_pending = {max_pending}\n"));
     let mut url = None;
     if no_temp {
         c.batch_execute(&format!(
@@ -705,8 +663,7 @@ async fn run_after_a_transaction_touching_everything_twice(
         url = Some(least_privilege_role(&db, &c).await.0);
     }
     let env: Vec<(&str, &str)> = url.iter().map(|u| ("DATABASE_URL", u.as_str())).collect();
-    let setup = WorkerProcess::run_to_end(&db, &["--config", &config, "setup"], &env);
-    assert!(setup.success, "{}", setup.output);
+    db.setup(&["--config", &config], &env);
     c.batch_execute(
         "BEGIN; UPDATE \"Price\" SET amount = amount + 1; \
          UPDATE \"Price\" SET amount = amount + 1; COMMIT;",

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use support::{free_port, wait_until, Cluster, WorkerProcess};
+use support::{free_port, slot_count, wait_until, Cluster, WorkerProcess};
 
 struct PgBouncer {
     child: Child,
@@ -83,9 +83,7 @@ fn pgbouncer(cluster: &Cluster, user: &str, password: &str) -> PgBouncer {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_transaction_pooler_is_refused_before_anything_changes() {
     let cluster = Cluster::shared();
-    let db = cluster.create_db("pooler").await;
-    let c = db.client().await;
-    support::seed(&c, 1, 3).await;
+    let (db, c) = cluster.seeded_db("pooler", 3).await;
     // The worker refuses before it needs any privilege, so a bare login role will do.
     let role = format!("{}_bouncer", db.name);
     let direct = db.create_role(&role, "bouncer-pw").await;
@@ -137,13 +135,5 @@ async fn a_transaction_pooler_is_refused_before_anything_changes() {
     }
     noise.abort();
     // Nothing was created.
-    let slots: i64 = c
-        .query_one(
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
-            &[&db.slot()],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(slots, 0);
+    assert_eq!(slot_count(&c, &db.slot()).await, 0);
 }

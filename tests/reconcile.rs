@@ -162,8 +162,7 @@ async fn fix_repairs_everything_and_enqueues_tags() {
     plant_drift(&c).await;
     let mut cmd = db.command(&["reconcile", "--json", "--fix", "--settle-timeout", "0"]);
     // With a revalidation endpoint configured, repairs enqueue their cache tags.
-    cmd.env("CDC_REVALIDATE_URLS", "http://127.0.0.1:9/api/revalidate")
-        .env("CDC_REVALIDATE_SECRET", "s3cret");
+    cmd.envs(support::revalidate_env(support::CLOSED_PORT_URL, "s3cret"));
     let out = cmd.output().unwrap();
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_planted_counts(&r, 30);
@@ -176,13 +175,7 @@ async fn fix_repairs_everything_and_enqueues_tags() {
     assert_eq!(r["checked"], 30, "{r}");
     assert_eq!(code, 0);
 
-    let tags: Vec<String> = c
-        .query("SELECT tag FROM cdc_worker.outbox", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let tags = support::outbox_tags(&c).await;
     for tag in [
         "product:p0001",
         "product:zz-gone",

@@ -9,25 +9,21 @@ mod support;
 use std::time::Duration;
 
 use support::{
-    drift, seed, summary_of, wait_converged, wait_until, Cluster, TestDb, WorkerProcess,
+    drift, outbox_tags, revalidate_env, slot_confirmed, summary_of, summary_rows, wait_converged,
+    wait_until, Cluster, TestDb, WorkerProcess, CLOSED_PORT_URL,
 };
 use tokio_postgres::Client;
 
 /// A config file with small apply parts, so a recompute of 300 products takes 6 pages.
 fn small_parts(db: &TestDb) -> String {
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.toml", db.name));
-    std::fs::write(&path, "[batch]\nmax_products = 50\n").unwrap();
-    path.display().to_string()
+    db.config_file("[batch]\nmax_products = 50\n")
 }
 
 /// A set-up database with `n` products and no worker running.
 async fn set_up(hint: &str, n: i32) -> (TestDb, Client, String) {
-    let db = Cluster::shared().create_db(hint).await;
-    let c = db.client().await;
-    seed(&c, 1, n).await;
+    let (db, c) = Cluster::shared().seeded_db(hint, n).await;
     let config = small_parts(&db);
-    let setup = WorkerProcess::run_to_end(&db, &["--config", &config, "setup"], &[]);
-    assert!(setup.success, "setup failed:\n{}", setup.output);
+    db.setup(&["--config", &config], &[]);
     (db, c, config)
 }
 
@@ -48,16 +44,6 @@ async fn mark_and_checkpoint(c: &Client, slot: &str) -> (Option<String>, u64) {
         .await
         .unwrap();
     (row.get(0), row.get::<_, i64>(1) as u64)
-}
-
-async fn slot_confirmed(c: &Client, slot: &str) -> Option<u64> {
-    c.query_opt(
-        "SELECT (confirmed_flush_lsn - '0/0')::int8 FROM pg_replication_slots WHERE slot_name = $1",
-        &[&slot],
-    )
-    .await
-    .unwrap()
-    .map(|r| r.get::<_, i64>(0) as u64)
 }
 
 /// After recovery: converged, mark cleared, slot not ahead of the checkpoint, and a new
@@ -89,6 +75,25 @@ async fn assert_recovered(db: &TestDb, c: &Client, what: &str) {
     assert_eq!(drift(c).await, 0);
 }
 
+/// Starts the worker on `config` and waits until it has recovered ([`assert_recovered`]),
+/// saying so in the log with `reason="{reason}"`. Returns the running worker.
+async fn run_until_recovered(
+    db: &TestDb,
+    c: &Client,
+    config: &str,
+    what: &str,
+    reason: &str,
+) -> WorkerProcess {
+    let w = WorkerProcess::start(db, &["--config", config, "run"], &[]);
+    assert_recovered(db, c, what).await;
+    assert!(
+        w.output().contains(&format!("reason=\"{reason}\"")),
+        "{what}: the log should give reason={reason:?}:\n{}",
+        w.log_tail(20)
+    );
+    w
+}
+
 /// The slot vanished (failover to a server without it, a restore, a provider dropping
 /// it) while a checkpoint exists: the worker recreates it and recomputes by itself.
 #[tokio::test(flavor = "multi_thread")]
@@ -98,11 +103,9 @@ async fn a_missing_slot_is_recreated_and_everything_recomputed() {
         .await
         .unwrap();
     change_every_price(&c).await;
-    let w = WorkerProcess::start(&db, &["--config", &config, "run"], &[]);
-    assert_recovered(&db, &c, "the missing slot recreated").await;
-    let log = w.output();
+    let w = run_until_recovered(&db, &c, &config, "the missing slot recreated", "missing").await;
     assert!(
-        log.contains("reason=\"missing\"") && log.contains("does not exist"),
+        w.output().contains("does not exist"),
         "the log says what happened:\n{}",
         w.log_tail(20)
     );
@@ -138,13 +141,8 @@ async fn a_crash_at_any_point_of_recovery_is_finished_by_the_next_start() {
         c.batch_execute("UPDATE \"Product\" SET title = title || '!' WHERE id IN ('p1', 'p299')")
             .await
             .unwrap();
-        let w = WorkerProcess::start(&db, &["--config", &config, "run"], &[]);
-        assert_recovered(&db, &c, &format!("restart after a crash at {point}")).await;
-        assert!(
-            w.output().contains("reason=\"resumed\""),
-            "{point}: the restart resumes the recompute:\n{}",
-            w.log_tail(20)
-        );
+        let what = format!("restart after a crash at {point}");
+        let _w = run_until_recovered(&db, &c, &config, &what, "resumed").await;
     }
 }
 
@@ -153,11 +151,9 @@ async fn a_crash_at_any_point_of_recovery_is_finished_by_the_next_start() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crash_during_setups_backfill_is_finished_later() {
     for finisher in ["setup", "run"] {
-        let db = Cluster::shared()
-            .create_db(&format!("setup_crash_{finisher}"))
+        let (db, c) = Cluster::shared()
+            .seeded_db(&format!("setup_crash_{finisher}"), 300)
             .await;
-        let c = db.client().await;
-        seed(&c, 1, 300).await;
         let config = small_parts(&db);
         let crashed = WorkerProcess::run_to_end(
             &db,
@@ -165,18 +161,13 @@ async fn a_crash_during_setups_backfill_is_finished_later() {
             &[("FAILPOINTS", "recompute-page=return")],
         );
         assert!(!crashed.success, "setup should abort:\n{}", crashed.output);
-        let summarized: i64 = c
-            .query_one("SELECT count(*) FROM \"ProductSummary\"", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let summarized = summary_rows(&c).await;
         assert!(
             summarized > 0 && summarized < 300,
             "part of the backfill was done: {summarized}"
         );
         if finisher == "setup" {
-            let again = WorkerProcess::run_to_end(&db, &["--config", &config, "setup"], &[]);
-            assert!(again.success, "{}", again.output);
+            let again = db.setup(&["--config", &config], &[]);
             assert!(
                 again.output.contains("reason=\"resumed\""),
                 "{}",
@@ -200,13 +191,7 @@ async fn a_slot_advanced_past_the_checkpoint_is_detected_and_recomputed() {
     )
     .await
     .unwrap();
-    let w = WorkerProcess::start(&db, &["--config", &config, "run"], &[]);
-    assert_recovered(&db, &c, "the advanced slot").await;
-    assert!(
-        w.output().contains("reason=\"slot_ahead\""),
-        "{}",
-        w.log_tail(20)
-    );
+    let _w = run_until_recovered(&db, &c, &config, "the advanced slot", "slot_ahead").await;
 }
 
 /// A checkpoint above the server's WAL position (a dump restored elsewhere, a blue/green
@@ -221,17 +206,12 @@ async fn a_checkpoint_ahead_of_the_server_is_reset() {
     .await
     .unwrap();
     change_every_price(&c).await;
-    let w = WorkerProcess::start(&db, &["--config", &config, "run"], &[]);
-    assert_recovered(&db, &c, "the checkpoint ahead of the server").await;
+    let what = "the checkpoint ahead of the server";
+    let _w = run_until_recovered(&db, &c, &config, what, "checkpoint_ahead").await;
     let (_, checkpoint) = mark_and_checkpoint(&c, &db.slot()).await;
     assert!(
         checkpoint < 0xFF_0000_0000,
         "checkpoint reset: {checkpoint:X}"
-    );
-    assert!(
-        w.output().contains("reason=\"checkpoint_ahead\""),
-        "{}",
-        w.log_tail(20)
     );
 }
 
@@ -239,9 +219,7 @@ async fn a_checkpoint_ahead_of_the_server_is_reset() {
 /// the rows the backfill changes are revalidated.
 #[tokio::test(flavor = "multi_thread")]
 async fn setup_over_an_existing_summary_enqueues_the_tags_it_changes() {
-    let db = Cluster::shared().create_db("existing_summary").await;
-    let c = db.client().await;
-    seed(&c, 1, 3).await;
+    let (db, c) = Cluster::shared().seeded_db("existing_summary", 3).await;
     c.batch_execute(include_str!("../sql/product_summary.sql"))
         .await
         .unwrap();
@@ -251,19 +229,8 @@ async fn setup_over_an_existing_summary_enqueues_the_tags_it_changes() {
     )
     .await
     .unwrap();
-    let env = [
-        ("CDC_REVALIDATE_URLS", "http://127.0.0.1:9/api/revalidate"),
-        ("CDC_REVALIDATE_SECRET", "s"),
-    ];
-    let setup = WorkerProcess::run_to_end(&db, &["setup"], &env);
-    assert!(setup.success, "{}", setup.output);
-    let tags: Vec<String> = c
-        .query("SELECT tag FROM cdc_worker.outbox ORDER BY tag", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    db.setup(&[], &revalidate_env(CLOSED_PORT_URL, "s"));
+    let tags = outbox_tags(&c).await;
     assert!(
         tags.contains(&"product:p1".to_string()) && tags.contains(&"product:p2".to_string()),
         "tags of the changed and the new rows: {tags:?}"
@@ -288,9 +255,7 @@ impl HeldCommits {
     }
 
     async fn on(cluster: Cluster, name: &str, products: i32) -> HeldCommits {
-        let db = cluster.create_db(name).await;
-        let c = db.client().await;
-        seed(&c, 1, products).await;
+        let (db, c) = cluster.seeded_db(name, products).await;
         for sql in [
             "SET synchronous_commit = local".to_string(),
             "ALTER SYSTEM SET synchronous_standby_names = 'nobody'".to_string(),
@@ -363,13 +328,26 @@ async fn inventory_of(c: &Client, product: &str) -> i32 {
     summary_of(c, product).await.unwrap().get::<_, i32>(4)
 }
 
+/// p1's first inventory row set to 500 (p1 shows 14 available before, 504 after).
+const HELD_UPDATE: &str = "UPDATE \"Inventory\" SET quantity = 500 WHERE id = 'inv1-1'";
+
+/// Releases the held [`HELD_UPDATE`]; the summary must show it within 5 s.
+async fn release_held_update(h: &HeldCommits, held: Held) {
+    h.release(held).await;
+    wait_until(
+        Duration::from_secs(5),
+        "the change once visible",
+        || async { inventory_of(&h.c, "p1").await == 497 + 7 },
+    )
+    .await;
+}
+
 /// Postgres streams a transaction once its commit record is flushed, a moment before other
 /// sessions can see it. A recompute in that moment reads the old rows and, since no later
 /// change touches the product, would keep them for good. A held commit keeps that moment
 /// open: the summary must show the change once it is visible, not before.
 async fn a_held_update_is_applied_once_visible(h: &HeldCommits, older_open: bool) {
-    let setup = WorkerProcess::run_to_end(&h.db, &["setup"], &[]);
-    assert!(setup.success, "{}", setup.output);
+    h.db.setup(&[], &[]);
     let _w = WorkerProcess::start(&h.db, &["run"], &[]);
     tokio::time::sleep(Duration::from_millis(500)).await;
     // An older transaction with an xid, left open, keeps xmax below the held commit's xid.
@@ -380,18 +358,10 @@ async fn a_held_update_is_applied_once_visible(h: &HeldCommits, older_open: bool
             .await
             .unwrap();
     }
-    let held = h
-        .hold("UPDATE \"Inventory\" SET quantity = 500 WHERE id = 'inv1-1'")
-        .await;
+    let held = h.hold(HELD_UPDATE).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(inventory_of(&h.c, "p1").await, 14, "not visible yet");
-    h.release(held).await;
-    wait_until(
-        Duration::from_secs(5),
-        "the change once visible",
-        || async { inventory_of(&h.c, "p1").await == 497 + 7 },
-    )
-    .await;
+    release_held_update(h, held).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -445,11 +415,8 @@ async fn a_held_commit_at_xid_epoch_1_is_waited_for() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_recompute_waits_for_commits_before_the_slots_start() {
     let h = HeldCommits::new("settled", 5).await;
-    let setup = WorkerProcess::run_to_end(&h.db, &["setup"], &[]);
-    assert!(setup.success, "{}", setup.output);
-    let held = h
-        .hold("UPDATE \"Inventory\" SET quantity = 500 WHERE id = 'inv1-1'")
-        .await;
+    h.db.setup(&[], &[]);
+    let held = h.hold(HELD_UPDATE).await;
     h.c.execute(
         "SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())",
         &[&h.db.slot()],
@@ -460,13 +427,7 @@ async fn a_recompute_waits_for_commits_before_the_slots_start() {
     w.wait_for_log(Duration::from_secs(20), "reason=\"slot_ahead\"")
         .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    h.release(held).await;
-    wait_until(
-        Duration::from_secs(5),
-        "the change once visible",
-        || async { inventory_of(&h.c, "p1").await == 497 + 7 },
-    )
-    .await;
+    release_held_update(&h, held).await;
     h.finish().await;
 }
 
@@ -475,8 +436,7 @@ async fn a_recompute_waits_for_commits_before_the_slots_start() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_recompute_waits_before_listing_products() {
     let h = HeldCommits::new("recompute_all_visibility", 5).await;
-    let setup = WorkerProcess::run_to_end(&h.db, &["setup"], &[]);
-    assert!(setup.success, "{}", setup.output);
+    h.db.setup(&[], &[]);
     let w = WorkerProcess::start(&h.db, &["run"], &[]);
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Keep apply busy on a first held commit, so the next two arrive in one batch.

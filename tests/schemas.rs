@@ -9,7 +9,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{wait_until, Cluster, TestDb, WorkerProcess};
+use support::{
+    json_report, outbox_tags, revalidate_env, wait_until, Cluster, TestDb, WorkerProcess,
+    CLOSED_PORT_URL,
+};
 use tokio_postgres::Client;
 
 const SNAKE_CONFIG: &str = "config/examples/snake_case/cdc-worker.toml";
@@ -17,10 +20,7 @@ const SNAKE_SCHEMA: &str = include_str!("../config/examples/snake_case/schema.sq
 
 /// Revalidation to a closed port: tags are enqueued (and checked in the outbox) while
 /// delivery keeps retrying.
-const TAGS_ENV: [(&str, &str); 2] = [
-    ("CDC_REVALIDATE_URLS", "http://127.0.0.1:9/api/revalidate"),
-    ("CDC_REVALIDATE_SECRET", "s"),
-];
+const TAGS_ENV: [(&str, &str); 2] = revalidate_env(CLOSED_PORT_URL, "s");
 
 async fn snake_seed(c: &Client, n: i64) {
     c.batch_execute(&format!(
@@ -69,26 +69,9 @@ fn reconcile(db: &TestDb, config: &str) -> serde_json::Value {
         ],
         &[],
     );
-    // The JSON object is printed alone (its braces on their own lines) among the logs.
-    let start = out
-        .output
-        .find("\n{\n")
-        .unwrap_or_else(|| panic!("{}", out.output))
-        + 1;
-    let end = start + out.output[start..].find("\n}").unwrap() + 1;
-    let report: serde_json::Value = serde_json::from_str(&out.output[start..=end])
-        .unwrap_or_else(|e| panic!("{e}: {}", out.output));
+    let report = json_report(&out.output);
     assert!(out.success, "reconcile exit {:?}: {}", out.code, out.output);
     report
-}
-
-async fn outbox_tags(c: &Client) -> Vec<String> {
-    c.query("SELECT DISTINCT tag FROM cdc_worker.outbox", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -97,8 +80,7 @@ async fn a_snake_case_shop_with_bigint_ids() {
     let c = db.client().await;
     c.batch_execute(SNAKE_SCHEMA).await.unwrap();
     snake_seed(&c, 12).await;
-    let setup = WorkerProcess::run_to_end(&db, &["--config", SNAKE_CONFIG, "setup"], &[]);
-    assert!(setup.success, "{}", setup.output);
+    db.setup(&["--config", SNAKE_CONFIG], &[]);
     let n: i64 = c
         .query_one("SELECT count(*) FROM shop.product_summary", &[])
         .await
@@ -262,21 +244,13 @@ async fn a_shop_with_uuid_ids() {
     )
     .await
     .unwrap();
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let query = dir.join(format!("{}.sql", db.name));
+    let query = db.tmp_path(".sql");
     std::fs::write(&query, uuid_query()).unwrap();
-    let config = dir.join(format!("{}.toml", db.name));
-    std::fs::write(
-        &config,
-        format!(
-            "[tables]\nschema = \"uuidshop\"\nsummary_query_file = \"{}\"\n",
-            query.display()
-        ),
-    )
-    .unwrap();
-    let config = config.display().to_string();
-    let setup = WorkerProcess::run_to_end(&db, &["--config", &config, "setup"], &[]);
-    assert!(setup.success, "{}", setup.output);
+    let config = db.config_file(&format!(
+        "[tables]\nschema = \"uuidshop\"\nsummary_query_file = \"{}\"\n",
+        query.display()
+    ));
+    db.setup(&["--config", &config], &[]);
     let types: Vec<String> = c
         .query(
             "SELECT format_type(atttypid, NULL) FROM pg_attribute \
@@ -361,7 +335,7 @@ async fn a_config_that_does_not_fit_is_refused_before_anything_changes() {
     .await
     .unwrap();
     snake_seed(&c, 3).await;
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(&db.name);
+    let dir = db.tmp_path("");
     std::fs::create_dir_all(&dir).unwrap();
     let base = std::fs::read_to_string(SNAKE_CONFIG).unwrap();
     let query = include_str!("../config/examples/snake_case/summary_query.sql");
@@ -454,8 +428,7 @@ async fn a_config_that_does_not_fit_is_refused_before_anything_changes() {
         .get(0);
     assert!(!created, "nothing was created");
     // `run` checks the same at its start: after a good setup, a query that lost a column.
-    let setup = WorkerProcess::run_to_end(&db, &["--config", SNAKE_CONFIG, "setup"], &[]);
-    assert!(setup.success, "{}", setup.output);
+    db.setup(&["--config", SNAKE_CONFIG], &[]);
     let out = WorkerProcess::run_to_end(&db, &["--config", &cases[2].0, "run"], &[]);
     assert_eq!(out.code, Some(2), "{}", out.output);
     assert!(out.output.contains(cases[2].1), "{}", out.output);

@@ -1,15 +1,32 @@
-//! Real parts for the storefront tests: `next start` instances of `nextjs/`, a private
-//! `redis-server`, and reading values out of the rendered HTML. Use with
-//! `mod nextjs_support;` next to `mod support;`.
+//! Real parts for the storefront tests: a database with a storefront's rows, `next start`
+//! instances of `nextjs/`, a private `redis-server`, and reading values out of the rendered
+//! HTML. Use with `mod nextjs_support;` next to `mod support;` (which this module uses as
+//! `crate::support`).
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{free_port, wait_until};
+use crate::support::{free_port, wait_until, Cluster, TestDb};
 
 pub const SECRET: &str = "e2e-secret";
+
+/// Store `store-a` with p1 "Alpha" (USD 1299, 10 on hand and 3 reserved: 7 available) and p2
+/// "Beta" (USD 500, 4 available), without images.
+pub const TWO_PRODUCTS: &str = "INSERT INTO \"Product\"(id, \"storeId\", title) VALUES ('p1', 'store-a', 'Alpha'), ('p2', 'store-a', 'Beta');
+     INSERT INTO \"Price\" VALUES ('u1', 'p1', 'USD', 1299), ('u2', 'p2', 'USD', 500);
+     INSERT INTO \"Inventory\" VALUES ('i1', 'p1', 'l1', 10, 3), ('i2', 'p2', 'l1', 4, 0);";
+
+/// A database on the shared cluster with the storefront's rows `sql` (e.g. [`TWO_PRODUCTS`]),
+/// set up for the worker (`cdc-worker setup`, no worker running), and a client on it.
+pub async fn storefront_db(hint: &str, sql: &str) -> (TestDb, tokio_postgres::Client) {
+    let db = Cluster::shared().create_db(hint).await;
+    let c = db.client().await;
+    c.batch_execute(sql).await.unwrap();
+    db.setup(&[], &[]);
+    (db, c)
+}
 
 pub fn nextjs_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("nextjs")

@@ -1,7 +1,10 @@
 //! Integration-test harness: a Postgres cluster per test run, a fresh database per test,
-//! and a handle on the `cdc-worker` binary as a child process.
+//! and a handle on the `cdc-worker` binary as a child process; and the helpers the test
+//! files share: prepared databases, an in-process revalidation endpoint, state queries,
+//! metrics scrapes.
 //!
-//! Use it from a `tests/*.rs` file with `mod support;`.
+//! Use it from a `tests/*.rs` file with `mod support;`. A helper a second test file needs
+//! belongs here (or in `tests/nextjs_support/` for the storefront's), not in a copy.
 //!
 //! The local cluster is defined once, in `scripts/test-cluster.sh`; this module shells out to
 //! it. Set `CDC_TEST_DATABASE_URL` (a `postgresql://` URL of a superuser on a server with
@@ -18,6 +21,10 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio_postgres::NoTls;
+
+mod endpoint;
+#[allow(unused_imports)] // each test binary uses a different part
+pub use endpoint::{revalidate_env, Answer, Delivery, Endpoint, CLOSED_PORT_URL};
 
 /// The reference source schema (the shop's tables) loaded into every test database.
 pub const SOURCE_SCHEMA_SQL: &str = include_str!("../../sql/source_schema.sql");
@@ -970,6 +977,152 @@ pub async fn summary_of(c: &tokio_postgres::Client, product: &str) -> Option<tok
     )
     .await
     .unwrap()
+}
+
+// ---- Prepared test databases ----------------------------------------------------------
+
+impl Cluster {
+    /// A fresh database ([`Cluster::create_db`]) with products p1..=p{products} ([`seed`]),
+    /// and a client on it. Not set up: see [`Cluster::prepared_db`].
+    pub async fn seeded_db(&self, hint: &str, products: i32) -> (TestDb, tokio_postgres::Client) {
+        let db = self.create_db(hint).await;
+        let c = db.client().await;
+        seed(&c, 1, products).await;
+        (db, c)
+    }
+
+    /// [`Cluster::seeded_db`], then `cdc-worker setup` ([`TestDb::setup`]): the summary is
+    /// backfilled and the slot exists; no worker runs yet.
+    pub async fn prepared_db(&self, hint: &str, products: i32) -> (TestDb, tokio_postgres::Client) {
+        let (db, c) = self.seeded_db(hint, products).await;
+        db.setup(&[], &[]);
+        (db, c)
+    }
+}
+
+impl TestDb {
+    /// Runs `cdc-worker ARGS setup` against this database to its end and panics with its
+    /// output unless it succeeded. `args` are the global options (`--config PATH`), `env` as
+    /// for [`WorkerProcess::start`]. Returns the run, for what a test checks in its output.
+    pub fn setup(&self, args: &[&str], env: &[(&str, &str)]) -> Finished {
+        let args: Vec<&str> = args.iter().copied().chain(["setup"]).collect();
+        let out = WorkerProcess::run_to_end(self, &args, env);
+        assert!(out.success, "setup failed:\n{}", out.output);
+        out
+    }
+
+    /// `target/tmp/<database name><suffix>`: a path of this test's own (the database name is
+    /// unique) for a file or directory it hands the worker.
+    pub fn tmp_path(&self, suffix: &str) -> PathBuf {
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}{suffix}", self.name))
+    }
+
+    /// Writes `toml` to a config file of this test's own (`target/tmp/<database name>.toml`)
+    /// and returns its path, for `--config`.
+    pub fn config_file(&self, toml: &str) -> String {
+        let path = self.tmp_path(".toml");
+        fs::write(&path, toml).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        path.display().to_string()
+    }
+}
+
+// ---- The worker's state and reports --------------------------------------------------------
+
+/// The slot's confirmed flush LSN (as a number), if the slot exists.
+pub async fn slot_confirmed(c: &tokio_postgres::Client, slot: &str) -> Option<u64> {
+    c.query_opt(
+        "SELECT (confirmed_flush_lsn - '0/0')::int8 FROM pg_replication_slots WHERE slot_name = $1",
+        &[&slot],
+    )
+    .await
+    .unwrap()
+    .map(|r| r.get::<_, i64>(0) as u64)
+}
+
+/// How many replication slots are named `slot` (of any database): 0 or 1.
+pub async fn slot_count(c: &tokio_postgres::Client, slot: &str) -> i64 {
+    c.query_one(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+        &[&slot],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// The tags waiting in the worker's outbox (`cdc_worker.outbox`), sorted, repeats included.
+pub async fn outbox_tags(c: &tokio_postgres::Client) -> Vec<String> {
+    c.query("SELECT tag FROM cdc_worker.outbox ORDER BY tag", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// How many tags wait in the worker's outbox (`cdc_worker.outbox`).
+pub async fn outbox_len(c: &tokio_postgres::Client) -> i64 {
+    c.query_one("SELECT count(*) FROM cdc_worker.outbox", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// How many rows the summary table (`"ProductSummary"`) has.
+pub async fn summary_rows(c: &tokio_postgres::Client) -> i64 {
+    c.query_one("SELECT count(*) FROM \"ProductSummary\"", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// The report a `--json` command (`reconcile --json`) prints among the log lines of its
+/// output: the pretty-printed object from a line `{` to the next line `}`. Panics with the
+/// output if there is none.
+pub fn json_report(output: &str) -> serde_json::Value {
+    let lines: Vec<&str> = output.lines().collect();
+    let start = lines.iter().position(|l| *l == "{");
+    let end = start.and_then(|s| lines[s..].iter().position(|l| *l == "}").map(|n| s + n));
+    let (Some(start), Some(end)) = (start, end) else {
+        panic!("no JSON report in the output:\n{output}");
+    };
+    serde_json::from_str(&lines[start..=end].join("\n"))
+        .unwrap_or_else(|e| panic!("no JSON report in the output ({e}):\n{output}"))
+}
+
+// ---- The worker's metrics listener (CDC_METRICS_ADDR) --------------------------------------
+
+/// GET `http://{addr}{path}` with `http`: the status and the body.
+pub async fn scrape(http: &reqwest::Client, addr: &str, path: &str) -> (u16, String) {
+    let resp = http
+        .get(format!("http://{addr}{path}"))
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+/// The body of `http://{addr}/metrics`, whatever the status.
+pub async fn metrics_text(addr: &str) -> String {
+    scrape(&reqwest::Client::new(), addr, "/metrics").await.1
+}
+
+/// The value of the first sample in `metrics` whose line starts with `series`: a name and a
+/// space (`"cdc_leader "`), a name and its labels, or a name's prefix.
+pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The value of the unlabelled metric `name` at `http://{addr}/metrics`; panics with the
+/// metrics if there is none.
+pub async fn metric(addr: &str, name: &str) -> f64 {
+    let text = metrics_text(addr).await;
+    metric_value(&text, &format!("{name} "))
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
 }
 
 // ---- A TCP proxy between the worker and Postgres ----------------------------------------
