@@ -41,6 +41,7 @@ pub fn is_transient(err: &anyhow::Error) -> bool {
                 pgwire_replication::PgWireError::Server(msg) => {
                     sqlstate_of(msg).is_some_and(is_transient_sqlstate)
                 }
+                pgwire_replication::PgWireError::Tls(msg) => is_cut_handshake(msg),
                 e => e.is_transient(),
             };
         }
@@ -59,6 +60,22 @@ fn is_transient_sqlstate(code: &str) -> bool {
         || code == "40P01" // deadlock
         || code == "55006" // object in use: the slot is held by another walsender
         || code == "55P03" // lock not available
+}
+
+/// A TLS handshake that the network ended (a proxy or a restart cutting the connection
+/// mid-handshake) rather than one the server's certificate or settings refused. The
+/// transport gives only text (`TLS handshake failed: <io error>`), and the io error of a
+/// cut says so: end of file, reset, broken pipe, timeout. A certificate problem names the
+/// certificate and stays definite (retrying would never fix it).
+fn is_cut_handshake(msg: &str) -> bool {
+    let Some(why) = msg.strip_prefix("TLS handshake failed: ") else {
+        return false;
+    };
+    let why = why.to_ascii_lowercase();
+    !why.contains("certificate")
+        && ["eof", "reset", "broken pipe", "timed out", "aborted"]
+            .iter()
+            .any(|w| why.contains(w))
 }
 
 /// pgwire-replication renders server errors as "message (SQLSTATE xxxxx)".
@@ -85,5 +102,18 @@ mod tests {
         ));
         assert!(!is_transient(&missing));
         assert!(!is_transient(&anyhow::anyhow!("something odd")));
+        // A proxy cut during the handshake (seen in tests/faults.rs): reconnect.
+        let cut = |m: &str| anyhow::Error::new(pgwire_replication::PgWireError::Tls(m.into()));
+        assert!(is_transient(&cut(
+            "TLS handshake failed: tls handshake eof"
+        )));
+        assert!(is_transient(&cut(
+            "TLS handshake failed: Connection reset by peer (os error 104)"
+        )));
+        // The server's certificate is not trusted: no retry fixes that.
+        assert!(!is_transient(&cut(
+            "TLS handshake failed: invalid peer certificate: UnknownIssuer"
+        )));
+        assert!(!is_transient(&cut("server does not support TLS")));
     }
 }
