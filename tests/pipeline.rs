@@ -619,6 +619,44 @@ async fn a_delete_without_product_id_recomputes_everything() {
     );
 }
 
+/// Issue 18, item 6: images that belong to no product (a nullable `productId`). Their
+/// delete carries the whole old row (REPLICA IDENTITY FULL) with a NULL product id: no
+/// product to recompute, and nothing wrong with the replica identity. It used to be taken
+/// for a missing id: every product recomputed, and the log blamed the identity.
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_rows_of_no_product_recomputes_nothing() {
+    let (_db, c, w) = started("null_product", 20).await;
+    w.wait_for_log(Duration::from_secs(20), "streaming").await;
+    c.batch_execute(
+        "ALTER TABLE \"ProductImage\" ALTER COLUMN \"productId\" DROP NOT NULL;
+         INSERT INTO \"ProductImage\" (id, \"productId\", url) \
+           SELECT 'loose' || g, NULL, 'https://cdn/loose.jpg' FROM generate_series(1, 3) g;
+         DELETE FROM \"ProductImage\" WHERE \"productId\" IS NULL;",
+    )
+    .await
+    .unwrap();
+    // Batches are applied in order: once this later change is in, so is the delete.
+    c.batch_execute("UPDATE \"Product\" SET title = 'after' WHERE id = 'p5'")
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), "the later change", || async {
+        summary_of(&c, "p5").await.unwrap().get::<_, String>(1) == "after"
+    })
+    .await;
+    assert_eq!(drift(&c).await, 0);
+    let log = w.output();
+    assert!(
+        !log.contains("recomputing every product") && !log.contains("recomputed every product"),
+        "a row of no product made the worker recompute every product:\n{}",
+        w.log_tail(20)
+    );
+    assert!(
+        !log.contains("carried no product id"),
+        "the log blames the replica identity:\n{}",
+        w.log_tail(20)
+    );
+}
+
 /// Sums `key=N` over the worker's "applied batch" lines.
 fn batch_total(log: &str, key: &str) -> usize {
     log.lines()
