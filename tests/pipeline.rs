@@ -418,6 +418,51 @@ async fn runs_as_a_non_superuser_over_tls() {
     assert!(!w.output().contains("pw-s3cret"), "password in logs");
 }
 
+/// Issue 18, item 7: `DATABASE_URL` with `/`, `?` or `#` in the password, written raw (the
+/// worker's connections read the userinfo up to the first `@`): setup and run connect with
+/// it, query and replication connection alike, and neither they nor an error after an
+/// `sslmode` typo show any of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_password_with_url_delimiters_connects_and_never_shows() {
+    let db = Cluster::shared().create_db("url_delims").await;
+    let c = db.client().await;
+    seed(&c, 1, 5).await;
+    let (url, role) = least_privilege_role(&db, &c).await;
+    let mut w = None;
+    for ch in ['/', '?', '#'] {
+        let password = format!("Zq{ch}Xv9");
+        db.create_role(&role, &password).await;
+        let encoded = format!("Zq%{:02X}Xv9", ch as u8);
+        let raw = url.replacen("pw-s3cret", &password, 1);
+        let raw = raw.replacen(&encoded, &password, 1);
+        assert!(raw.contains(&format!(":{password}@")), "{raw}");
+        let env = [("DATABASE_URL", raw.as_str())];
+        let setup = WorkerProcess::run_to_end(&db, &["setup"], &env);
+        assert!(setup.success, "{ch:?}: {}", setup.output);
+        let typo = format!("{raw}?sslmode=requir");
+        let bad = WorkerProcess::run_to_end(&db, &["setup"], &[("DATABASE_URL", typo.as_str())]);
+        assert!(!bad.success, "{ch:?}: {}", bad.output);
+        assert!(
+            bad.output.contains("sslmode=requir"),
+            "{ch:?}: {}",
+            bad.output
+        );
+        for out in [&setup.output, &bad.output] {
+            assert!(!out.contains("Zq") && !out.contains("Xv9"), "{ch:?}: {out}");
+        }
+        if ch == '#' {
+            w = Some(WorkerProcess::start(&db, &["run"], &env));
+        }
+    }
+    let w = w.unwrap();
+    c.batch_execute("UPDATE \"Inventory\" SET quantity = 2 WHERE id = 'inv1-1'")
+        .await
+        .unwrap();
+    wait_converged(&c, "a change streamed over the replication connection").await;
+    let log = w.output();
+    assert!(!log.contains("Zq") && !log.contains("Xv9"), "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_fails_clearly_before_touching_anything() {
     let db = Cluster::shared().create_db("bad_input").await;
