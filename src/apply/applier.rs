@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::error::definite;
 use crate::outbox::tags::{TagTemplates, Tags, Touched};
 use crate::pg::connect::Database;
-use crate::pg::snapshot::Snapshot;
+use crate::pg::snapshot::Seen;
 use crate::shop::layout::Layout;
 use crate::shop::sql;
 use crate::state::{self, checkpoint, locks, outbox};
@@ -189,7 +189,7 @@ impl Applier {
         xids: &[u32],
         lsn: Option<Lsn>,
         commit_time: Option<SystemTime>,
-    ) -> anyhow::Result<(Applied, Option<Snapshot>)> {
+    ) -> anyhow::Result<(Applied, Option<Seen>)> {
         let part_size = self.page_size as usize;
         if ids.len() <= part_size {
             return self.apply_part(ids, xids, lsn, commit_time).await;
@@ -215,7 +215,7 @@ impl Applier {
         xids: &[u32],
         lsn: Option<Lsn>,
         commit_time: Option<SystemTime>,
-    ) -> anyhow::Result<(Applied, Option<Snapshot>)> {
+    ) -> anyhow::Result<(Applied, Option<Seen>)> {
         // READ COMMITTED whatever the database's default: the visibility wait needs a
         // new snapshot per statement (under REPEATABLE READ it would never end), and the
         // recompute must read what is committed now.

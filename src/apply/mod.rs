@@ -24,7 +24,7 @@ use covered::Covered;
 
 use crate::config::Config;
 use crate::ops::metrics::Metrics;
-use crate::pg::snapshot::Snapshot;
+use crate::pg::snapshot::Seen;
 use crate::stream::batch::Batch;
 use crate::stream::Handover;
 
@@ -37,7 +37,7 @@ pub fn spawn(
     mut applier: Applier,
     cfg: &Config,
     metrics: Arc<Metrics>,
-    passes: watch::Sender<Option<Snapshot>>,
+    passes: watch::Sender<Option<Seen>>,
     enqueued: Arc<watch::Sender<u64>>,
     held: watch::Sender<u64>,
 ) -> (Handover, tokio::task::JoinHandle<()>) {
@@ -77,17 +77,20 @@ async fn apply_batch(
     applier: &mut Applier,
     covered: &mut Covered,
     bulk: &Bulk,
-    passes: &watch::Sender<Option<Snapshot>>,
+    passes: &watch::Sender<Option<Seen>>,
     batch: Batch,
     metrics: &Metrics,
 ) -> anyhow::Result<(Applied, Option<Lsn>)> {
     let commit = batch.commit_time();
     let oldest = batch.oldest_commit_time();
+    let last_commit = batch.last_commit_lsn;
+    // Past what the covered set's snapshot may judge: it covers no batch from here on.
+    covered.passed(last_commit);
     let mut skipped = 0;
     // Not when an earlier pass already saw all of the batch: nothing to recompute then
     // (and no catalog estimate to read).
     let every = batch.all.is_some()
-        || (!covered.saw_all(&batch.xids)
+        || (!covered.saw_all(&batch.xids, last_commit)
             && match bulk.escalates(applier.client(), batch.len()).await? {
                 Some(why) => {
                     tracing::info!(reason = %why, "recomputing every product");
@@ -117,9 +120,9 @@ async fn apply_batch(
         );
         a
     } else {
-        let extends = covered.covers(&batch.xids);
+        let extends = covered.covers(&batch.xids, last_commit);
         let mut ids = covered
-            .to_recompute(applier.client(), batch.ids.iter(), &batch.xids)
+            .to_recompute(applier.client(), batch.ids.iter(), &batch.xids, last_commit)
             .await?;
         skipped = batch.ids.len() - ids.len();
         let (applied, seen) = applier

@@ -112,8 +112,9 @@ struct LoopState {
     /// A batch is with apply. Apply takes one at a time, in order, so a batch handed over
     /// later is applied after every earlier one committed.
     in_flight: bool,
-    /// The transaction being received, between its Begin and its Commit.
-    open_xid: Option<u32>,
+    /// The transaction being received, between its Begin and its Commit: its xid and
+    /// where its commit record begins (Begin's `final_lsn`).
+    open: Option<(u32, Lsn)>,
     /// The last checkpoint apply committed, acknowledged to the slot. Only moves forward.
     acked: Lsn,
     /// Shutdown was asked for: nothing more is read, the batch in flight is finished.
@@ -134,7 +135,7 @@ impl LoopState {
         LoopState {
             batch: Batch::default(),
             in_flight: false,
-            open_xid: None,
+            open: None,
             acked: start,
             stopping: false,
             last_idle_advance: Instant::now(),
@@ -159,7 +160,7 @@ impl LoopState {
     /// Nothing received is unapplied: no open transaction, no batch with apply, nothing in
     /// the batch. Only then may the checkpoint move past what apply stored.
     fn is_idle(&self) -> bool {
-        let idle = self.open_xid.is_none() && !self.in_flight && self.batch.is_empty();
+        let idle = self.open.is_none() && !self.in_flight && self.batch.is_empty();
         // `Batch::is_empty` does not look at the xids it carries. A batch carries an xid
         // without a commit only while that transaction is open (a cut carries it on), so an
         // idle batch carries none, and moving the checkpoint skips no transaction.
@@ -172,8 +173,8 @@ impl LoopState {
     fn hand_over(&mut self) -> Batch {
         debug_assert!(!self.in_flight, "one batch with apply at a time");
         let batch = self.batch.take();
-        if let Some(xid) = self.open_xid {
-            self.batch.begin(xid);
+        if let Some((xid, final_lsn)) = self.open {
+            self.batch.begin(xid, final_lsn);
         }
         self.in_flight = true;
         batch
@@ -193,17 +194,17 @@ impl LoopState {
     fn on_event(&mut self, event: ReplicationEvent, metrics: &Metrics) -> anyhow::Result<()> {
         self.heard = Deadline::now();
         match event {
-            ReplicationEvent::Begin { xid, .. } => {
-                debug_assert!(self.open_xid.is_none(), "Begin inside a transaction");
-                self.open_xid = Some(xid);
-                self.batch.begin(xid);
+            ReplicationEvent::Begin { xid, final_lsn, .. } => {
+                debug_assert!(self.open.is_none(), "Begin inside a transaction");
+                self.open = Some((xid, final_lsn));
+                self.batch.begin(xid, final_lsn);
             }
             ReplicationEvent::Commit {
                 end_lsn,
                 commit_time_micros,
                 ..
             } => {
-                self.open_xid = None;
+                self.open = None;
                 self.batch.commit(end_lsn, commit_time_micros);
             }
             ReplicationEvent::XLogData { data, .. } => self.on_change(&data, metrics)?,
@@ -230,7 +231,7 @@ impl LoopState {
         match route {
             Route::None => {}
             // A pass over every product saw this transaction: nothing to mark.
-            Route::Products(..) if self.passes.saw(self.open_xid) => self.batch.covered += 1,
+            Route::Products(..) if self.passes.saw(self.open) => self.batch.covered += 1,
             Route::Products(old, new) => {
                 for id in old.into_iter().chain(new) {
                     self.batch.mark(id);
