@@ -159,6 +159,15 @@ impl Applier {
         &self.client
     }
 
+    /// Keeps the leader's session from looking idle to the server between batches (see
+    /// `apply::spawn`): an empty query, the least a server can be sent.
+    pub async fn keep_alive(&self) -> anyhow::Result<()> {
+        self.client
+            .batch_execute("")
+            .await
+            .context("keeping the leader's session alive between batches")
+    }
+
     /// Recomputes `ids` and, when `lsn` is given, moves the checkpoint there. Up to
     /// `batch.max_products` ids take one transaction; more are applied in parts, sorted so
     /// each part walks the indexes in order, and the checkpoint moves with the last part

@@ -234,12 +234,18 @@ impl Database {
         )
         .with_port(self.port)
         .with_tls(tls)
-        .with_application_name(format!("cdc-worker/{slot}"))
+        .with_application_name(replication_application(slot))
     }
 
     fn rustls_config(&self) -> rustls::ClientConfig {
         (*self.tls).clone()
     }
+}
+
+/// The `application_name` of the replication connection of `slot` (how the server's views
+/// tell its walsender apart).
+pub fn replication_application(slot: &str) -> String {
+    format!("cdc-worker/{slot}")
 }
 
 /// The rustls settings for `ssl`: what libpq's sslmode means, with the CA certificates of
