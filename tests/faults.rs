@@ -392,6 +392,14 @@ async fn a_silent_network_cut_hands_over_within_30s() {
     p.cut();
 }
 
+/// A config file of `db`'s own with `batch.heartbeat_secs = 1`: three silent heartbeats
+/// take 3 s.
+fn heartbeat_of_1s(db: &TestDb) -> String {
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.toml", db.name));
+    std::fs::write(&path, "[batch]\nheartbeat_secs = 1\n").unwrap();
+    path.display().to_string()
+}
+
 /// Issue 18, item 2: after a restart the walsender re-reads a large transaction from the
 /// slot's restart point and sends nothing until it reaches its commit. With a heartbeat of
 /// 1 s, that silence used to end the session after 3 s ("the connection is dead"), and the
@@ -402,10 +410,7 @@ async fn a_silent_network_cut_hands_over_within_30s() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_long_silent_decode_is_waited_for() {
     let (db, c) = prepared(Cluster::shared(), "long_decode", 20).await;
-    let config =
-        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.toml", db.name));
-    std::fs::write(&config, "[batch]\nheartbeat_secs = 1\n").unwrap();
-    let config = config.display().to_string();
+    let config = heartbeat_of_1s(&db);
     // With the worker stopped: a transaction the walsender needs well over 3 heartbeats to
     // decode (1.5M rows of a table outside the publication: ~13 s on the 2-core machine
     // this was written on), ending with a change the summary must show.
@@ -470,10 +475,7 @@ async fn a_long_silent_decode_is_waited_for() {
 async fn a_silent_cut_is_still_a_dead_connection() {
     let cluster = Cluster::shared();
     let (db, _c) = prepared(cluster, "silent_dead", 5).await;
-    let config =
-        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.toml", db.name));
-    std::fs::write(&config, "[batch]\nheartbeat_secs = 1\n").unwrap();
-    let config = config.display().to_string();
+    let config = heartbeat_of_1s(&db);
     let p = Proxy::start(cluster.port).await;
     let via_proxy = p.url(&db.url, cluster.port);
     let w = WorkerProcess::start(

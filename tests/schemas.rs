@@ -82,13 +82,18 @@ fn reconcile(db: &TestDb, config: &str) -> serde_json::Value {
     report
 }
 
-async fn outbox_tags(c: &Client) -> Vec<String> {
-    c.query("SELECT DISTINCT tag FROM cdc_worker.outbox", &[])
+/// The first column of every row of `sql`.
+async fn column<T: for<'a> tokio_postgres::types::FromSql<'a>>(c: &Client, sql: &str) -> Vec<T> {
+    c.query(sql, &[])
         .await
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect()
+}
+
+async fn outbox_tags(c: &Client) -> Vec<String> {
+    column(c, "SELECT DISTINCT tag FROM cdc_worker.outbox").await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -247,16 +252,12 @@ fn snake_config_with_pages(name: &str, n: usize) -> String {
 }
 
 async fn products_with_stock(c: &Client) -> Vec<i64> {
-    c.query(
+    column(
+        c,
         "SELECT product_id FROM shop.product_summary WHERE inventory_available <> 0 \
          ORDER BY product_id",
-        &[],
     )
     .await
-    .unwrap()
-    .iter()
-    .map(|r| r.get(0))
-    .collect()
 }
 
 /// Issue 18, item 1: a pass over every product lists its pages with keyset paging in the id

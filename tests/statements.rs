@@ -33,6 +33,16 @@ fn schema_with_ids(id_type: &str) -> String {
     sql
 }
 
+/// A database whose shop has ids of SQL type `id_type` (`hint` names it).
+async fn db_with_ids(hint: &str, id_type: &str) -> (support::TestDb, Client) {
+    let db = Cluster::shared()
+        .create_db(&format!("{hint}_{}", id_type.to_lowercase()))
+        .await;
+    let c = db.client().await;
+    c.batch_execute(&schema_with_ids(id_type)).await.unwrap();
+    (db, c)
+}
+
 /// Loads the layout, creates the summary table the way `setup` does, and prepares every
 /// statement family; returns how many were prepared.
 async fn prepare_every_family(c: &tokio_postgres::Client, cfg: &Config) -> usize {
@@ -59,11 +69,7 @@ async fn prepare_every_family(c: &tokio_postgres::Client, cfg: &Config) -> usize
 #[tokio::test(flavor = "multi_thread")]
 async fn every_family_prepares_for_each_id_type() {
     for id_type in ["TEXT", "INTEGER", "BIGINT", "UUID"] {
-        let db = Cluster::shared()
-            .create_db(&format!("stmts_{}", id_type.to_lowercase()))
-            .await;
-        let c = db.client().await;
-        c.batch_execute(&schema_with_ids(id_type)).await.unwrap();
+        let (_db, c) = db_with_ids("stmts", id_type).await;
         let cfg = Config::default();
         let prepared = prepare_every_family(&c, &cfg).await;
         assert!(prepared >= 10, "only {prepared} families for {id_type}");
@@ -303,11 +309,7 @@ fn positions(order: &[String], ids: &[String]) -> Vec<usize> {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_paging_family_enumerates_each_id_once_in_the_types_order() {
     for id_type in ["TEXT", "INTEGER", "BIGINT", "UUID"] {
-        let db = Cluster::shared()
-            .create_db(&format!("paging_{}", id_type.to_lowercase()))
-            .await;
-        let c = db.client().await;
-        c.batch_execute(&schema_with_ids(id_type)).await.unwrap();
+        let (db, c) = db_with_ids("paging", id_type).await;
         let mut cfg = Config::default();
         prepare_every_family(&c, &cfg).await;
         let layout = Layout::load(&c, &cfg).await.unwrap();
