@@ -305,8 +305,9 @@ impl Config {
             .map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
         toml::from_str(&text).map_err(|e| {
             bad(format!(
-                "{} is not a valid config file: {e}(see config/cdc-worker.toml for every key)",
-                path.display()
+                "{} is not a valid config file: {} (see config/cdc-worker.toml for every key)",
+                path.display(),
+                describe_toml_error(&text, &e)
             ))
         })
     }
@@ -486,6 +487,66 @@ impl Config {
     pub fn heartbeat(&self) -> Duration {
         Duration::from_secs(self.batch.heartbeat_secs)
     }
+}
+
+/// A TOML error as line, column, the key the line sets and the parser's message, without
+/// the source line the parser would quote under it: the line may be `database_url`'s or
+/// `revalidate.secret`'s, and an error goes to stderr and the journal. Quoted values in
+/// the message ("invalid type: string \"...\"") are left out for the same reason.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = scrub_quoted(&e.message().trim().replace('\n', "; "));
+    let Some(span) = e.span() else {
+        return message;
+    };
+    let start = span.start.min(text.len());
+    let before = &text[..start];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    let line_text = text[line_start..].lines().next().unwrap_or_default();
+    // Only a bare key followed by `=`: anything else on the line could be a value.
+    let key: String = line_text
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        .collect();
+    let sets_key = !key.is_empty()
+        && line_text.trim_start()[key.len()..]
+            .trim_start()
+            .starts_with('=');
+    if sets_key {
+        format!("line {line}, column {column} (key {key}): {message}")
+    } else {
+        format!("line {line}, column {column}: {message}")
+    }
+}
+
+/// `text` with the value of every `string "..."` (how serde shows a string it did not
+/// expect) replaced by `"..."`.
+fn scrub_quoted(text: &str) -> String {
+    const MARK: &str = "string \"";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(MARK) {
+        out.push_str(&rest[..i + MARK.len()]);
+        // Skip to the closing quote (a backslash escapes the next character).
+        let mut escaped = false;
+        let mut end = rest.len();
+        for (j, d) in rest[i + MARK.len()..].char_indices() {
+            if escaped {
+                escaped = false;
+            } else if d == '\\' {
+                escaped = true;
+            } else if d == '"' {
+                end = i + MARK.len() + j + 1;
+                break;
+            }
+        }
+        out.push_str("...\"");
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `raw` as one http(s) URL in normal form (scheme and host lowercase, default port and
@@ -729,6 +790,61 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("min_interval_ms"), "{err}");
+    }
+
+    /// Issue 18: a TOML syntax error quoted the offending line, a mistyped `database_url`
+    /// or `secret` line included, on stderr and in the journal.
+    #[test]
+    fn a_toml_error_names_line_and_column_but_quotes_nothing() {
+        for (name, text, line, key) in [
+            (
+                "url-unterminated.toml",
+                "slot = \"s\"\ndatabase_url = \"postgresql://app:Zq/Xv9@db/shop\n",
+                2,
+                Some("database_url"),
+            ),
+            (
+                "url-no-equals.toml",
+                "database_url \"postgresql://app:Zq?Xv9@db/shop\"\n",
+                1,
+                None,
+            ),
+            (
+                "secret-bad-escape.toml",
+                "[revalidate]\nsecret = \"Zq\\qXv9\"\n",
+                2,
+                Some("secret"),
+            ),
+            (
+                "secret-wrong-type.toml",
+                "[revalidate]\nurls = \"https://u:ZqXv9@shop/api\"\n",
+                2,
+                Some("urls"),
+            ),
+        ] {
+            let err = with_file(name, text).unwrap_err().to_string();
+            assert!(
+                !err.contains("Zq") && !err.contains("Xv9"),
+                "{name}: the secret is in: {err}"
+            );
+            assert!(
+                err.contains(&format!("line {line}, column ")),
+                "{name}: {err}"
+            );
+            if let Some(key) = key {
+                assert!(err.contains(&format!("(key {key})")), "{name}: {err}");
+            }
+            assert!(!err.contains('\n'), "{name}: one line: {err}");
+        }
+    }
+
+    #[test]
+    fn scrubs_quoted_values() {
+        assert_eq!(
+            scrub_quoted("invalid type: string \"a\\\"b\", expected a sequence"),
+            "invalid type: string \"...\", expected a sequence"
+        );
+        assert_eq!(scrub_quoted("unknown field `x`"), "unknown field `x`");
     }
 
     #[test]

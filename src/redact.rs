@@ -19,51 +19,128 @@ const PLAIN_PARAMS: &[&str] = &[
 ///   everywhere) and its password becomes `***`; any other URL's whole userinfo becomes
 ///   `***`, because over HTTP a lone user name is often a token;
 /// - query: every value becomes `***` except those of [`PLAIN_PARAMS`];
-/// - fragment: dropped.
+/// - fragment (not Postgres URLs, which have none): dropped.
+///
+/// A Postgres URL is read the way the worker's connections read it ([`PostgresUrl`]): the
+/// userinfo runs to the first `@`, whatever comes before it, so a password with `/`, `?`
+/// or `#` in it (`postgresql://app:pa/ss@db/shop` connects) is hidden whole.
 ///
 /// Applying it twice gives the same string, so a redacted URL can serve as a stable key.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "<not a URL>".into();
     };
+    if let Some(pg) = PostgresUrl::split(url) {
+        let authority = match pg.userinfo {
+            // A raw `@` in the password: where it ends is anyone's guess, so nothing of
+            // the userinfo is shown (the parser refuses such a URL).
+            Some(_) if pg.ambiguous => "***@".to_string(),
+            Some(userinfo) => match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***@"),
+                None => format!("{userinfo}@"),
+            },
+            None => String::new(),
+        };
+        let query = pg.query.map(|q| format!("?{}", redact_query(q)));
+        return format!(
+            "{scheme}://{authority}{}{}",
+            pg.host_path,
+            query.unwrap_or_default()
+        );
+    }
+    if rest.contains('@') && reqwest::Url::parse(url).is_err() {
+        // Not a valid URL, so no rule says where its userinfo ends (a password with a
+        // `/`, `?` or `#` in it breaks the URL): show nothing after the scheme.
+        return format!("{scheme}://***");
+    }
     let rest = rest.split('#').next().unwrap_or_default();
     let (authority, tail) = match rest.find(['/', '?']) {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
     };
-    let postgres = matches!(
-        scheme.to_ascii_lowercase().as_str(),
-        "postgres" | "postgresql"
-    );
     let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) if postgres => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            if userinfo.contains(':') {
-                format!("{user}:***@{host}")
-            } else {
-                format!("{user}@{host}")
-            }
-        }
         Some((_, host)) => format!("***@{host}"),
         None => authority.to_string(),
     };
     let tail = match tail.split_once('?') {
-        Some((path, q)) => {
-            let q: Vec<String> = q
-                .split('&')
-                .map(|p| match p.split_once('=') {
-                    Some((k, _)) if PLAIN_PARAMS.contains(&k) => p.to_string(),
-                    Some((k, _)) => format!("{k}=***"),
-                    None if p.is_empty() => String::new(),
-                    // A bare `?token` is as secret as a value.
-                    None => "***".to_string(),
-                })
-                .collect();
-            format!("{path}?{}", q.join("&"))
-        }
+        Some((path, q)) => format!("{path}?{}", redact_query(q)),
         None => tail.to_string(),
     };
     format!("{scheme}://{authority}{tail}")
+}
+
+/// A query string with every value but those of [`PLAIN_PARAMS`] as `***`.
+fn redact_query(q: &str) -> String {
+    q.split('&')
+        .map(|p| match p.split_once('=') {
+            Some((k, _)) if PLAIN_PARAMS.contains(&k) => p.to_string(),
+            Some((k, _)) => format!("{k}=***"),
+            None if p.is_empty() => String::new(),
+            // A bare `?token` is as secret as a value.
+            None => "***".to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The parts of a `postgres://` or `postgresql://` URL, split the way tokio-postgres (the
+/// worker's query connections) reads one: the userinfo is everything before the first
+/// `@` (a password may hold `/`, `?` and `#`, which a WHATWG URL parser would take for
+/// the end of the authority), then the host and path up to the first `?`, then the query.
+/// `pg::connect` parses with this split and redaction shows with it, so what is hidden
+/// is exactly what is sent as the password.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PostgresUrl<'a> {
+    /// `postgres` or `postgresql`, as written.
+    pub scheme: &'a str,
+    /// `user[:password]`, still percent-encoded.
+    pub userinfo: Option<&'a str>,
+    /// Another `@` follows the first one before the query: a raw `@` in the user name or
+    /// password (the userinfo then runs to the last one, so nothing of it is shown), which
+    /// has to be written `%40` for the URL to mean what it says.
+    pub ambiguous: bool,
+    /// `host[:port][/database]`.
+    pub host_path: &'a str,
+    /// What follows the first `?` after the userinfo.
+    pub query: Option<&'a str>,
+}
+
+impl<'a> PostgresUrl<'a> {
+    /// `None` when `url` is not a Postgres URL.
+    pub fn split(url: &'a str) -> Option<PostgresUrl<'a>> {
+        let (scheme, rest) = url.split_once("://")?;
+        if !matches!(
+            scheme.to_ascii_lowercase().as_str(),
+            "postgres" | "postgresql"
+        ) {
+            return None;
+        }
+        let (mut userinfo, mut after) = match rest.split_once('@') {
+            Some((u, a)) => (Some(u), a),
+            None => (None, rest),
+        };
+        let mut ambiguous = false;
+        if userinfo.is_some() {
+            let before_query = after.split('?').next().unwrap_or_default();
+            if let Some(i) = before_query.rfind('@') {
+                ambiguous = true;
+                let end = rest.len() - after.len() + i;
+                userinfo = Some(&rest[..end]);
+                after = &rest[end + 1..];
+            }
+        }
+        let (host_path, query) = match after.split_once('?') {
+            Some((h, q)) => (h, Some(q)),
+            None => (after, None),
+        };
+        Some(PostgresUrl {
+            scheme,
+            userinfo,
+            ambiguous,
+            host_path,
+            query,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -77,6 +154,77 @@ mod tests {
             "postgresql://a:***@h:1/d?password=***&sslmode=require"
         );
         assert_eq!(redact_url("postgres://h/d"), "postgres://h/d");
+    }
+
+    /// Issue 18: `postgresql://app:pa/ss@db/shop` connects (the userinfo runs to the first
+    /// `@`), and was shown whole; with `?` or `#` the part before it was shown.
+    #[test]
+    fn a_password_with_url_delimiters_is_hidden_whole() {
+        for c in ['/', '?', '#', ':', '%', '&', '='] {
+            let url = format!("postgresql://app:Zq{c}Xv9@db:5432/shop?sslmode=require");
+            let shown = redact_url(&url);
+            assert_eq!(
+                shown, "postgresql://app:***@db:5432/shop?sslmode=require",
+                "{c:?}"
+            );
+            assert_eq!(redact_url(&shown), shown, "stable for {c:?}");
+            // Without a query, and with a secret query value after it.
+            let shown = redact_url(&format!("postgres://app:Zq{c}Xv9@db/shop"));
+            assert_eq!(shown, "postgres://app:***@db/shop", "{c:?}");
+            let shown = redact_url(&format!(
+                "postgres://app:Zq{c}Xv9@db/shop?password=Zq{c}Xv9"
+            ));
+            assert!(
+                !shown.contains("Zq") && !shown.contains("Xv9"),
+                "{c:?}: {shown}"
+            );
+        }
+        // A raw `@` in the password: nothing of the userinfo is shown.
+        let shown = redact_url("postgresql://app:Zq@Xv9@db/shop");
+        assert_eq!(shown, "postgresql://***@db/shop");
+        // An `@` in a query value is not taken for the end of a userinfo.
+        assert_eq!(
+            redact_url("postgresql://app:pw@db/shop?application_name=a@b"),
+            "postgresql://app:***@db/shop?application_name=a@b"
+        );
+    }
+
+    #[test]
+    fn splits_postgres_urls_as_tokio_postgres_does() {
+        let p =
+            PostgresUrl::split("postgresql://app:pa/s?s#@db:5/shop?sslmode=require&a=b").unwrap();
+        assert_eq!(
+            (p.userinfo, p.ambiguous, p.host_path, p.query),
+            (
+                Some("app:pa/s?s#"),
+                false,
+                "db:5/shop",
+                Some("sslmode=require&a=b")
+            )
+        );
+        let p = PostgresUrl::split("postgres://db/shop?x=1").unwrap();
+        assert_eq!(
+            (p.userinfo, p.host_path, p.query),
+            (None, "db/shop", Some("x=1"))
+        );
+        let p = PostgresUrl::split("postgres://u:p@ss/x@db/shop?y=a@b").unwrap();
+        assert_eq!(
+            (p.userinfo, p.ambiguous, p.host_path),
+            (Some("u:p@ss/x"), true, "db/shop")
+        );
+        assert!(PostgresUrl::split("http://u:p@h/").is_none());
+    }
+
+    #[test]
+    fn an_endpoint_that_is_no_url_shows_no_userinfo() {
+        // A `#` or `/` in an HTTP password breaks the URL; its error shows nothing of it.
+        for c in ['/', '?', '#'] {
+            let shown = redact_url(&format!("http://user:Zq{c}Xv9@shop/api/revalidate"));
+            assert!(
+                !shown.contains("Zq") && !shown.contains("Xv9"),
+                "{c:?}: {shown}"
+            );
+        }
     }
 
     #[test]

@@ -314,6 +314,113 @@ async fn a_silent_network_cut_hands_over_within_30s() {
     p.cut();
 }
 
+/// A config file of `db`'s own with `batch.heartbeat_secs = 1`: three silent heartbeats
+/// take 3 s.
+fn heartbeat_of_1s(db: &TestDb) -> String {
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.toml", db.name));
+    std::fs::write(&path, "[batch]\nheartbeat_secs = 1\n").unwrap();
+    path.display().to_string()
+}
+
+/// Issue 18, item 2: after a restart the walsender re-reads a large transaction from the
+/// slot's restart point and sends nothing until it reaches its commit. With a heartbeat of
+/// 1 s, that silence used to end the session after 3 s ("the connection is dead"), and the
+/// leader session's idle timeout (2 heartbeats + 5 s) ended it too; every reconnect started
+/// the same decode again and the slot never got past the transaction. Now the worker asks
+/// the server, finds its walsender busy, waits, keeps its leader session alive, and gets
+/// through in one session.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_silent_decode_is_waited_for() {
+    let (db, c) = Cluster::shared().prepared_db("long_decode", 20).await;
+    let config = heartbeat_of_1s(&db);
+    // With the worker stopped: a transaction the walsender needs well over 3 heartbeats to
+    // decode (1.5M rows of a table outside the publication: ~13 s on the 2-core machine
+    // this was written on), ending with a change the summary must show.
+    c.batch_execute(
+        "CREATE TABLE bulk_filler (id int, v text);
+         BEGIN;
+         INSERT INTO bulk_filler SELECT g, 'x' FROM generate_series(1, 1500000) g;
+         UPDATE \"Price\" SET amount = 4242 WHERE id = 'usd1';
+         COMMIT;",
+    )
+    .await
+    .unwrap();
+    let past: String = c
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let w = WorkerProcess::start(&db, &["--config", &config, "run"], &[]);
+    wait_until(
+        Duration::from_secs(180),
+        "the change behind the long decode is in the summary",
+        || async {
+            support::summary_of(&c, "p1")
+                .await
+                .is_some_and(|r| r.get::<_, i32>(2) == 4242)
+        },
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(30),
+        "the slot past the transaction",
+        || async {
+            c.query_one(
+                "SELECT confirmed_flush_lsn >= $2::text::pg_lsn FROM pg_replication_slots \
+             WHERE slot_name = $1",
+                &[&db.slot(), &past],
+            )
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+        },
+    )
+    .await;
+    let log = w.output();
+    assert!(
+        log.contains("waiting for a long decode"),
+        "the log does not say it waited for a long decode:\n{}",
+        w.log_tail(30)
+    );
+    assert!(
+        !log.contains("replication session ended"),
+        "the session ended while the walsender decoded:\n{}",
+        w.log_tail(30)
+    );
+    wait_converged(&c, "the summary equals the source").await;
+}
+
+/// The other side of the same rule: a connection that went silent because the network
+/// did (a cut without RST) is still found dead, now by the server not answering the look
+/// at its walsender, and the session ends to reconnect.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_cut_is_still_a_dead_connection() {
+    let cluster = Cluster::shared();
+    let (db, _c) = cluster.prepared_db("silent_dead", 5).await;
+    let config = heartbeat_of_1s(&db);
+    let p = Proxy::start(cluster.port).await;
+    let via_proxy = p.url(&db.url, cluster.port);
+    let w = WorkerProcess::start(
+        &db,
+        &["--config", &config, "run"],
+        &[("DATABASE_URL", via_proxy.as_str())],
+    );
+    w.wait_for_log(Duration::from_secs(20), "streaming").await;
+    p.freeze();
+    // 3 s of silence, then at most 10 s for the look at the server.
+    w.wait_for_log(
+        Duration::from_secs(30),
+        "the replication connection is dead",
+    )
+    .await;
+    assert!(
+        !w.output().contains("waiting for a long decode"),
+        "{}",
+        w.log_tail(20)
+    );
+    p.cut();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sigterm_leader_hands_over_at_once() {
     let r = Endpoint::start(Answer::Ok).await;

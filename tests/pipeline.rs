@@ -397,6 +397,49 @@ async fn runs_as_a_non_superuser_over_tls() {
     assert!(!w.output().contains("pw-s3cret"), "password in logs");
 }
 
+/// Issue 18, item 7: `DATABASE_URL` with `/`, `?` or `#` in the password, written raw (the
+/// worker's connections read the userinfo up to the first `@`): setup and run connect with
+/// it, query and replication connection alike, and neither they nor an error after an
+/// `sslmode` typo show any of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_password_with_url_delimiters_connects_and_never_shows() {
+    let (db, c) = Cluster::shared().seeded_db("url_delims", 5).await;
+    let (url, role) = least_privilege_role(&db, &c).await;
+    let mut w = None;
+    for ch in ['/', '?', '#'] {
+        let password = format!("Zq{ch}Xv9");
+        db.create_role(&role, &password).await;
+        let encoded = format!("Zq%{:02X}Xv9", ch as u8);
+        let raw = url.replacen("pw-s3cret", &password, 1);
+        let raw = raw.replacen(&encoded, &password, 1);
+        assert!(raw.contains(&format!(":{password}@")), "{raw}");
+        let env = [("DATABASE_URL", raw.as_str())];
+        let setup = WorkerProcess::run_to_end(&db, &["setup"], &env);
+        assert!(setup.success, "{ch:?}: {}", setup.output);
+        let typo = format!("{raw}?sslmode=requir");
+        let bad = WorkerProcess::run_to_end(&db, &["setup"], &[("DATABASE_URL", typo.as_str())]);
+        assert!(!bad.success, "{ch:?}: {}", bad.output);
+        assert!(
+            bad.output.contains("sslmode=requir"),
+            "{ch:?}: {}",
+            bad.output
+        );
+        for out in [&setup.output, &bad.output] {
+            assert!(!out.contains("Zq") && !out.contains("Xv9"), "{ch:?}: {out}");
+        }
+        if ch == '#' {
+            w = Some(WorkerProcess::start(&db, &["run"], &env));
+        }
+    }
+    let w = w.unwrap();
+    c.batch_execute("UPDATE \"Inventory\" SET quantity = 2 WHERE id = 'inv1-1'")
+        .await
+        .unwrap();
+    wait_converged(&c, "a change streamed over the replication connection").await;
+    let log = w.output();
+    assert!(!log.contains("Zq") && !log.contains("Xv9"), "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_fails_clearly_before_touching_anything() {
     let db = Cluster::shared().create_db("bad_input").await;
@@ -582,6 +625,44 @@ async fn a_delete_without_product_id_recomputes_everything() {
     assert!(
         log.contains("recomputing every product") && log.contains("REPLICA IDENTITY FULL"),
         "the log should say why and how to fix it:\n{}",
+        w.log_tail(20)
+    );
+}
+
+/// Issue 18, item 6: images that belong to no product (a nullable `productId`). Their
+/// delete carries the whole old row (REPLICA IDENTITY FULL) with a NULL product id: no
+/// product to recompute, and nothing wrong with the replica identity. It used to be taken
+/// for a missing id: every product recomputed, and the log blamed the identity.
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_rows_of_no_product_recomputes_nothing() {
+    let (_db, c, w) = started("null_product", 20).await;
+    w.wait_for_log(Duration::from_secs(20), "streaming").await;
+    c.batch_execute(
+        "ALTER TABLE \"ProductImage\" ALTER COLUMN \"productId\" DROP NOT NULL;
+         INSERT INTO \"ProductImage\" (id, \"productId\", url) \
+           SELECT 'loose' || g, NULL, 'https://cdn/loose.jpg' FROM generate_series(1, 3) g;
+         DELETE FROM \"ProductImage\" WHERE \"productId\" IS NULL;",
+    )
+    .await
+    .unwrap();
+    // Batches are applied in order: once this later change is in, so is the delete.
+    c.batch_execute("UPDATE \"Product\" SET title = 'after' WHERE id = 'p5'")
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), "the later change", || async {
+        summary_of(&c, "p5").await.unwrap().get::<_, String>(1) == "after"
+    })
+    .await;
+    assert_eq!(drift(&c).await, 0);
+    let log = w.output();
+    assert!(
+        !log.contains("recomputing every product") && !log.contains("recomputed every product"),
+        "a row of no product made the worker recompute every product:\n{}",
+        w.log_tail(20)
+    );
+    assert!(
+        !log.contains("carried no product id"),
+        "the log blames the replica identity:\n{}",
         w.log_tail(20)
     );
 }

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::error::definite;
 use crate::outbox::tags::{TagTemplates, Tags, Touched};
 use crate::pg::connect::Database;
-use crate::pg::snapshot::Snapshot;
+use crate::pg::snapshot::Seen;
 use crate::shop::layout::Layout;
 use crate::shop::sql;
 use crate::state::{self, checkpoint, locks, outbox};
@@ -159,6 +159,15 @@ impl Applier {
         &self.client
     }
 
+    /// Keeps the leader's session from looking idle to the server between batches (see
+    /// `apply::spawn`): an empty query, the least a server can be sent.
+    pub async fn keep_alive(&self) -> anyhow::Result<()> {
+        self.client
+            .batch_execute("")
+            .await
+            .context("keeping the leader's session alive between batches")
+    }
+
     /// Recomputes `ids` and, when `lsn` is given, moves the checkpoint there. Up to
     /// `batch.max_products` ids take one transaction; more are applied in parts, sorted so
     /// each part walks the indexes in order, and the checkpoint moves with the last part
@@ -189,7 +198,7 @@ impl Applier {
         xids: &[u32],
         lsn: Option<Lsn>,
         commit_time: Option<SystemTime>,
-    ) -> anyhow::Result<(Applied, Option<Snapshot>)> {
+    ) -> anyhow::Result<(Applied, Option<Seen>)> {
         let part_size = self.page_size as usize;
         if ids.len() <= part_size {
             return self.apply_part(ids, xids, lsn, commit_time).await;
@@ -215,7 +224,7 @@ impl Applier {
         xids: &[u32],
         lsn: Option<Lsn>,
         commit_time: Option<SystemTime>,
-    ) -> anyhow::Result<(Applied, Option<Snapshot>)> {
+    ) -> anyhow::Result<(Applied, Option<Seen>)> {
         // READ COMMITTED whatever the database's default: the visibility wait needs a
         // new snapshot per statement (under REPEATABLE READ it would never end), and the
         // recompute must read what is committed now.

@@ -10,7 +10,10 @@
 //! snapshot taken before the covered products were recomputed, the batch skips those
 //! products. Otherwise (a transaction committed after that snapshot; the live case) it
 //! recomputes everything it holds. Nothing is skipped on a guess: no snapshot, no xids,
-//! or a recompute of every product forgets the set.
+//! or a recompute of every product forgets the set. The snapshot judges only transactions
+//! whose commit record lies below the WAL position read with it ([`Seen`]); a batch
+//! past that position ends its use ([`Covered::passed`]), so a set never outlives the
+//! range of xids its snapshot can place in the right epoch.
 //!
 //! After a recompute of every product (a bulk transaction, see [`super::bulk`]; a TRUNCATE) the
 //! set is every product: a batch whose transactions that pass's snapshot saw needs no
@@ -23,9 +26,10 @@
 //! a lookup costs a few microseconds where a recompute costs tens.
 
 use anyhow::Context as _;
+use pgwire_replication::Lsn;
 use tokio_postgres::Client;
 
-use crate::pg::snapshot::Snapshot;
+use crate::pg::snapshot::Seen;
 use crate::stream::ids::IdSet;
 
 /// Most ids the spilled set holds, in multiples of the in-memory cap (10M ids with the
@@ -61,15 +65,15 @@ enum Set {
     /// Nothing is known to be covered: every batch recomputes all it holds.
     Empty,
     /// Every product (a pass over all of them).
-    Every { seen: Snapshot },
+    Every { seen: Seen },
     /// Up to `cap` products, in memory.
-    Memory { seen: Snapshot, ids: IdSet },
+    Memory { seen: Seen, ids: IdSet },
     /// `count` products in the spill store (more than `cap`, at most `cap * SPILL_FACTOR`).
-    Spilled { seen: Snapshot, count: usize },
+    Spilled { seen: Seen, count: usize },
 }
 
 impl Set {
-    fn seen(&self) -> Option<&Snapshot> {
+    fn seen(&self) -> Option<&Seen> {
         match self {
             Set::Empty => None,
             Set::Every { seen } | Set::Memory { seen, .. } | Set::Spilled { seen, .. } => {
@@ -96,18 +100,35 @@ impl Covered {
         }
     }
 
-    /// Whether the set's snapshot saw every one of a batch's transactions, so that the
-    /// covered products' recomputes read all of their changes.
-    pub fn covers(&self, xids: &[u32]) -> bool {
-        match self.set.seen() {
-            Some(s) => !xids.is_empty() && xids.iter().all(|&x| s.sees(s.xid8(x))),
-            None => false,
-        }
+    /// Whether the set's snapshot saw every one of a batch's transactions (`last_commit`
+    /// where the newest one's commit record begins), so that the covered products'
+    /// recomputes read all of their changes.
+    pub fn covers(&self, xids: &[u32], last_commit: Option<Lsn>) -> bool {
+        self.set
+            .seen()
+            .is_some_and(|s| s.saw_all(xids, last_commit))
     }
 
     /// Whether a pass over every product saw all of a batch's transactions.
-    pub fn saw_all(&self, xids: &[u32]) -> bool {
-        matches!(self.set, Set::Every { .. }) && self.covers(xids)
+    pub fn saw_all(&self, xids: &[u32], last_commit: Option<Lsn>) -> bool {
+        matches!(self.set, Set::Every { .. }) && self.covers(xids, last_commit)
+    }
+
+    /// The stream reached a transaction committing at `last_commit`: when that is past
+    /// what the set's snapshot may judge, no later batch can be covered by it, and the set
+    /// is forgotten (a spill store keeps its rows until it is next used).
+    pub fn passed(&mut self, last_commit: Option<Lsn>) {
+        let passed = match (self.set.seen(), last_commit) {
+            (Some(s), Some(l)) => s.passed_by(l),
+            _ => false,
+        };
+        if passed {
+            tracing::debug!(
+                ids = self.len(),
+                "the stream passed the covered products' snapshot; forgetting them"
+            );
+            self.set = Set::Empty;
+        }
     }
 
     /// The ids of a batch still to recompute: all of them unless [`Covered::covers`].
@@ -116,8 +137,9 @@ impl Covered {
         spill: &impl Spill,
         ids: impl Iterator<Item = &'a str>,
         xids: &[u32],
+        last_commit: Option<Lsn>,
     ) -> anyhow::Result<Vec<&'a str>> {
-        if !self.covers(xids) {
+        if !self.covers(xids, last_commit) {
             return Ok(ids.collect());
         }
         match &self.set {
@@ -146,7 +168,7 @@ impl Covered {
         &mut self,
         spill: &impl Spill,
         ids: &[&str],
-        seen: Option<Snapshot>,
+        seen: Option<Seen>,
         extends: bool,
     ) -> anyhow::Result<()> {
         if ids.is_empty() {
@@ -177,7 +199,7 @@ impl Covered {
 
     /// Every product was recomputed, each page by a statement that started after `seen`
     /// was taken (it saw the batch's transactions).
-    pub fn record_every(&mut self, seen: Snapshot) {
+    pub fn record_every(&mut self, seen: Seen) {
         self.set = Set::Every { seen };
     }
 
@@ -192,10 +214,10 @@ impl Covered {
     async fn grow_memory(
         &mut self,
         spill: &impl Spill,
-        old: Snapshot,
+        old: Seen,
         mut held: IdSet,
         ids: &[&str],
-        seen: Snapshot,
+        seen: Seen,
     ) -> anyhow::Result<Set> {
         let total = held.len() + ids.len();
         if total <= self.cap {
@@ -223,12 +245,7 @@ impl Covered {
 
     /// A set of just `ids` under `seen`: in memory when they fit, else in the (emptied)
     /// store, else nothing.
-    async fn start(
-        &mut self,
-        spill: &impl Spill,
-        ids: &[&str],
-        seen: Snapshot,
-    ) -> anyhow::Result<Set> {
+    async fn start(&mut self, spill: &impl Spill, ids: &[&str], seen: Seen) -> anyhow::Result<Set> {
         if ids.len() <= self.cap {
             let mut set = IdSet::default();
             for id in ids {
@@ -361,8 +378,20 @@ mod tests {
     use std::cell::RefCell;
     use std::collections::BTreeSet;
 
-    fn snap(text: &str) -> Option<Snapshot> {
-        Some(Snapshot::parse(text).unwrap())
+    use crate::pg::snapshot::Snapshot;
+
+    /// The WAL position every test snapshot was taken at; the tests' batches commit below.
+    const BOUND: Lsn = Lsn(1000);
+
+    fn every(text: &str) -> Seen {
+        Seen {
+            snapshot: Snapshot::parse(text).unwrap(),
+            wal: BOUND,
+        }
+    }
+
+    fn snap(text: &str) -> Option<Seen> {
+        Some(every(text))
     }
 
     /// A spill store in memory, counting its resets; `refused` plays a role without the
@@ -406,7 +435,9 @@ mod tests {
     }
 
     async fn todo<'a>(c: &Covered, s: &Store, ids: &[&'a str], xids: &[u32]) -> Vec<&'a str> {
-        c.to_recompute(s, ids.iter().copied(), xids).await.unwrap()
+        c.to_recompute(s, ids.iter().copied(), xids, Some(Lsn(10)))
+            .await
+            .unwrap()
     }
 
     #[tokio::test]
@@ -443,7 +474,7 @@ mod tests {
         // No snapshot (a batch without transactions): forget.
         c.record(&s, &["x"], None, false).await.unwrap();
         assert!(c.is_empty());
-        assert!(!c.covers(&[1]));
+        assert!(!c.covers(&[1], Some(Lsn(10))));
         assert_eq!(*s.resets.borrow(), 0, "small sets stay in memory");
     }
 
@@ -484,7 +515,7 @@ mod tests {
         let s = Store::default();
         let mut c = Covered::new(2);
         c.record(&s, &["a"], snap("80:100:"), false).await.unwrap();
-        c.record_every(Snapshot::parse("120:130:125").unwrap());
+        c.record_every(every("120:130:125"));
         // Seen by the pass: nothing to do, whatever the ids; the set stays every product.
         assert!(todo(&c, &s, &["a", "x", "y"], &[110, 129]).await.is_empty());
         c.record(&s, &[], snap("140:150:"), true).await.unwrap();
@@ -495,7 +526,7 @@ mod tests {
         c.record(&s, &["a"], snap("140:150:"), false).await.unwrap();
         assert_eq!(todo(&c, &s, &["a", "x"], &[145]).await, ["x"]);
         // No transactions prove nothing, even right after the pass.
-        c.record_every(Snapshot::parse("120:130:").unwrap());
+        c.record_every(every("120:130:"));
         assert_eq!(todo(&c, &s, &["a"], &[]).await, ["a"]);
     }
 
@@ -519,5 +550,36 @@ mod tests {
             .unwrap();
         assert_eq!((c.len(), *s.resets.borrow()), (0, 1));
         assert_eq!(todo(&c, &s, &["p"], &[205]).await, ["p"]);
+    }
+
+    /// Issue 18: the set's snapshot judged every later batch for the whole session, and a
+    /// transaction 2^32 xids later (the same low 32 bits) looked seen. A batch committed
+    /// past the snapshot's WAL bound is not covered, and once the stream is past it the
+    /// set is forgotten.
+    #[tokio::test]
+    async fn a_set_is_forgotten_once_the_stream_passed_its_snapshot() {
+        let s = Store::default();
+        let mut c = Covered::new(10);
+        c.record(&s, &["a", "b"], snap("80:100:"), false)
+            .await
+            .unwrap();
+        assert!(c.covers(&[50], Some(Lsn(999))));
+        // xid 50 again, an epoch later: committed past the bound.
+        assert!(!c.covers(&[50], Some(Lsn(1000))));
+        let later = c
+            .to_recompute(&s, ["a", "c"].into_iter(), &[50], Some(Lsn(1500)))
+            .await
+            .unwrap();
+        assert_eq!(later, ["a", "c"]);
+        c.passed(Some(Lsn(999)));
+        assert_eq!(c.len(), 2, "not yet past");
+        c.passed(Some(Lsn(1000)));
+        assert!(c.is_empty());
+        // After a pass over every product too.
+        c.record_every(every("120:130:"));
+        assert!(c.saw_all(&[110], Some(Lsn(999))));
+        assert!(!c.saw_all(&[110], Some(Lsn(1000))));
+        c.passed(Some(Lsn(4000)));
+        assert!(!c.saw_all(&[110], Some(Lsn(999))));
     }
 }

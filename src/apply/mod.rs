@@ -24,32 +24,61 @@ use covered::Covered;
 
 use crate::config::Config;
 use crate::ops::metrics::Metrics;
-use crate::pg::snapshot::Snapshot;
+use crate::pg::snapshot::Seen;
 use crate::stream::batch::Batch;
+use crate::stream::passes::Passes;
 use crate::stream::Handover;
 
 /// Spawns the apply task: it takes the batches of the returned [`Handover`] one at a time,
 /// in order, and answers each with the checkpoint it stored, or with the error that ends
-/// it (and the task). `passes` receives the snapshot of each pass over every product;
+/// it (and the task); it publishes the snapshot of each pass over every product there.
 /// `enqueued` is bumped when the outbox got rows (wakes the deliverers), `held` when tags
 /// were held (wakes their release).
+///
+/// The apply connection is the leader's session (`control::leader`), which the server ends
+/// when it is idle for two heartbeats and a little: that limit must measure whether this
+/// process is alive, not whether WAL flows (a long decode sends nothing for minutes). So
+/// when no batch came for a heartbeat, the task sends an empty query on it. The task owns
+/// the connection and does one thing at a time, so the ping never lands inside an apply
+/// transaction; if this process hangs or its network is gone, the pings stop and the
+/// server ends the session for a standby to take over.
 pub fn spawn(
     mut applier: Applier,
     cfg: &Config,
     metrics: Arc<Metrics>,
-    passes: watch::Sender<Option<Snapshot>>,
     enqueued: Arc<watch::Sender<u64>>,
     held: watch::Sender<u64>,
 ) -> (Handover, tokio::task::JoinHandle<()>) {
     // The stream loop hands a batch over only once apply answered the last one.
     let (batch_tx, mut batch_rx) = mpsc::channel::<Batch>(1);
     let (done_tx, done_rx) = mpsc::channel(1);
+    let (passes_tx, passes) = Passes::channel();
     let mut covered = Covered::new(cfg.batch.max_pending);
     let bulk = Bulk::new(cfg);
+    let keepalive = cfg.heartbeat();
     let task = tokio::spawn(async move {
-        while let Some(batch) = batch_rx.recv().await {
-            let result =
-                apply_batch(&mut applier, &mut covered, &bulk, &passes, batch, &metrics).await;
+        loop {
+            let batch = tokio::select! {
+                batch = batch_rx.recv() => batch,
+                _ = tokio::time::sleep(keepalive) => {
+                    if let Err(e) = applier.keep_alive().await {
+                        // Ends the session (the stream loop takes it as the answer).
+                        let _ = done_tx.send(Err(e)).await;
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let Some(batch) = batch else { break };
+            let result = apply_batch(
+                &mut applier,
+                &mut covered,
+                &bulk,
+                &passes_tx,
+                batch,
+                &metrics,
+            )
+            .await;
             if let Ok((a, _)) = &result {
                 if a.enqueued() {
                     enqueued.send_modify(|n| *n += 1);
@@ -68,6 +97,7 @@ pub fn spawn(
     let handover = Handover {
         batches: batch_tx,
         applied: done_rx,
+        passes,
     };
     (handover, task)
 }
@@ -77,17 +107,20 @@ async fn apply_batch(
     applier: &mut Applier,
     covered: &mut Covered,
     bulk: &Bulk,
-    passes: &watch::Sender<Option<Snapshot>>,
+    passes: &watch::Sender<Option<Seen>>,
     batch: Batch,
     metrics: &Metrics,
 ) -> anyhow::Result<(Applied, Option<Lsn>)> {
     let commit = batch.commit_time();
     let oldest = batch.oldest_commit_time();
+    let last_commit = batch.last_commit_lsn;
+    // Past what the covered set's snapshot may judge: it covers no batch from here on.
+    covered.passed(last_commit);
     let mut skipped = 0;
     // Not when an earlier pass already saw all of the batch: nothing to recompute then
     // (and no catalog estimate to read).
     let every = batch.all.is_some()
-        || (!covered.saw_all(&batch.xids)
+        || (!covered.saw_all(&batch.xids, last_commit)
             && match bulk.escalates(applier.client(), batch.len()).await? {
                 Some(why) => {
                     tracing::info!(reason = %why, "recomputing every product");
@@ -117,9 +150,9 @@ async fn apply_batch(
         );
         a
     } else {
-        let extends = covered.covers(&batch.xids);
+        let extends = covered.covers(&batch.xids, last_commit);
         let mut ids = covered
-            .to_recompute(applier.client(), batch.ids.iter(), &batch.xids)
+            .to_recompute(applier.client(), batch.ids.iter(), &batch.xids, last_commit)
             .await?;
         skipped = batch.ids.len() - ids.len();
         let (applied, seen) = applier

@@ -17,25 +17,28 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio_postgres::GenericClient;
 
-use crate::pg::snapshot::{current, Snapshot};
+use crate::pg::snapshot::{current, current_seen, Seen};
 
 /// Waits until a new statement's snapshot sees every one of `xids` (transactions that
-/// were streamed, so have committed); returns that snapshot (`None` without xids). Every
-/// later statement of the session sees at least as much.
+/// were streamed, so have committed); returns that snapshot with its WAL bound (`None`
+/// without xids). Every later statement of the session sees at least as much.
 pub async fn wait_visible(
     client: &impl GenericClient,
     xids: &[u32],
-) -> anyhow::Result<Option<Snapshot>> {
+) -> anyhow::Result<Option<Seen>> {
     if xids.is_empty() {
         return Ok(None);
     }
     let started = Instant::now();
     let mut warned = false;
     loop {
-        let snap = current(client).await?;
+        // Freshly taken, the snapshot places every streamed xid in the right epoch (they
+        // have committed, so they were alive within 2^31 xids of now).
+        let seen = current_seen(client).await?;
+        let snap = &seen.snapshot;
         let pending = xids.iter().filter(|&&x| !snap.sees(snap.xid8(x))).count();
         if pending == 0 {
-            return Ok(Some(snap));
+            return Ok(Some(seen));
         }
         if !warned && started.elapsed() > Duration::from_secs(5) {
             tracing::warn!(

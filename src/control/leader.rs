@@ -9,8 +9,10 @@
 //! - a half-open connection (a network cut without RST): the backend keeps the lock until
 //!   the server notices, which by TCP keepalive alone can take hours. The leader's
 //!   session therefore carries server-side idle timeouts: its apply connection is never
-//!   idle longer than a heartbeat while it is alive, so a silent one is ended by the
-//!   server and a standby takes over.
+//!   idle longer than a heartbeat while the process is alive (the apply task pings it
+//!   when no batch came, `apply::spawn`: WAL may not flow for minutes while the
+//!   walsender decodes a large transaction), so a silent one is ended by the server and
+//!   a standby takes over.
 
 use std::time::Duration;
 
@@ -66,8 +68,8 @@ pub async fn wait_for_leadership(
 }
 
 /// The longest the leader's apply connection is idle while the leader is alive: a batch
-/// (at least the WAL heartbeat's) is applied every heartbeat interval. Twice that, and a
-/// little, is the server-side limit after which the session is taken for dead.
+/// is applied, or the connection pinged, at least every heartbeat interval. Twice that,
+/// and a little, is the server-side limit after which the session is taken for dead.
 pub fn idle_limit(cfg: &Config) -> Duration {
     cfg.heartbeat() * 2 + Duration::from_secs(5)
 }

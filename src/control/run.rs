@@ -17,7 +17,7 @@ use crate::error::is_transient;
 use crate::ops::metrics::Metrics;
 use crate::pg::connect::Database;
 use crate::pg::server;
-use crate::stream::passes::Passes;
+use crate::stream::silence::{self, Silence};
 use crate::stream::stream_loop;
 
 /// How often the acknowledged LSN reaches the server.
@@ -94,7 +94,9 @@ async fn session(ctx: &Context) -> anyhow::Result<()> {
         .replication(&cfg.slot, &cfg.publication)
         .with_start_lsn(start)
         .with_status_interval(STATUS_INTERVAL)
-        .with_wakeup_interval(Duration::from_secs(5));
+        // While nothing arrives, a status message at least every heartbeat: the walsender's
+        // record of when it last heard us is the evidence that a silent stream is alive.
+        .with_wakeup_interval(silence::status_interval(cfg.heartbeat()));
     let mut stream = ReplicationClient::connect(repl_cfg)
         .await
         .context("opening the replication connection")?;
@@ -107,14 +109,12 @@ async fn session(ctx: &Context) -> anyhow::Result<()> {
 
     // Bumped when apply held tags of throttled templates, to wake their release.
     let (held_tx, held_rx) = watch::channel(0u64);
-    // Apply publishes the snapshot of each pass over every product here; the stream loop
-    // drops the changes of transactions it saw.
-    let (pass_tx, passes) = Passes::channel();
+    // Apply also publishes the snapshot of each pass over every product through the
+    // handover; the stream loop drops the changes of transactions it saw.
     let (mut handover, apply_task) = crate::apply::spawn(
         applier,
         cfg,
         ctx.metrics.clone(),
-        pass_tx,
         ctx.outbox_enqueued.clone(),
         held_tx,
     );
@@ -141,8 +141,8 @@ async fn session(ctx: &Context) -> anyhow::Result<()> {
         &ctx.shutdown,
         &mut stream,
         &mut handover,
-        passes,
         start,
+        Silence::new(ctx.db.clone(), &cfg.slot, cfg.heartbeat()),
     )
     .await;
     heartbeat.abort();

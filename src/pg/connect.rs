@@ -13,7 +13,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio_postgres::config::{Host, SslMode as PgSslMode};
 use tokio_postgres::Client;
 
-use crate::redact::redact_url;
+use crate::redact::{redact_url, PostgresUrl};
 
 /// libpq's sslmode values; tokio-postgres alone knows only the first three.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,9 +55,19 @@ const PRISMA_PARAMS: &[&str] = &[
 ];
 
 impl Database {
+    /// Parses `DATABASE_URL`. The URL is split the way redaction reads it
+    /// ([`PostgresUrl`]: the userinfo runs to the first `@`), so every error shows it
+    /// with the password hidden whatever characters the password holds, and a `?` in the
+    /// password is never taken for the start of the query (which would drop `sslmode`).
     pub fn parse(url: &str) -> anyhow::Result<Database> {
         let shown = redact_url(url);
-        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let parts = PostgresUrl::split(url);
+        if parts.as_ref().is_some_and(|p| p.ambiguous) {
+            anyhow::bail!(
+                "DATABASE_URL {shown} has more than one '@' before the host, so it is unclear                  where the password ends. Fix: write an '@' in the user name or password as %40"
+            );
+        }
+        let query = parts.as_ref().and_then(|p| p.query).unwrap_or("");
         let mut ssl = SslMode::Prefer;
         let mut root_cert = None;
         let mut kept = Vec::new();
@@ -86,10 +96,26 @@ impl Database {
             tls_config(ssl, root_cert.as_deref())
                 .map_err(|why| anyhow::anyhow!("DATABASE_URL {shown}: {why}"))?,
         );
-        let rebuilt = if kept.is_empty() {
-            base.to_string()
-        } else {
-            format!("{base}?{}", kept.join("&"))
+        // tokio-postgres gets the userinfo percent-encoded whole, so that it reads the
+        // same user and password whatever they hold; an empty one (`scheme://@host`)
+        // when there is none, so that an `@` in a query value is never taken for it.
+        let rebuilt = match &parts {
+            Some(p) => {
+                let userinfo = p
+                    .userinfo
+                    .map_or_else(String::new, |u| match u.split_once(':') {
+                        Some((user, password)) => format!("{}:{}", encode(user), encode(password)),
+                        None => encode(u),
+                    });
+                let query = if kept.is_empty() {
+                    String::new()
+                } else {
+                    format!("?{}", kept.join("&"))
+                };
+                format!("{}://{userinfo}@{}{query}", p.scheme, p.host_path)
+            }
+            // Not a URL (`host=... user=...`): as tokio-postgres reads it.
+            None => url.to_string(),
         };
         let mut pg: tokio_postgres::Config = rebuilt.parse().map_err(|e| {
             anyhow::anyhow!(
@@ -104,7 +130,7 @@ impl Database {
             _ => anyhow::bail!("DATABASE_URL {shown}: give exactly one host"),
         };
         let port = pg.get_ports().first().copied().unwrap_or(5432);
-        if pg.get_user().is_none() {
+        if pg.get_user().is_none_or(str::is_empty) {
             anyhow::bail!("DATABASE_URL {shown} has no user name");
         }
         if pg.get_dbname().is_none() {
@@ -208,12 +234,18 @@ impl Database {
         )
         .with_port(self.port)
         .with_tls(tls)
-        .with_application_name(format!("cdc-worker/{slot}"))
+        .with_application_name(replication_application(slot))
     }
 
     fn rustls_config(&self) -> rustls::ClientConfig {
         (*self.tls).clone()
     }
+}
+
+/// The `application_name` of the replication connection of `slot` (how the server's views
+/// tell its walsender apart).
+pub fn replication_application(slot: &str) -> String {
+    format!("cdc-worker/{slot}")
 }
 
 /// The rustls settings for `ssl`: what libpq's sslmode means, with the CA certificates of
@@ -374,7 +406,27 @@ impl ServerCertVerifier for ChainOnly {
     }
 }
 
+/// `s` (still percent-encoded, as in a URL) with every byte but the unreserved ones
+/// percent-encoded: decoding it gives back what decoding `s` gives.
+fn encode(s: &str) -> String {
+    percent_decode_bytes(s)
+        .iter()
+        .map(|&b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 fn percent_decode(s: &str) -> String {
+    String::from_utf8_lossy(&percent_decode_bytes(s)).into_owned()
+}
+
+/// Leniently, as libpq and tokio-postgres do: a `%` not followed by two hex digits stays.
+fn percent_decode_bytes(s: &str) -> Vec<u8> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -389,7 +441,7 @@ fn percent_decode(s: &str) -> String {
         out.push(bytes[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 #[cfg(test)]
@@ -510,6 +562,66 @@ j6L4grw/+dVah8Wcl+ZWl4+oQzfE6hJB69RBSSijMrc=
             .to_string();
         assert!(err.contains("sslmode=sometimes"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    /// Issue 18: a password with `/`, `?` or `#` (and the other delimiters) connects as
+    /// written, keeps the query's sslmode, and no error shows any of it.
+    #[test]
+    fn passwords_with_url_delimiters_parse_and_stay_hidden() {
+        for c in ['/', '?', '#', ':', '%', '&', '=', '@'] {
+            let raw = format!("Zq{c}Xv9");
+            // `@` must be encoded to be unambiguous; the others may be written raw.
+            let written = if c == '@' {
+                "Zq%40Xv9".to_string()
+            } else {
+                raw.clone()
+            };
+            let db = Database::parse(&format!(
+                "postgresql://app:{written}@db.internal:6543/shop?sslmode=verify-ca&schema=x"
+            ))
+            .unwrap_or_else(|e| panic!("{c:?}: {e}"));
+            assert_eq!(
+                db.ssl,
+                SslMode::VerifyCa,
+                "{c:?}: the query keeps its sslmode"
+            );
+            assert_eq!(db.display(), "app@db.internal:6543/shop", "{c:?}");
+            assert_eq!(db.replication("s", "p").password, raw, "{c:?}");
+            assert_eq!(
+                db.pg.get_password(),
+                Some(raw.as_bytes()),
+                "{c:?}: both connections send the same password"
+            );
+            // Every error path: an sslmode typo, a bad port, a bad sslrootcert, no user.
+            for url in [
+                format!("postgresql://app:{written}@db/shop?sslmode=requir"),
+                format!("postgresql://app:{written}@db:notaport/shop"),
+                format!("postgresql://app:{written}@db/shop?sslmode=verify-full&sslrootcert=/nope"),
+                format!("postgresql://:{written}@db/shop"),
+                format!("postgresql://app:{raw}@db/shop?sslmode=requir"),
+            ] {
+                let Err(e) = Database::parse(&url) else {
+                    panic!("{url} parsed");
+                };
+                let e = format!("{e:#}");
+                assert!(
+                    !e.contains("Zq") && !e.contains("Xv9"),
+                    "{c:?}: the password shows in: {e}"
+                );
+            }
+        }
+        // A raw `@` in the password: refused, with the fix, and hidden.
+        let e = Database::parse("postgresql://app:Zq@Xv9@db/shop")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("%40") && !e.contains("Zq") && !e.contains("Xv9"),
+            "{e}"
+        );
+        // An `@` in a query value is no userinfo.
+        let db = Database::parse("postgresql://app:pw@db/shop?application_name=a@b").unwrap();
+        assert_eq!(db.display(), "app@db:5432/shop");
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Postgres snapshots (`pg_current_snapshot()`), read as text and judged in Rust, so the
 //! 64-bit xid arithmetic (epochs, wraparound) is tested on its own. Apply waits on them
-//! (`apply::visibility`); the covered set and the passes over every product keep one to
-//! decide which streamed transactions a recompute already read.
+//! (`apply::visibility`); the covered set and the passes over every product keep one
+//! ([`Seen`]) to decide which streamed transactions a recompute already read.
 
+use pgwire_replication::Lsn;
+use tokio_postgres::types::PgLsn;
 use tokio_postgres::GenericClient;
 
 /// A `pg_snapshot`: every xid below `xmin` has ended, none at or above `xmax` had, and
@@ -55,14 +57,75 @@ impl Snapshot {
     }
 }
 
+/// A snapshot kept to judge transactions that are streamed later, and the WAL position
+/// that bounds what it may judge.
+///
+/// pgoutput sends 32-bit xids, and [`Snapshot::xid8`] places one in the epoch nearest the
+/// snapshot's `xmax`: right for any transaction that was alive within 2^31 xids of the
+/// snapshot, wrong for one that began 2^31 or more xids later (days at a few thousand
+/// writes a second), which it maps to the previous epoch and judges seen, dropping its
+/// changes. A snapshot kept for a whole session outlives that. So the snapshot carries
+/// `wal`, the server's WAL insert position read right after it was taken: a transaction it
+/// sees committed before, so its commit record begins below `wal`. A transaction whose
+/// commit record (pgoutput's Begin `final_lsn`) is at or past `wal` committed later and
+/// was not seen, whatever its xid; and the stream delivers commits in WAL order, so once
+/// one such transaction arrived the snapshot can judge nothing more ([`Seen::passed_by`]).
+/// A transaction below `wal` was alive when the snapshot was taken (wraparound protection
+/// keeps every live xid within 2^31 of the next), which is where `xid8` is right.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub snapshot: Snapshot,
+    /// `pg_current_wal_insert_lsn()`, read in the statement that took the snapshot.
+    pub wal: Lsn,
+}
+
+impl Seen {
+    /// Whether transaction `xid`, whose commit record begins at `commit_lsn`, is visible
+    /// to the snapshot (`pg_visible_in_snapshot`, for a transaction known to have ended).
+    pub fn saw(&self, xid: u32, commit_lsn: Lsn) -> bool {
+        !self.passed_by(commit_lsn) && self.snapshot.sees(self.snapshot.xid8(xid))
+    }
+
+    /// Whether the snapshot saw every one of a batch's transactions, `last_commit` the
+    /// commit LSN of the newest (commits are streamed in WAL order, so it bounds them all).
+    /// Nothing proves nothing: no transactions is false.
+    pub fn saw_all(&self, xids: &[u32], last_commit: Option<Lsn>) -> bool {
+        !xids.is_empty()
+            && last_commit.is_some_and(|l| !self.passed_by(l))
+            && xids
+                .iter()
+                .all(|&x| self.snapshot.sees(self.snapshot.xid8(x)))
+    }
+
+    /// A transaction committing at `commit_lsn` committed after the snapshot was taken: it,
+    /// and every transaction streamed after it, is not seen.
+    pub fn passed_by(&self, commit_lsn: Lsn) -> bool {
+        commit_lsn >= self.wal
+    }
+}
+
 /// The current statement's snapshot. Only meaningful at READ COMMITTED or outside a
 /// transaction: a REPEATABLE READ snapshot never moves, and a wait on it never ends.
 pub async fn current(client: &impl GenericClient) -> anyhow::Result<Snapshot> {
-    let text: String = client
-        .query_one("SELECT pg_current_snapshot()::text", &[])
-        .await?
-        .get(0);
-    Snapshot::parse(&text)
+    Ok(current_seen(client).await?.snapshot)
+}
+
+/// [`current`] with the WAL position that bounds it ([`Seen`]). The select list is
+/// evaluated after the statement's snapshot was taken, so every transaction the snapshot
+/// sees has its commit record below the position read.
+pub async fn current_seen(client: &impl GenericClient) -> anyhow::Result<Seen> {
+    let row = client
+        .query_one(
+            "SELECT pg_current_snapshot()::text, pg_current_wal_insert_lsn()",
+            &[],
+        )
+        .await?;
+    let text: String = row.get(0);
+    let wal: PgLsn = row.get(1);
+    Ok(Seen {
+        snapshot: Snapshot::parse(&text)?,
+        wal: Lsn(u64::from(wal)),
+    })
 }
 
 #[cfg(test)]
@@ -137,7 +200,93 @@ mod tests {
         assert_eq!(s.xid8(u32::MAX - 2), u64::from(u32::MAX - 2));
     }
 
+    /// A snapshot with WAL insert position 1000.
+    fn seen(xmin: u64, xmax: u64, xip: Vec<u64>) -> Seen {
+        Seen {
+            snapshot: Snapshot { xmin, xmax, xip },
+            wal: Lsn(1000),
+        }
+    }
+
+    #[test]
+    fn a_transaction_committed_past_the_bound_was_not_seen() {
+        // xid 5 of epoch 1: seen if it committed before the snapshot...
+        let s = seen(EPOCH + 10, EPOCH + 20, vec![EPOCH + 15]);
+        assert!(s.saw(5, Lsn(999)));
+        // ...and the same 32 bits 2^32 xids later (epoch 2), committed long after: the
+        // nearest-epoch rule alone maps it back to epoch 1 and says seen.
+        assert!(s.snapshot.sees(s.snapshot.xid8(5)), "what xid8 alone says");
+        assert!(!s.saw(5, Lsn(1000)));
+        assert!(!s.saw(5, Lsn(5000)));
+        assert!(s.passed_by(Lsn(1000)) && !s.passed_by(Lsn(999)));
+        // A batch: every xid seen and the newest commit below the bound.
+        assert!(s.saw_all(&[5, 12], Some(Lsn(900))));
+        assert!(!s.saw_all(&[5, 12], Some(Lsn(1000))));
+        assert!(!s.saw_all(&[5, 15], Some(Lsn(900))), "15 was in progress");
+        assert!(
+            !s.saw_all(&[], Some(Lsn(900))),
+            "no transactions prove nothing"
+        );
+        assert!(!s.saw_all(&[5], None));
+    }
+
+    /// Where a snapshot's xmax lies: anywhere, or just around an epoch boundary (the
+    /// low 32 bits about to wrap, or just wrapped).
+    fn xmax_near_a_boundary() -> impl Strategy<Value = u64> {
+        (
+            0u64..6,
+            prop_oneof![0u64..2000, EPOCH - 2000..EPOCH, 0u64..EPOCH],
+        )
+            .prop_map(|(epoch, low)| (epoch * EPOCH + low).max(3))
+    }
+
     proptest! {
+        /// Over the epoch boundary: a transaction that committed after the snapshot was
+        /// taken (its commit record at or past the bound) is never judged seen, whatever
+        /// its xid: one still in progress then, one begun just after, or one begun 2^31 to
+        /// 2^34 xids later, whose low 32 bits `xid8` alone maps into the snapshot's epoch
+        /// or the one before it (the bug of issue 18).
+        #[test]
+        fn later_commits_are_never_seen(
+            xmax in xmax_near_a_boundary(),
+            span in 0u64..1000,
+            later in prop_oneof![0u64..1000, (1u64 << 31) - 1000..(1u64 << 34)],
+            in_progress in any::<bool>(),
+            wal in 1u64..(1 << 40),
+            past in 0u64..(1 << 20),
+        ) {
+            let xmin = xmax.saturating_sub(span).max(3);
+            let xip: Vec<u64> = if xmin < xmax { vec![xmin] } else { vec![] };
+            let xid8 = match xip.first() {
+                Some(&x) if in_progress => x,
+                _ => xmax + later,
+            };
+            let s = Seen { snapshot: Snapshot { xmin, xmax, xip }, wal: Lsn(wal) };
+            prop_assert!(!s.saw(xid8 as u32, Lsn(wal + past)));
+            prop_assert!(!s.saw_all(&[xid8 as u32], Some(Lsn(wal + past))));
+        }
+
+        /// A transaction that committed before the snapshot was taken (its xid then within
+        /// 2^31 of xmax) is judged exactly as `pg_visible_in_snapshot` judges its xid8, on
+        /// both sides of an epoch boundary.
+        #[test]
+        fn earlier_commits_are_judged_by_the_snapshot(
+            xmax in xmax_near_a_boundary(),
+            span in 0u64..1000,
+            delta in -(1i64 << 31) + 1..(1i64 << 31),
+            wal in 1u64..(1 << 40),
+            before in 1u64..(1 << 20),
+        ) {
+            let xid8 = xmax as i64 + delta;
+            prop_assume!(xid8 >= 3);
+            let xmin = xmax.saturating_sub(span).max(3);
+            let xip: Vec<u64> = (xmin..xmax).step_by(7).collect();
+            let s = Seen { snapshot: Snapshot { xmin, xmax, xip }, wal: Lsn(wal) };
+            let commit = Lsn(wal.saturating_sub(before));
+            prop_assume!(commit < s.wal);
+            prop_assert_eq!(s.saw(xid8 as u32, commit), s.snapshot.sees(xid8 as u64));
+        }
+
         /// Any xid8 within 2^31 of xmax (in either direction) maps back to itself from its
         /// low 32 bits, at any epoch.
         #[test]

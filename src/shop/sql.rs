@@ -132,11 +132,17 @@ pub fn write(layout: &Layout) -> String {
 /// Every product id that exists in the source or in the summary, in keyset pages in the id
 /// type's order: the first page (`$1` the page size). Each side is limited before the
 /// union so both use their index.
+///
+/// The outer `ORDER BY` names `ids.id`, the column of the union in its own type: a bare
+/// `id` would bind to the select list's `id::text` (an output column wins over an input
+/// column in `ORDER BY`), sorting 10 before 9 while the next page starts after the last id
+/// compared as a number, and ids would be skipped (issue 18). Every statement here that
+/// sorts or compares after casting qualifies the column for that reason.
 pub fn first_page(layout: &Layout) -> String {
     format!(
-        "SELECT id::text FROM ((SELECT {key} AS id FROM {product} \
+        "SELECT ids.id::text FROM ((SELECT {key} AS id FROM {product} \
          ORDER BY {key} LIMIT $1) UNION (SELECT {pid} FROM {summary} \
-         ORDER BY {pid} LIMIT $1)) ids ORDER BY id LIMIT $1",
+         ORDER BY {pid} LIMIT $1)) ids ORDER BY ids.id LIMIT $1",
         key = layout.product_key,
         product = layout.product,
         summary = layout.summary,
@@ -147,10 +153,10 @@ pub fn first_page(layout: &Layout) -> String {
 /// The page after id `$1` (`$2` the page size); see [`first_page`].
 pub fn next_page(layout: &Layout) -> String {
     format!(
-        "SELECT id::text FROM ((SELECT {key} AS id FROM {product} \
+        "SELECT ids.id::text FROM ((SELECT {key} AS id FROM {product} \
          WHERE {key} > {after} ORDER BY {key} LIMIT $2) UNION \
          (SELECT {pid} FROM {summary} WHERE {pid} > {after} ORDER BY {pid} LIMIT $2)) ids \
-         ORDER BY id LIMIT $2",
+         ORDER BY ids.id LIMIT $2",
         key = layout.product_key,
         product = layout.product,
         summary = layout.summary,
@@ -181,12 +187,12 @@ pub fn page_bound(layout: &Layout) -> String {
 pub fn store_page(layout: &Layout) -> String {
     let (pid, sid) = (&layout.col.product_id, &layout.col.store_id);
     format!(
-        "SELECT coalesce(array_agg(id::text ORDER BY id), '{{}}') FROM (SELECT id FROM \
-         ((SELECT s.product_id AS id FROM ({query}) s WHERE {} \
+        "SELECT coalesce(array_agg(ids.id::text ORDER BY ids.id), '{{}}') FROM \
+         (SELECT u.id FROM ((SELECT s.product_id AS id FROM ({query}) s WHERE {} \
          AND s.store_id = {store} ORDER BY s.product_id LIMIT $3) UNION \
          (SELECT t.{pid} FROM {summary} t WHERE {} \
          AND t.{sid} = {store} ORDER BY t.{pid} LIMIT $3)) u \
-         ORDER BY id LIMIT $3) ids",
+         ORDER BY u.id LIMIT $3) ids",
         after(layout, "s.product_id", 2),
         after(layout, &format!("t.{pid}"), 2),
         query = layout.query(),

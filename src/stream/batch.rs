@@ -26,6 +26,11 @@ pub struct Batch {
     /// Transaction ids of the transactions in the batch: apply waits until they are
     /// visible before it reads the source (see `Applier::apply`).
     pub xids: Vec<u32>,
+    /// Where the commit record of the newest of those transactions begins (pgoutput's
+    /// Begin `final_lsn`; known before its changes, also for one cut short). Commits are
+    /// streamed in WAL order, so it bounds them all: a snapshot taken before that position
+    /// cannot have seen the batch whole (`pg::snapshot::Seen`).
+    pub last_commit_lsn: Option<Lsn>,
     /// Row changes that contributed (for throughput metrics).
     pub changes: u64,
     /// Of those, changes not marked: a pass over every product saw their transaction
@@ -47,9 +52,10 @@ impl Batch {
         self.all.get_or_insert(why);
     }
 
-    /// A transaction began; its changes follow.
-    pub fn begin(&mut self, xid: u32) {
+    /// A transaction began (its commit record at `final_lsn`); its changes follow.
+    pub fn begin(&mut self, xid: u32, final_lsn: Lsn) {
         self.xids.push(xid);
+        self.last_commit_lsn = Some(final_lsn);
     }
 
     /// A transaction ended: everything up to `end_lsn` is in this batch.

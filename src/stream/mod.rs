@@ -4,13 +4,15 @@
 //! events); [`pgoutput`] decodes each change, [`route`] turns it into the products it may
 //! affect, [`batch`] coalesces them ([`ids`] keeps the set compact) until apply is free,
 //! and [`passes`] drops the changes a pass over every product already read. The LSN apply
-//! committed is the only one ever acknowledged to the slot.
+//! committed is the only one ever acknowledged to the slot. [`silence`] tells a dead
+//! connection from a walsender that is busy decoding for us.
 
 pub mod batch;
 pub mod ids;
 pub mod passes;
 pub mod pgoutput;
 pub mod route;
+pub mod silence;
 
 use std::time::{Duration, Instant};
 
@@ -25,12 +27,15 @@ use crate::ops::metrics::Metrics;
 use batch::Batch;
 use passes::Passes;
 use route::{Route, Router};
+use silence::Silence;
 
 /// The stream loop's ends of the handover to the apply task: batches go one way, the
-/// checkpoint each stored (or the error that ended it) comes back, one answer per batch.
+/// checkpoint each stored (or the error that ended it) comes back, one answer per batch,
+/// and so does the snapshot of each pass over every product ([`Passes`]).
 pub struct Handover {
     pub batches: mpsc::Sender<Batch>,
     pub applied: mpsc::Receiver<anyhow::Result<Option<Lsn>>>,
+    pub passes: Passes,
 }
 
 /// Reads events, batches, hands batches to apply, and acknowledges what apply committed.
@@ -38,8 +43,9 @@ pub struct Handover {
 ///
 /// One `select!`, arms in priority order (`biased`):
 /// 1. apply finished a batch: acknowledge its checkpoint ([`LoopState::applied`]);
-/// 2. the stream was silent for three heartbeats while we were reading: the connection is
-///    dead ([`dead_connection`]);
+/// 2. the stream was silent for three heartbeats while we were reading: ask the server
+///    whether the connection is dead or the walsender busy for us ([`Silence::judge`]);
+///    end the session on the first, keep waiting on the second;
 /// 3. shutdown asked: stop reading, finish the batch in flight;
 /// 4. an event from the stream ([`LoopState::on_event`]).
 ///
@@ -52,15 +58,11 @@ pub async fn stream_loop(
     shutdown: &watch::Receiver<bool>,
     stream: &mut ReplicationClient,
     apply: &mut Handover,
-    passes: Passes,
     start: Lsn,
+    mut silence: Silence,
 ) -> anyhow::Result<Lsn> {
     let mut shutdown = shutdown.clone();
-    let mut state = LoopState::new(cfg, passes, start);
-    // The heartbeat puts a message into the stream at least every heartbeat interval, so a
-    // stream silent for three of them is a dead connection (a cut without RST), not an
-    // idle database: end the session and reconnect.
-    let silence = cfg.heartbeat() * 3;
+    let mut state = LoopState::new(cfg, start);
     loop {
         if state.ready_to_hand_over() {
             let batch = state.hand_over();
@@ -88,8 +90,9 @@ pub async fn stream_loop(
                     stream.update_applied_lsn(lsn);
                 }
             }
-            _ = tokio::time::sleep_until(state.heard + silence), if state.can_read() => {
-                return Err(dead_connection(silence, cfg.heartbeat()));
+            _ = tokio::time::sleep_until(state.heard + silence.after()), if state.can_read() => {
+                silence.judge().await?;
+                state.heard = Deadline::now();
             }
             _ = shutdown.wait_for(|s| *s), if !state.stopping => {
                 tracing::info!("shutdown requested: finishing the batch in flight");
@@ -99,7 +102,8 @@ pub async fn stream_loop(
                 let event = event
                     .context("replication stream")?
                     .ok_or_else(|| anyhow::Error::new(std::io::Error::other("replication stream ended")))?;
-                state.on_event(event, metrics)?;
+                silence.heard();
+                state.on_event(event, metrics, &mut apply.passes)?;
             }
         }
     }
@@ -112,8 +116,9 @@ struct LoopState {
     /// A batch is with apply. Apply takes one at a time, in order, so a batch handed over
     /// later is applied after every earlier one committed.
     in_flight: bool,
-    /// The transaction being received, between its Begin and its Commit.
-    open_xid: Option<u32>,
+    /// The transaction being received, between its Begin and its Commit: its xid and
+    /// where its commit record begins (Begin's `final_lsn`).
+    open: Option<(u32, Lsn)>,
     /// The last checkpoint apply committed, acknowledged to the slot. Only moves forward.
     acked: Lsn,
     /// Shutdown was asked for: nothing more is read, the batch in flight is finished.
@@ -126,22 +131,20 @@ struct LoopState {
     /// nothing more is read until it is.
     max_pending: usize,
     router: Router,
-    passes: Passes,
 }
 
 impl LoopState {
-    fn new(cfg: &Config, passes: Passes, start: Lsn) -> LoopState {
+    fn new(cfg: &Config, start: Lsn) -> LoopState {
         LoopState {
             batch: Batch::default(),
             in_flight: false,
-            open_xid: None,
+            open: None,
             acked: start,
             stopping: false,
             last_idle_advance: Instant::now(),
             heard: Deadline::now(),
             max_pending: cfg.batch.max_pending,
             router: Router::new(&cfg.tables.schema, &cfg.tables.sources),
-            passes,
         }
     }
 
@@ -159,7 +162,7 @@ impl LoopState {
     /// Nothing received is unapplied: no open transaction, no batch with apply, nothing in
     /// the batch. Only then may the checkpoint move past what apply stored.
     fn is_idle(&self) -> bool {
-        let idle = self.open_xid.is_none() && !self.in_flight && self.batch.is_empty();
+        let idle = self.open.is_none() && !self.in_flight && self.batch.is_empty();
         // `Batch::is_empty` does not look at the xids it carries. A batch carries an xid
         // without a commit only while that transaction is open (a cut carries it on), so an
         // idle batch carries none, and moving the checkpoint skips no transaction.
@@ -172,8 +175,8 @@ impl LoopState {
     fn hand_over(&mut self) -> Batch {
         debug_assert!(!self.in_flight, "one batch with apply at a time");
         let batch = self.batch.take();
-        if let Some(xid) = self.open_xid {
-            self.batch.begin(xid);
+        if let Some((xid, final_lsn)) = self.open {
+            self.batch.begin(xid, final_lsn);
         }
         self.in_flight = true;
         batch
@@ -190,23 +193,28 @@ impl LoopState {
         Some(lsn)
     }
 
-    fn on_event(&mut self, event: ReplicationEvent, metrics: &Metrics) -> anyhow::Result<()> {
+    fn on_event(
+        &mut self,
+        event: ReplicationEvent,
+        metrics: &Metrics,
+        passes: &mut Passes,
+    ) -> anyhow::Result<()> {
         self.heard = Deadline::now();
         match event {
-            ReplicationEvent::Begin { xid, .. } => {
-                debug_assert!(self.open_xid.is_none(), "Begin inside a transaction");
-                self.open_xid = Some(xid);
-                self.batch.begin(xid);
+            ReplicationEvent::Begin { xid, final_lsn, .. } => {
+                debug_assert!(self.open.is_none(), "Begin inside a transaction");
+                self.open = Some((xid, final_lsn));
+                self.batch.begin(xid, final_lsn);
             }
             ReplicationEvent::Commit {
                 end_lsn,
                 commit_time_micros,
                 ..
             } => {
-                self.open_xid = None;
+                self.open = None;
                 self.batch.commit(end_lsn, commit_time_micros);
             }
-            ReplicationEvent::XLogData { data, .. } => self.on_change(&data, metrics)?,
+            ReplicationEvent::XLogData { data, .. } => self.on_change(&data, metrics, passes)?,
             ReplicationEvent::KeepAlive { wal_end, .. } => self.on_keepalive(wal_end),
             ReplicationEvent::Message { .. } => {}
             ReplicationEvent::StoppedAt { .. } => {
@@ -217,7 +225,12 @@ impl LoopState {
     }
 
     /// A pgoutput message: decoded, routed to product ids, marked in the batch.
-    fn on_change(&mut self, data: &bytes::Bytes, metrics: &Metrics) -> anyhow::Result<()> {
+    fn on_change(
+        &mut self,
+        data: &bytes::Bytes,
+        metrics: &Metrics,
+        passes: &mut Passes,
+    ) -> anyhow::Result<()> {
         let msg = pgoutput::decode(data).context("decoding pgoutput")?;
         let (route, counted) = self
             .router
@@ -230,7 +243,7 @@ impl LoopState {
         match route {
             Route::None => {}
             // A pass over every product saw this transaction: nothing to mark.
-            Route::Products(..) if self.passes.saw(self.open_xid) => self.batch.covered += 1,
+            Route::Products(..) if passes.saw(self.open) => self.batch.covered += 1,
             Route::Products(old, new) => {
                 for id in old.into_iter().chain(new) {
                     self.batch.mark(id);
@@ -256,15 +269,4 @@ impl LoopState {
             self.batch.lsn = Some(wal_end);
         }
     }
-}
-
-/// The error that ends a session whose stream stayed silent although heartbeats are
-/// written (transient: the session reconnects).
-fn dead_connection(silence: Duration, heartbeat: Duration) -> anyhow::Error {
-    anyhow::Error::new(std::io::Error::other(format!(
-        "nothing arrived from Postgres for {}s although a heartbeat is written every {}s: \
-         the connection is dead",
-        silence.as_secs(),
-        heartbeat.as_secs()
-    )))
 }

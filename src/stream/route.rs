@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::pgoutput::{LogicalMessage, Relation, TupleData, Value};
+use super::pgoutput::{LogicalMessage, OldTuple, Relation, TupleData, Value};
 
 /// What one change means for the summary.
 #[derive(Debug, PartialEq, Eq)]
@@ -106,7 +106,9 @@ impl Router {
             LogicalMessage::Delete { relation_id, old } => {
                 let k = self.known(*relation_id)?;
                 let r = match k.ids(Some(old.tuple()), None)? {
-                    Route::Products(None, None) if k.product_col.is_some() => {
+                    Route::Products(None, None)
+                        if k.product_col.is_some() && !k.no_product(old) =>
+                    {
                         Route::All(missing_id(&k.table))
                     }
                     r => r,
@@ -180,6 +182,17 @@ impl Router {
 }
 
 impl Known {
+    /// The old row is the whole row (`REPLICA IDENTITY FULL`) and its product id is NULL:
+    /// the row belonged to no product (a nullable product id column), so its delete
+    /// changes no summary row. Only a `Key` tuple leaves out columns (sent as NULL), and
+    /// only there does a NULL mean the id is missing.
+    fn no_product(&self, old: &OldTuple) -> bool {
+        match (old, self.product_col) {
+            (OldTuple::Full(t), Some(col)) => matches!(t.get(col), Some(Value::Null)),
+            _ => false,
+        }
+    }
+
     fn ids<'m>(
         &self,
         old: Option<&'m TupleData>,
@@ -196,8 +209,9 @@ impl Known {
                         column: format!("#{col}"),
                     })
                 }
-                // Null (a key-only old tuple without this column), unchanged TOAST (an id is
-                // never toasted in practice; the new tuple or the old one still names it).
+                // Null (no product, or a key-only old tuple without this column: the caller
+                // tells them apart), unchanged TOAST (an id is never toasted in practice;
+                // the new tuple or the old one still names it).
                 _ => Ok(None),
             }
         };
@@ -219,4 +233,68 @@ fn missing_id(table: &str) -> String {
          not include it; every product is recomputed instead. Fix: run `cdc-worker setup` \
          (it sets REPLICA IDENTITY FULL) or ALTER TABLE \"{table}\" REPLICA IDENTITY FULL"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::pgoutput::testing::{encode, Msg, Val};
+    use crate::stream::pgoutput::{decode, Column};
+
+    /// A router that knows `public.ProductImage` (id, productId) as relation 7.
+    fn router() -> Router {
+        let sources = BTreeMap::from([("ProductImage".to_string(), "productId".to_string())]);
+        let mut r = Router::new("public", &sources);
+        let col = |name: &str, flags| Column {
+            flags,
+            name: name.into(),
+            type_oid: 25,
+            type_modifier: -1,
+        };
+        let rel = Relation {
+            id: 7,
+            namespace: "public".into(),
+            name: "ProductImage".into(),
+            replica_identity: b'f',
+            columns: vec![col("id", 1), col("productId", 0)],
+        };
+        let msg = decode(&encode(&Msg::Relation(rel))).unwrap();
+        r.route(&msg).unwrap();
+        r
+    }
+
+    fn delete(marker: u8, product: Val) -> LogicalMessage {
+        decode(&encode(&Msg::Delete {
+            relation_id: 7,
+            old: (marker, vec![Val::text("img1"), product]),
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_full_old_row_with_a_null_product_id_belongs_to_no_product() {
+        let mut r = router();
+        let msg = delete(b'O', Val::Null);
+        let (route, counted) = r.route(&msg).unwrap();
+        assert_eq!(route, Route::Products(None, None));
+        assert_eq!(counted, Some(("ProductImage", Op::Delete)));
+    }
+
+    #[test]
+    fn a_key_only_old_row_without_the_product_id_recomputes_every_product() {
+        let mut r = router();
+        let msg = delete(b'K', Val::Null);
+        let (route, _) = r.route(&msg).unwrap();
+        assert!(
+            matches!(&route, Route::All(why) if why.contains("REPLICA IDENTITY FULL")),
+            "{route:?}"
+        );
+    }
+
+    #[test]
+    fn a_full_old_row_names_its_product() {
+        let mut r = router();
+        let msg = delete(b'O', Val::text("p1"));
+        assert_eq!(r.route(&msg).unwrap().0, Route::Products(Some("p1"), None));
+    }
 }
