@@ -440,6 +440,38 @@ async fn a_password_with_url_delimiters_connects_and_never_shows() {
     assert!(!log.contains("Zq") && !log.contains("Xv9"), "{log}");
 }
 
+/// A server that accepts the TCP connection and then never answers (a frozen proxy, a hung
+/// host) must not hold a command forever: tokio-postgres bounds only the TCP connect, the
+/// worker bounds the whole startup by the URL's `connect_timeout` (as libpq does).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_accepts_and_never_answers_times_out() {
+    let db = Cluster::shared().create_db("silent_server").await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Accepts every connection and keeps it open without a byte (the kernel completes the
+    // handshake; holding the streams keeps them from being closed).
+    let held = std::thread::spawn(move || {
+        let mut streams = Vec::new();
+        for s in listener.incoming().take(4) {
+            streams.push(s);
+        }
+        std::thread::sleep(Duration::from_secs(60));
+    });
+    let url = format!("postgresql://nobody:pw@127.0.0.1:{port}/shop?connect_timeout=2");
+    let started = Instant::now();
+    let out = WorkerProcess::run_to_end(&db, &["setup"], &[("DATABASE_URL", url.as_str())]);
+    let took = started.elapsed();
+    assert!(!out.success, "{}", out.output);
+    assert!(
+        out.output.contains("took longer than 2s"),
+        "names the limit: {}",
+        out.output
+    );
+    println!("setup against a silent server gave up after {took:?}");
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+    drop(held);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_fails_clearly_before_touching_anything() {
     let db = Cluster::shared().create_db("bad_input").await;

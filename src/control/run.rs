@@ -97,13 +97,25 @@ async fn session(ctx: &Context) -> anyhow::Result<()> {
         // While nothing arrives, a status message at least every heartbeat: the walsender's
         // record of when it last heard us is the evidence that a silent stream is alive.
         .with_wakeup_interval(silence::status_interval(cfg.heartbeat()));
-    let mut stream = ReplicationClient::connect(repl_cfg)
-        .await
-        .context("opening the replication connection")?;
-    stream
-        .wait_started()
-        .await
-        .context("starting replication")?;
+    // Bounded like every query connection (Database::startup_timeout): a peer that
+    // accepts the connection and then says nothing must not hold the session forever. The
+    // walsender answers START_REPLICATION before it decodes anything, so a long decode
+    // does not count here.
+    let mut stream = tokio::time::timeout(ctx.db.startup_timeout(), async {
+        let mut stream = ReplicationClient::connect(repl_cfg)
+            .await
+            .context("opening the replication connection")?;
+        stream
+            .wait_started()
+            .await
+            .context("starting replication")?;
+        anyhow::Ok(stream)
+    })
+    .await
+    .map_err(|_| {
+        ctx.db
+            .startup_timed_out("opening the replication connection")
+    })??;
     tracing::info!(slot = %cfg.slot, from = %start, "streaming");
     ctx.metrics.set_streaming(true);
 

@@ -15,6 +15,10 @@ use tokio_postgres::Client;
 
 use crate::redact::{redact_url, PostgresUrl};
 
+/// The longest a new connection may take from the TCP connect to ready for queries, unless
+/// `DATABASE_URL` says `connect_timeout` (which, as in libpq, then bounds the whole of it).
+const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// libpq's sslmode values; tokio-postgres alone knows only the first three.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SslMode {
@@ -37,6 +41,8 @@ pub struct Database {
     tls: Arc<rustls::ClientConfig>,
     host: String,
     port: u16,
+    /// `connect_timeout` of the URL, if given.
+    connect_timeout: Option<Duration>,
 }
 
 /// Query parameters Prisma puts into its URLs; meaningless to us, so dropped rather than
@@ -143,6 +149,7 @@ impl Database {
             _ => PgSslMode::Require,
         });
         Ok(Database {
+            connect_timeout: pg.get_connect_timeout().copied(),
             pg,
             ssl,
             root_cert,
@@ -171,8 +178,42 @@ impl Database {
         )
     }
 
-    /// Opens a query connection and drives it on a background task.
-    pub async fn connect(&self, application_name: &str) -> Result<Client, tokio_postgres::Error> {
+    /// Opens a query connection and drives it on a background task. The whole of it (TCP,
+    /// TLS, authentication, startup) is bounded by [`Database::startup_timeout`]:
+    /// tokio-postgres bounds only the TCP connect, and a peer that accepts the connection
+    /// and then says nothing (a frozen proxy, a hung server) would otherwise hold the caller
+    /// forever.
+    pub async fn connect(&self, application_name: &str) -> anyhow::Result<Client> {
+        let limit = self.startup_timeout();
+        match tokio::time::timeout(limit, self.connect_unbounded(application_name)).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(self.startup_timed_out("connecting")),
+        }
+    }
+
+    /// How long a new connection (query or replication) may take until it is ready:
+    /// `connect_timeout` of `DATABASE_URL` when given (as libpq reads it), else 30 s.
+    pub fn startup_timeout(&self) -> Duration {
+        self.connect_timeout.unwrap_or(DEFAULT_STARTUP_TIMEOUT)
+    }
+
+    /// The (transient) error of a connection that did not become ready in time.
+    pub fn startup_timed_out(&self, what: &str) -> anyhow::Error {
+        anyhow::Error::new(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "{what} to {} took longer than {}s (TCP, TLS and startup; connect_timeout in \
+                 DATABASE_URL sets the limit)",
+                self.display(),
+                self.startup_timeout().as_secs()
+            ),
+        ))
+    }
+
+    async fn connect_unbounded(
+        &self,
+        application_name: &str,
+    ) -> Result<Client, tokio_postgres::Error> {
         let mut cfg = self.pg.clone();
         cfg.application_name(application_name);
         // A network cut without RST must end in an error, not an await that lasts as long
