@@ -676,8 +676,7 @@ mod tests {
     }
 
     fn with_file(name: &str, text: &str) -> Result<Config, ConfigError> {
-        let dir = std::env::temp_dir().join(format!("cdcw-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testing::TempDir::new(&format!("cfg-{name}"));
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
         Config::load_with_env(Some(&p), env(&[("DATABASE_URL", "postgres://x/y")]))
@@ -749,8 +748,7 @@ mod tests {
 
     #[test]
     fn unknown_key_is_an_error() {
-        let dir = std::env::temp_dir().join(format!("cdcw-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testing::TempDir::new("cfg-unknown");
         let p = dir.join("c.toml");
         std::fs::write(&p, "slott = \"x\"\n").unwrap();
         let err = Config::load_with_env(Some(&p), env(&[("DATABASE_URL", "postgres://x/y")]))
