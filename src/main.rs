@@ -167,7 +167,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
     let db = Database::parse(&cfg.database_url)?;
-    let metrics = Metrics::new(cfg.heartbeat());
+    let metrics = Metrics::new(&cfg);
     if !cfg.metrics.addr.is_empty() {
         let listener_metrics = metrics.clone();
         let addr = cfg.metrics.addr.clone();

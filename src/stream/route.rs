@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::pgoutput::{LogicalMessage, Relation, TupleData, Value};
+use crate::ops::metrics::Pass;
 
 /// What one change means for the summary.
 #[derive(Debug, PartialEq, Eq)]
@@ -15,7 +16,21 @@ pub enum Route<'a> {
     Products(Option<&'a str>, Option<&'a str>),
     /// Recompute every product: a source table was truncated, or a delete carried no
     /// product id (see `missing_id`).
-    All(String),
+    All(AllReason),
+}
+
+/// Why every product must be recomputed: the kind (the metric's label) and the sentence
+/// the log shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllReason {
+    pub pass: Pass,
+    pub why: String,
+}
+
+impl std::fmt::Display for AllReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.why)
+    }
 }
 
 /// The table and operation of a row change, for the changes counter (`None` for
@@ -107,7 +122,10 @@ impl Router {
                 let k = self.known(*relation_id)?;
                 let r = match k.ids(Some(old.tuple()), None)? {
                     Route::Products(None, None) if k.product_col.is_some() => {
-                        Route::All(missing_id(&k.table))
+                        Route::All(AllReason {
+                            pass: Pass::DeleteWithoutProductId,
+                            why: missing_id(&k.table),
+                        })
                     }
                     r => r,
                 };
@@ -125,7 +143,10 @@ impl Router {
                     return Ok((Route::None, None));
                 }
                 let first = self.known(relation_ids[0])?;
-                let reason = format!("TRUNCATE of {}", tables.join(", "));
+                let reason = AllReason {
+                    pass: Pass::Truncate,
+                    why: format!("TRUNCATE of {}", tables.join(", ")),
+                };
                 return Ok((
                     Route::All(reason),
                     Some((first.table.as_str(), Op::Truncate)),
