@@ -1,5 +1,6 @@
-//! What an operator sees: the Prometheus metrics and the health probes, on a leader and on
-//! a standby, and JSON logs.
+//! What an operator sees and does: the Prometheus metrics and the health probes, on a
+//! leader and on a standby, and JSON logs; `status`, `teardown`, and a `setup` that
+//! changes nothing when it refuses.
 
 mod support;
 
@@ -32,13 +33,21 @@ async fn metrics_and_probes_on_leader_and_standby() {
     seed(&c, 1, 10).await;
     let setup = WorkerProcess::run_to_end(&db, &["setup"], &[]);
     assert!(setup.success, "{}", setup.output);
+    // A heartbeat a second: empty batches (heartbeats, idle keepalives) come often.
+    let config =
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.toml", db.name));
+    std::fs::write(&config, "[batch]\nheartbeat_secs = 1\n").unwrap();
+    let config = config.display().to_string();
+    let nowhere = format!("http://127.0.0.1:{}/api/revalidate", free_port());
     let leader_addr = format!("127.0.0.1:{}", free_port());
     let leader = WorkerProcess::start(
         &db,
-        &["run"],
+        &["--config", &config, "run"],
         &[
             ("CDC_METRICS_ADDR", &leader_addr),
             ("CDC_LOG_FORMAT", "json"),
+            ("CDC_REVALIDATE_URLS", &nowhere),
+            ("CDC_REVALIDATE_SECRET", "s3cret"),
         ],
     );
     leader
@@ -81,6 +90,68 @@ async fn metrics_and_probes_on_leader_and_standby() {
         Some(1.0),
         "{m}"
     );
+    // Issue 19: the version, the process, and every counter with known label values at
+    // 0 before its first event (so increase() alerts see the first one).
+    assert_eq!(
+        value(
+            &m,
+            &format!(
+                "cdc_build_info{{version=\"{}\"}}",
+                env!("CARGO_PKG_VERSION")
+            )
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(
+        value(&m, "process_resident_memory_bytes ").unwrap() > 1e6,
+        "{m}"
+    );
+    assert!(value(&m, "process_open_fds ").unwrap() >= 3.0, "{m}");
+    assert!(
+        value(&m, "process_cpu_seconds_total ").unwrap() > 0.0,
+        "{m}"
+    );
+    assert!(
+        value(&m, "process_start_time_seconds ").unwrap() > 1.6e9,
+        "{m}"
+    );
+    for zero in [
+        "cdc_recovery_recomputes_total{reason=\"lost\"}",
+        "cdc_slot_recreated_total{reason=\"missing\"}",
+        "cdc_apply_passes_total{reason=\"truncate\"}",
+        "cdc_apply_passes_total{reason=\"bulk\"}",
+        "cdc_changes_total{table=\"Price\",op=\"delete\"}",
+        "cdc_outbox_held_overdue_seconds",
+    ] {
+        assert_eq!(value(&m, zero), Some(0.0), "{zero} in:\n{m}");
+    }
+    assert_eq!(
+        value(
+            &m,
+            &format!("cdc_revalidate_requests_total{{endpoint=\"{nowhere}\",outcome=\"failed\"}}")
+        ),
+        Some(0.0),
+        "{m}"
+    );
+    // cdc_batch_size counts the batches that recompute products: one change, one batch,
+    // however many heartbeats passed meanwhile.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, m) = scrape(&http, &leader_addr, "/metrics").await;
+    assert_eq!(value(&m, "cdc_batch_size_count "), Some(1.0), "{m}");
+    assert_eq!(value(&m, "cdc_batch_size_sum "), Some(1.0), "{m}");
+    // A pass over every product is counted with its reason.
+    c.batch_execute("TRUNCATE \"ProductImage\"").await.unwrap();
+    support::wait_until(
+        Duration::from_secs(10),
+        "the truncate's pass counted",
+        || async {
+            let (_, m) = scrape(&http, &leader_addr, "/metrics").await;
+            value(&m, "cdc_apply_passes_total{reason=\"truncate\"}") == Some(1.0)
+        },
+    )
+    .await;
+    wait_converged(&c, "the truncate").await;
     assert!(value(&m, "cdc_summary_rows_written_total").unwrap() >= 1.0);
     assert!(value(&m, "cdc_apply_latency_seconds_count").unwrap() >= 1.0);
     assert_eq!(scrape(&http, &leader_addr, "/healthz").await.0, 200);
@@ -117,4 +188,74 @@ async fn metrics_and_probes_on_leader_and_standby() {
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
     }
+}
+
+/// Everything of this database an operator's change could touch, one line per object:
+/// schemas, relations with their kind and replica identity, publications and their
+/// tables, this database's slots. Equal before and after means nothing changed.
+async fn catalog(c: &tokio_postgres::Client) -> Vec<String> {
+    c.query(
+        "SELECT 'schema ' || nspname FROM pg_namespace \
+           WHERE nspname NOT LIKE 'pg_temp%' AND nspname NOT LIKE 'pg_toast_temp%' \
+         UNION ALL \
+         SELECT 'relation ' || n.nspname || '.' || c.relname || ' kind=' || c.relkind::text \
+                || ' identity=' || c.relreplident::text || ' owner=' || c.relowner::regrole::text \
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+          WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') \
+            AND n.nspname NOT LIKE 'pg_temp%' AND n.nspname NOT LIKE 'pg_toast_temp%' \
+         UNION ALL SELECT 'publication ' || pubname FROM pg_publication \
+         UNION ALL SELECT 'publication table ' || p.pubname || ' ' || r.prrelid::regclass::text \
+           FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid \
+         UNION ALL SELECT 'slot ' || slot_name FROM pg_replication_slots \
+           WHERE database = current_database() \
+         ORDER BY 1",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// Issue 19 item 3 (DESIGN.md invariant 13): `setup` in a second database of the server
+/// whose slot name the first database's worker already has is refused, and the second
+/// database is left exactly as it was: no state schema, no summary table, no publication,
+/// no replica identity changed.
+#[tokio::test(flavor = "multi_thread")]
+async fn setup_refused_for_a_taken_slot_name_changes_nothing() {
+    let first = Cluster::shared().create_db("setup_first").await;
+    let c1 = first.client().await;
+    seed(&c1, 1, 3).await;
+    let setup = WorkerProcess::run_to_end(&first, &["setup"], &[]);
+    assert!(setup.success, "{}", setup.output);
+
+    let second = Cluster::shared().create_db("setup_second").await;
+    let c2 = second.client().await;
+    seed(&c2, 1, 3).await;
+    let before = catalog(&c2).await;
+    assert!(
+        !before.iter().any(|l| l.contains("ProductSummary")),
+        "{before:#?}"
+    );
+    let taken = first.slot();
+    let out = WorkerProcess::run_to_end(&second, &["setup"], &[("CDC_SLOT", &taken)]);
+    assert_eq!(out.code, Some(2), "{}", out.output);
+    assert!(
+        out.output
+            .contains(&format!("belongs to database {}", first.name))
+            && out.output.contains("CDC_SLOT"),
+        "{}",
+        out.output
+    );
+    assert_eq!(
+        catalog(&c2).await,
+        before,
+        "setup changed the database it refused"
+    );
+
+    // With a slot name of its own it sets up.
+    let setup = WorkerProcess::run_to_end(&second, &["setup"], &[]);
+    assert!(setup.success, "{}", setup.output);
+    assert_ne!(catalog(&c2).await, before);
 }
