@@ -196,8 +196,8 @@ pub async fn ensure(client: &Client, cfg: &Config) -> anyhow::Result<()> {
     let state = schema(cfg);
     let current = client
         .query_one(
-            "SELECT to_regclass($1) IS NOT NULL, EXISTS (SELECT 1 FROM pg_attribute \
-             WHERE attrelid = to_regclass($1) AND attname = 'recompute_reason'), \
+            "SELECT to_regclass($1) IS NOT NULL, (SELECT count(*) = 2 FROM pg_attribute \
+             WHERE attrelid = to_regclass($1) AND attname IN ('recompute_reason', 'commit_time')), \
              to_regclass($2) IS NOT NULL",
             &[
                 &format!("{state}.checkpoint"),
@@ -219,8 +219,8 @@ pub async fn ensure(client: &Client, cfg: &Config) -> anyhow::Result<()> {
     let sql = upgrade_ddl().replace("{schema}", &state);
     client.batch_execute(&sql).await.with_context(|| {
         format!(
-            "upgrading the state schema {state} (checkpoint.recompute_reason, outbox_held: \
-             new in this version). Fix: run `cdc-worker setup` once as the state schema's owner"
+            "upgrading the state schema {state} (checkpoint.recompute_reason and commit_time, \
+             outbox_held: new in this version). Fix: run `cdc-worker setup` once as the state schema's owner"
         )
     })?;
     tracing::info!(schema = %state, "state schema upgraded to this version");
