@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{free_port, seed, wait_converged, Cluster, WorkerProcess};
+use support::{drift, free_port, seed, wait_converged, Cluster, TestDb, WorkerProcess};
 
 async fn scrape(http: &reqwest::Client, addr: &str, path: &str) -> (u16, String) {
     let resp = http
@@ -258,4 +258,303 @@ async fn setup_refused_for_a_taken_slot_name_changes_nothing() {
     let setup = WorkerProcess::run_to_end(&second, &["setup"], &[]);
     assert!(setup.success, "{}", setup.output);
     assert_ne!(catalog(&c2).await, before);
+}
+
+/// `status --json` as a value, with its exit code.
+fn status_json(db: &TestDb, extra: &[(&str, &str)]) -> (Option<i32>, serde_json::Value) {
+    let out = WorkerProcess::run_to_end(db, &["status", "--json"], extra);
+    // The JSON object is everything from the first line that opens it.
+    let start = out
+        .output
+        .find("\n{")
+        .map(|i| i + 1)
+        .or_else(|| out.output.starts_with('{').then_some(0))
+        .unwrap_or_else(|| panic!("no JSON in:\n{}", out.output));
+    let v = serde_json::Deserializer::from_str(&out.output[start..])
+        .into_iter::<serde_json::Value>()
+        .next()
+        .and_then(Result::ok)
+        .unwrap_or_else(|| panic!("not JSON:\n{}", out.output));
+    (out.code, v)
+}
+
+/// Slots of this database, and a slot of our name anywhere: what could hold WAL for us.
+async fn our_slots(c: &tokio_postgres::Client, slot: &str) -> i64 {
+    c.query_one(
+        "SELECT count(*) FROM pg_replication_slots \
+         WHERE database = current_database() OR slot_name = $1",
+        &[&slot],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// Issue 19 items 1 and 2 against a running installation: `status` (text and JSON, and
+/// its exit codes) before and while a worker runs; `teardown` refusing while the worker
+/// leads, `--dry-run` changing nothing, `--force --yes` ending the worker's sessions and
+/// removing the slot, the publication and the state schema (the summary and REPLICA
+/// IDENTITY stay); then the worker stops on its own, nothing of ours holds WAL, and
+/// `setup` works again from scratch.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_and_teardown_on_a_running_installation() {
+    let db = Cluster::shared().create_db("status_teardown").await;
+    let c = db.client().await;
+    seed(&c, 1, 10).await;
+
+    // Not set up: unusable.
+    let (code, v) = status_json(&db, &[]);
+    assert_eq!(code, Some(2), "{v:#}");
+    assert_eq!(v["health"], "unusable", "{v:#}");
+    assert_eq!(v["set_up"], false, "{v:#}");
+
+    let setup = WorkerProcess::run_to_end(&db, &["setup"], &[]);
+    assert!(setup.success, "{}", setup.output);
+    // Set up, no worker running: degraded, and it says why.
+    let (code, v) = status_json(&db, &[]);
+    assert_eq!(code, Some(1), "{v:#}");
+    assert_eq!(v["health"], "degraded", "{v:#}");
+    assert!(v["leader"].is_null(), "{v:#}");
+    assert!(v["problems"].to_string().contains("leader lock"), "{v:#}");
+
+    // A worker delivering to an endpoint that does not answer: tags wait in the outbox.
+    let nowhere = format!("http://127.0.0.1:{}/api/revalidate", free_port());
+    let env = [
+        ("CDC_REVALIDATE_URLS", nowhere.as_str()),
+        ("CDC_REVALIDATE_SECRET", "s3cret"),
+    ];
+    let mut w = WorkerProcess::start(&db, &["run"], &env);
+    w.wait_for_log(Duration::from_secs(20), "streaming").await;
+    c.batch_execute("UPDATE \"Price\" SET amount = 4242 WHERE id = 'usd3'")
+        .await
+        .unwrap();
+    wait_converged(&c, "the price change").await;
+    let mut last = serde_json::Value::Null;
+    support::wait_until(
+        Duration::from_secs(20),
+        "status healthy with the tags pending",
+        || {
+            let (code, v) = status_json(&db, &env);
+            let ok = code == Some(0)
+                && v["outbox"]["endpoints"][0]["pending"].as_i64().unwrap_or(0) > 0
+                && v["lag"]["last_commit_age_seconds"].as_f64().is_some();
+            last = v;
+            async move { ok }
+        },
+    )
+    .await;
+    let v = last;
+    assert_eq!(v["health"], "healthy", "{v:#}");
+    assert_eq!(v["leader"]["application_name"], "cdc-worker/apply", "{v:#}");
+    assert!(v["slot"]["active_pid"].as_i64().is_some(), "{v:#}");
+    assert_eq!(v["slot"]["state"], "ok", "{v:#}");
+    assert!(
+        v["lag"]["slot_behind_bytes"].as_i64().unwrap() >= 0,
+        "{v:#}"
+    );
+    assert!(
+        v["lag"]["last_commit_age_seconds"].as_f64().unwrap() < 60.0,
+        "{v:#}"
+    );
+    assert!(v["recompute"].is_null(), "{v:#}");
+    let endpoint = &v["outbox"]["endpoints"][0];
+    assert_eq!(endpoint["configured"], true, "{v:#}");
+    assert_eq!(endpoint["parked_tags"], 0, "{v:#}");
+    // The text report: the same facts for a person, the same exit code.
+    let text = WorkerProcess::run_to_end(&db, &["status"], &env);
+    assert_eq!(text.code, Some(0), "{}", text.output);
+    for needle in [
+        "cdc-worker status: HEALTHY",
+        "leader     pid ",
+        "cdc-worker/apply",
+        "slot       active (walsender pid",
+        "last applied commit",
+        "pending",
+        "reconcile  never run",
+    ] {
+        assert!(
+            text.output.contains(needle),
+            "{needle:?} in:\n{}",
+            text.output
+        );
+    }
+    // A threshold below the current lag degrades it.
+    let strict = WorkerProcess::run_to_end(&db, &["status", "--max-lag-seconds", "0"], &env);
+    assert_eq!(strict.code, Some(1), "{}", strict.output);
+    assert!(
+        strict.output.contains("--max-lag-seconds"),
+        "{}",
+        strict.output
+    );
+
+    // While the worker leads, teardown refuses and changes nothing.
+    let before = catalog(&c).await;
+    let refused = WorkerProcess::run_to_end(&db, &["teardown", "--yes"], &[]);
+    assert_eq!(refused.code, Some(1), "{}", refused.output);
+    assert!(
+        refused.output.contains("refused") && refused.output.contains("--force"),
+        "{}",
+        refused.output
+    );
+    let dry = WorkerProcess::run_to_end(&db, &["teardown", "--dry-run"], &[]);
+    assert_eq!(dry.code, Some(0), "{}", dry.output);
+    for needle in [
+        "pg_drop_replication_slot(",
+        "DROP PUBLICATION",
+        "DROP TABLE \"cdc_worker\".\"checkpoint\"",
+        "DROP SCHEMA \"cdc_worker\"",
+        "kept: summary table",
+        "kept: REPLICA IDENTITY FULL",
+        "dry run: nothing was changed",
+    ] {
+        assert!(
+            dry.output.contains(needle),
+            "{needle:?} in:\n{}",
+            dry.output
+        );
+    }
+    assert_eq!(
+        catalog(&c).await,
+        before,
+        "refusal and dry run changed nothing"
+    );
+    assert!(w.is_running());
+
+    let torn = WorkerProcess::run_to_end(&db, &["teardown", "--force", "--yes"], &[]);
+    assert_eq!(torn.code, Some(0), "{}", torn.output);
+    assert!(torn.output.contains("ended sessions"), "{}", torn.output);
+    assert!(
+        torn.output.contains("dropped replication slot"),
+        "{}",
+        torn.output
+    );
+    // The worker, its sessions ended, waited as a standby and stops: not set up.
+    let status = w.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(2), "{}", w.log_tail(20));
+    assert!(w.output().contains("not set up"), "{}", w.log_tail(20));
+
+    assert_eq!(
+        our_slots(&c, &db.slot()).await,
+        0,
+        "a slot of ours holds WAL"
+    );
+    let after = catalog(&c).await;
+    assert!(
+        !after
+            .iter()
+            .any(|l| l.contains("cdc_worker") || l.starts_with("publication")),
+        "{after:#?}"
+    );
+    assert!(
+        after
+            .iter()
+            .any(|l| l.contains("public.ProductSummary kind=r")),
+        "the summary stays: {after:#?}"
+    );
+    assert!(
+        after
+            .iter()
+            .any(|l| l.contains("public.Price kind=r identity=f")),
+        "REPLICA IDENTITY stays: {after:#?}"
+    );
+    let (code, v) = status_json(&db, &[]);
+    assert_eq!(code, Some(2), "{v:#}");
+    assert!(v["slot"].is_null(), "{v:#}");
+
+    // From scratch again: setup backfills, a worker streams.
+    let setup = WorkerProcess::run_to_end(&db, &["setup"], &[]);
+    assert!(setup.success, "{}", setup.output);
+    let _w = WorkerProcess::start(&db, &["run"], &[]);
+    c.batch_execute("UPDATE \"Price\" SET amount = 77 WHERE id = 'usd4'")
+        .await
+        .unwrap();
+    wait_converged(&c, "a change after setting up again").await;
+}
+
+/// `teardown` without a running worker: without a terminal it needs --yes; --drop-summary
+/// takes the summary too; a second run finds nothing left; a state schema that holds
+/// something else is kept (only the worker's tables go), and a slot of that name in
+/// another database is never dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn teardown_asks_keeps_what_is_not_ours_and_runs_again() {
+    let db = Cluster::shared().create_db("teardown_keep").await;
+    let c = db.client().await;
+    seed(&c, 1, 3).await;
+    let setup = WorkerProcess::run_to_end(&db, &["setup"], &[]);
+    assert!(setup.success, "{}", setup.output);
+    c.batch_execute("CREATE TABLE cdc_worker.notes (t text)")
+        .await
+        .unwrap();
+    let before = catalog(&c).await;
+    let asked = WorkerProcess::run_to_end(&db, &["teardown"], &[]);
+    assert_eq!(asked.code, Some(1), "{}", asked.output);
+    assert!(asked.output.contains("pass --yes"), "{}", asked.output);
+    assert_eq!(catalog(&c).await, before);
+
+    let out = WorkerProcess::run_to_end(&db, &["teardown", "--yes", "--drop-summary"], &[]);
+    assert_eq!(out.code, Some(0), "{}", out.output);
+    assert!(
+        out.output
+            .contains("kept: schema \"cdc_worker\" itself: it also holds notes"),
+        "{}",
+        out.output
+    );
+    let after = catalog(&c).await;
+    assert_eq!(our_slots(&c, &db.slot()).await, 0);
+    assert!(
+        after
+            .iter()
+            .any(|l| l.contains("relation cdc_worker.notes")),
+        "{after:#?}"
+    );
+    assert!(
+        !after
+            .iter()
+            .any(|l| l.contains("cdc_worker.checkpoint") || l.contains("ProductSummary")),
+        "{after:#?}"
+    );
+    let again = WorkerProcess::run_to_end(&db, &["teardown", "--yes"], &[]);
+    assert_eq!(again.code, Some(0), "{}", again.output);
+    assert!(
+        again.output.contains("nothing of the worker's is left"),
+        "{}",
+        again.output
+    );
+
+    // Set up again (the summary table is created anew), then a slot of our name that
+    // another database owns: teardown leaves it alone and says so.
+    let setup = WorkerProcess::run_to_end(&db, &["setup"], &[]);
+    assert!(setup.success, "{}", setup.output);
+    assert_eq!(drift(&c).await, 0);
+    c.execute("SELECT pg_drop_replication_slot($1)", &[&db.slot()])
+        .await
+        .unwrap();
+    let other = Cluster::shared().admin_client("postgres").await;
+    other
+        .execute(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&db.slot()],
+        )
+        .await
+        .unwrap();
+    let out = WorkerProcess::run_to_end(&db, &["teardown", "--yes"], &[]);
+    let foreign_left: bool = other
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+            &[&db.slot()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    other
+        .execute("SELECT pg_drop_replication_slot($1)", &[&db.slot()])
+        .await
+        .unwrap();
+    assert_eq!(out.code, Some(0), "{}", out.output);
+    assert!(
+        out.output.contains("belongs to database postgres"),
+        "{}",
+        out.output
+    );
+    assert!(foreign_left, "the other database's slot was dropped");
 }
