@@ -534,6 +534,47 @@ pub async fn serve(addr: &str, metrics: Arc<Metrics>) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every series the shipped alert rules and dashboard query is one the worker
+    /// exports: a renamed metric must not leave an alert silently matching nothing.
+    #[test]
+    fn deploy_examples_query_only_exported_series() {
+        let m = Metrics::new(&crate::config::Config::default());
+        let mut exported = std::collections::BTreeSet::new();
+        for line in m.render().lines() {
+            let Some(rest) = line.strip_prefix("# TYPE ") else {
+                continue;
+            };
+            let mut parts = rest.split(' ');
+            let (family, kind) = (parts.next().unwrap(), parts.next().unwrap());
+            let suffixes: &[&str] = match kind {
+                "counter" => &["_total"],
+                "histogram" => &["_bucket", "_count", "_sum"],
+                "info" => &["_info"],
+                _ => &[""],
+            };
+            for s in suffixes {
+                exported.insert(format!("{family}{s}"));
+            }
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        for file in [
+            "config/deploy/prometheus-alerts.yml",
+            "config/deploy/grafana-dashboard.json",
+        ] {
+            let text = std::fs::read_to_string(root.join(file)).unwrap();
+            let names = text
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("cdc_") || w.starts_with("process_"))
+                .filter(|w| !w.starts_with("cdc_worker"));
+            for name in names {
+                assert!(
+                    exported.contains(name),
+                    "{file} queries {name}, which is not exported"
+                );
+            }
+        }
+    }
     use crate::pg::server::SlotState;
 
     #[test]
