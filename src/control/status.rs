@@ -4,6 +4,7 @@
 //! its exit code: 0 healthy, 1 degraded, 2 unusable (or no answer at all).
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -139,10 +140,15 @@ pub async fn main(cfg: &Config, args: &Args) -> anyhow::Result<ExitCode> {
         .batch_execute("SET default_transaction_read_only = on")
         .await?;
     let status = read(&client, cfg, &db.display(), args).await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+    let text = if args.json {
+        serde_json::to_string_pretty(&status)? + "\n"
     } else {
-        print!("{}", render(&status));
+        render(&status)
+    };
+    // `status | head` closes the pipe early: that is no error of the check.
+    match std::io::stdout().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+        _ => {}
     }
     Ok(ExitCode::from(status.health.exit_code()))
 }
@@ -269,6 +275,8 @@ pub fn judge(s: &mut Status, cfg: &Config, args: &Args) {
         );
     }
     match &s.slot {
+        // Not set up says it all.
+        None if !s.set_up => {}
         None => add(
             Unusable,
             format!(

@@ -119,6 +119,12 @@ pub async fn main(cfg: &Config, args: &Args) -> anyhow::Result<ExitCode> {
         let who = describe(h);
         if args.force {
             println!("a running worker holds the leader lock ({who}): --force ends its sessions");
+        } else if args.dry_run {
+            println!(
+                "a `cdc-worker run` holds the leader lock of slot {} ({who}): teardown would \
+                 refuse until it is stopped, or end its sessions with --force",
+                cfg.slot
+            );
         } else {
             println!(
                 "refused: a `cdc-worker run` holds the leader lock of slot {} ({who}). Stop it \
@@ -127,9 +133,7 @@ pub async fn main(cfg: &Config, args: &Args) -> anyhow::Result<ExitCode> {
                  torn down",
                 cfg.slot
             );
-            if !args.dry_run {
-                return Ok(ExitCode::from(1));
-            }
+            return Ok(ExitCode::from(1));
         }
     }
     let plan = inspect(&client, cfg, args).await?;
@@ -340,6 +344,7 @@ async fn execute(client: &Client, cfg: &Config, plan: &Plan) -> anyhow::Result<(
         println!("dropped replication slot {}", cfg.slot);
     }
     client.batch_execute("BEGIN").await?;
+    let mut schema_kept = false;
     let result = async {
         for sql in &plan.statements {
             client
@@ -350,6 +355,7 @@ async fn execute(client: &Client, cfg: &Config, plan: &Plan) -> anyhow::Result<(
         if let Some(sql) = &plan.drop_state_schema {
             client.batch_execute("SAVEPOINT state_schema").await?;
             if let Err(e) = client.batch_execute(sql).await {
+                schema_kept = true;
                 // Something appeared in it meanwhile: keep it, with everything else done.
                 client
                     .batch_execute("ROLLBACK TO SAVEPOINT state_schema")
@@ -377,7 +383,8 @@ async fn execute(client: &Client, cfg: &Config, plan: &Plan) -> anyhow::Result<(
         )));
     }
     client.batch_execute("COMMIT").await?;
-    for sql in &plan.statements {
+    let schema = plan.drop_state_schema.iter().filter(|_| !schema_kept);
+    for sql in plan.statements.iter().chain(schema) {
         println!("done: {sql}");
     }
     Ok(())

@@ -512,12 +512,17 @@ pub async fn session(client: &Client, pid: i32) -> anyhow::Result<Option<Session
     Ok(row.as_ref().map(session_of))
 }
 
-/// Ends backend `pid` (`pg_terminate_backend`); whether it was signalled.
+/// Ends backend `pid` (`pg_terminate_backend`) if it still exists; whether it was
+/// signalled. (One that has just ended would get the server's warning "is not a
+/// PostgreSQL backend process".)
 pub async fn terminate(client: &Client, pid: i32) -> anyhow::Result<bool> {
     Ok(client
-        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .query_opt(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1",
+            &[&pid],
+        )
         .await?
-        .get(0))
+        .is_some_and(|r| r.get(0)))
 }
 
 /// The session holding the session-level advisory lock (`class`, `key`) of this
