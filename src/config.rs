@@ -473,6 +473,15 @@ impl Config {
         Ok(())
     }
 
+    /// The source tables as (schema, table): what the publication must cover exactly.
+    pub fn source_tables(&self) -> std::collections::BTreeSet<(String, String)> {
+        self.tables
+            .sources
+            .keys()
+            .map(|t| (self.tables.schema.clone(), t.clone()))
+            .collect()
+    }
+
     /// The summary query: from `tables.summary_query_file`, or the built-in one.
     pub fn summary_query(&self) -> Result<String, ConfigError> {
         if self.tables.summary_query_file.is_empty() {

@@ -6,7 +6,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::{drift, free_port, seed, wait_converged, Cluster, TestDb, WorkerProcess};
+use support::{
+    drift, free_port, seed, wait_converged, Cluster, ForeignSlot, TestDb, WorkerProcess,
+};
 
 async fn scrape(http: &reqwest::Client, addr: &str, path: &str) -> (u16, String) {
     let resp = http
@@ -529,27 +531,9 @@ async fn teardown_asks_keeps_what_is_not_ours_and_runs_again() {
     c.execute("SELECT pg_drop_replication_slot($1)", &[&db.slot()])
         .await
         .unwrap();
-    let other = Cluster::shared().admin_client("postgres").await;
-    other
-        .execute(
-            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-            &[&db.slot()],
-        )
-        .await
-        .unwrap();
+    let foreign = ForeignSlot::create(Cluster::shared(), &db.slot()).await;
     let out = WorkerProcess::run_to_end(&db, &["teardown", "--yes"], &[]);
-    let foreign_left: bool = other
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
-            &[&db.slot()],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    other
-        .execute("SELECT pg_drop_replication_slot($1)", &[&db.slot()])
-        .await
-        .unwrap();
+    let foreign_left = foreign.survived().await;
     assert_eq!(out.code, Some(0), "{}", out.output);
     assert!(
         out.output.contains("belongs to database postgres"),

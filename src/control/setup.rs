@@ -227,12 +227,7 @@ async fn check_may_create_summary(
 /// created by this role (CREATE on the database, owner of every table). Returns whether
 /// it must be created.
 async fn check_publication(client: &Client, cfg: &Config, role: &Role) -> anyhow::Result<bool> {
-    let want: BTreeSet<(String, String)> = cfg
-        .tables
-        .sources
-        .keys()
-        .map(|t| (cfg.tables.schema.clone(), t.clone()))
-        .collect();
+    let want = cfg.source_tables();
     let list = |tables: &BTreeSet<(String, String)>| {
         tables
             .iter()

@@ -18,7 +18,6 @@
 //! tables and the statement that restores the default. Every step is idempotent: running
 //! teardown again finishes what an interrupted one began.
 
-use std::collections::BTreeSet;
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -200,12 +199,7 @@ async fn inspect(client: &Client, cfg: &Config, args: &Args) -> anyhow::Result<P
             }
         },
     }
-    let want: BTreeSet<(String, String)> = cfg
-        .tables
-        .sources
-        .keys()
-        .map(|t| (cfg.tables.schema.clone(), t.clone()))
-        .collect();
+    let want = cfg.source_tables();
     let publication = quote_ident(&cfg.publication);
     match server::publication_tables(client, &cfg.publication).await? {
         None => {}

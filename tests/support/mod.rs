@@ -972,6 +972,53 @@ pub async fn summary_of(c: &tokio_postgres::Client, product: &str) -> Option<tok
     .unwrap()
 }
 
+// ---- Someone else's slot of our name ------------------------------------------------------
+
+/// A pgoutput slot named like a worker's, in database `postgres`: a slot of that name
+/// that is someone else's, which the worker must never drop or use.
+pub struct ForeignSlot {
+    client: tokio_postgres::Client,
+    slot: String,
+}
+
+impl ForeignSlot {
+    pub async fn create(cluster: &Cluster, slot: &str) -> ForeignSlot {
+        let client = cluster.admin_client("postgres").await;
+        client
+            .execute(
+                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[&slot],
+            )
+            .await
+            .unwrap();
+        ForeignSlot {
+            client,
+            slot: slot.to_string(),
+        }
+    }
+
+    /// Whether it is still there, untouched (in database `postgres`); then drops it.
+    pub async fn survived(self) -> bool {
+        let there: bool = self
+            .client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_replication_slots \
+                 WHERE slot_name = $1 AND database = 'postgres')",
+                &[&self.slot],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if there {
+            self.client
+                .execute("SELECT pg_drop_replication_slot($1)", &[&self.slot])
+                .await
+                .unwrap();
+        }
+        there
+    }
+}
+
 // ---- A TCP proxy between the worker and Postgres ----------------------------------------
 
 /// Forwards TCP connections on 127.0.0.1:`port` to a target port that can change
