@@ -106,8 +106,8 @@ enum Command {
     ///
     /// In the safe order: takes the slot's leader lock first, so no worker streams or
     /// recreates the slot meanwhile (while a `run` holds it, teardown refuses; --force
-    /// ends that worker's own sessions instead: application_name cdc-worker/... on this
-    /// database, and only this slot's walsender); then drops the slot, which is what
+    /// ends the worker's sessions instead: those named cdc-worker/... on this database,
+    /// of walsenders only this slot's); then drops the slot, which is what
     /// retains WAL, and only when it is a pgoutput slot of this database; then, in one
     /// transaction, the publication (when it covers exactly the source tables), the
     /// worker's tables in the state schema and the schema when nothing else is in it.

@@ -3,9 +3,11 @@
 //!
 //! 1. The leader lock of the slot, held for the whole teardown: no `run` streams, or
 //!    recreates the slot, meanwhile. While a `run` holds it, teardown refuses; `--force`
-//!    ends that worker's sessions (application_name `cdc-worker/...` on this database, and
-//!    only the walsender of this slot), after which its process waits as a standby and,
-//!    once teardown is done, stops with "not set up".
+//!    ends the worker's sessions: every session on this database named `cdc-worker/...`
+//!    (how the worker names its connections; another slot's worker on the same database
+//!    would lose its sessions too and reconnect), of walsenders only this slot's. The
+//!    worker's process then waits as a standby and, once teardown is done, stops with
+//!    "not set up".
 //! 2. The slot, first of all: it is what retains WAL (a forgotten slot fills the primary's
 //!    disk), so it goes even if a later step fails. Only a pgoutput slot of this
 //!    database; a slot of that name that is someone else's is left alone.
