@@ -471,7 +471,10 @@ async fn a_lost_slot_is_recreated_and_backfilled() {
     // The rows are visible when the recompute's last page commits, a moment before the
     // worker logs it: wait for the line rather than read the log at once.
     worker
-        .wait_for_log(Duration::from_secs(10), "recovered: every product recomputed")
+        .wait_for_log(
+            Duration::from_secs(10),
+            "recovered: every product recomputed",
+        )
         .await;
     let mut last = HashMap::new();
     last.insert("p1".to_string(), Instant::now() - Duration::from_secs(60));

@@ -409,6 +409,11 @@ impl Drop for Cluster {
             // Files belong to the postgres OS user, but root (or the owner) may delete them.
             let _ = fs::remove_dir_all(&dir);
             let _ = fs::remove_file(format!("{}.lock", dir.display()));
+            // The `...-private` folder of these, once no other private cluster is in it
+            // (remove_dir removes only an empty one).
+            if let Some(parent) = dir.parent() {
+                let _ = fs::remove_dir(parent);
+            }
         }
     }
 }
