@@ -80,6 +80,12 @@ CREATE TABLE IF NOT EXISTS {schema}.reconcile_history (
 -- start.
 ALTER TABLE {schema}.checkpoint ADD COLUMN IF NOT EXISTS recompute_reason text;
 
+-- checkpoint.commit_time: the source commit time of the newest transaction applied up to
+-- the checkpoint (heartbeats included, so it stays recent while the worker runs), for
+-- `cdc-worker status` ("last applied commit"); a recompute of every product sets it to
+-- the time of its reads.
+ALTER TABLE {schema}.checkpoint ADD COLUMN IF NOT EXISTS commit_time timestamptz;
+
 -- Hot tags (revalidate.min_interval_ms): one row per tag of a throttled template that was
 -- revalidated lately or waits to be. Apply writes it in the transaction of the summary
 -- change that caused the tag: a tag whose last release is at least its interval ago goes

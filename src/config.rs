@@ -474,6 +474,15 @@ impl Config {
         Ok(())
     }
 
+    /// The source tables as (schema, table): what the publication must cover exactly.
+    pub fn source_tables(&self) -> std::collections::BTreeSet<(String, String)> {
+        self.tables
+            .sources
+            .keys()
+            .map(|t| (self.tables.schema.clone(), t.clone()))
+            .collect()
+    }
+
     /// The summary query: from `tables.summary_query_file`, or the built-in one.
     pub fn summary_query(&self) -> Result<String, ConfigError> {
         if self.tables.summary_query_file.is_empty() {
@@ -737,8 +746,7 @@ mod tests {
     }
 
     fn with_file(name: &str, text: &str) -> Result<Config, ConfigError> {
-        let dir = std::env::temp_dir().join(format!("cdcw-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testing::TempDir::new(&format!("cfg-{name}"));
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
         Config::load_with_env(Some(&p), env(&[("DATABASE_URL", "postgres://x/y")]))
@@ -865,8 +873,7 @@ mod tests {
 
     #[test]
     fn unknown_key_is_an_error() {
-        let dir = std::env::temp_dir().join(format!("cdcw-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testing::TempDir::new("cfg-unknown");
         let p = dir.join("c.toml");
         std::fs::write(&p, "slott = \"x\"\n").unwrap();
         let err = Config::load_with_env(Some(&p), env(&[("DATABASE_URL", "postgres://x/y")]))

@@ -36,3 +36,5 @@ pub mod redact;
 pub mod shop;
 pub mod state;
 pub mod stream;
+#[cfg(test)]
+mod testing;

@@ -16,7 +16,8 @@ use cdc_worker::pg::connect::Database;
 ///
 /// Run `setup` once (checks the database, creates the publication, the slot and the
 /// summary table, backfills), then `run` as a long-running sidecar; run `reconcile` from
-/// cron to prove the summary equals the source.
+/// cron to prove the summary equals the source. `status` says whether it is healthy;
+/// `teardown` removes it.
 ///
 /// Configuration: config/cdc-worker.toml (or --config), overridden by environment
 /// variables: DATABASE_URL (required), CDC_SLOT, CDC_PUBLICATION, CDC_SCHEMA,
@@ -85,6 +86,42 @@ enum Command {
     /// when every discrepancy was repaired), 1 above it (with --fix: some remain), 2 on
     /// error (including "run `cdc-worker setup` first").
     Reconcile(cdc_worker::reconcile::Args),
+    /// Is it healthy, how far behind, is anything parked: read from the database.
+    ///
+    /// Works whether or not a daemon runs, and changes nothing (a read-only session).
+    /// Prints the leader (the `run` holding the lock: its application name, client
+    /// address and session start) and standbys; the slot (active, wal_status, on 17+
+    /// failover and synced, invalidation); the lag (bytes from the slot's confirmed
+    /// position and from the checkpoint to the server's WAL, seconds since the newest
+    /// applied commit); a recompute in progress; per endpoint the tags pending (and the
+    /// oldest's age) and parked, the held hot tags; the last reconcile run.
+    ///
+    /// Exit codes (for a probe or cron): 0 healthy; 1 degraded: no leader, lag above
+    /// --max-lag-bytes or --max-lag-seconds, tags parked above --max-parked, a tag waiting
+    /// longer than --max-outbox-age-seconds, a recompute under way, the slot unreserved;
+    /// 2 unusable: not set up, the slot missing, lost or someone else's, or the database
+    /// cannot be reached.
+    Status(cdc_worker::control::status::Args),
+    /// Remove what setup created: the slot, the publication, the state schema.
+    ///
+    /// In the safe order: takes the slot's leader lock first, so no worker streams or
+    /// recreates the slot meanwhile (while a `run` holds it, teardown refuses; --force
+    /// ends the worker's sessions instead: those named cdc-worker/... on this database,
+    /// of walsenders only this slot's); then drops the slot, which is what
+    /// retains WAL, and only when it is a pgoutput slot of this database; then, in one
+    /// transaction, the publication (when it covers exactly the source tables), the
+    /// worker's tables in the state schema and the schema when nothing else is in it.
+    /// ProductSummary is kept (the app reads it) unless --drop-summary. REPLICA IDENTITY
+    /// is left as it is, and the output says which tables are FULL and how to restore
+    /// the default.
+    ///
+    /// Prints the plan and asks on a terminal; --yes for scripts; --dry-run prints the
+    /// statements and changes nothing. Safe to run again after an interruption.
+    ///
+    /// Exit codes: 0 removed (or nothing left to remove, or a dry run), 1 refused or
+    /// declined (a running worker without --force, no terminal and no --yes, the answer
+    /// was not yes): nothing changed, 2 error.
+    Teardown(cdc_worker::control::teardown::Args),
     /// Revalidate cache tags by hand: the operator's manual trigger.
     ///
     /// Sends the tags of each --product (product:, inventory: and its store's listing, as
@@ -143,6 +180,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reconcile(args) => Ok(ExitCode::from(
             cdc_worker::reconcile::main(&cfg, args).await?,
         )),
+        Command::Status(args) => cdc_worker::control::status::main(&cfg, &args).await,
+        Command::Teardown(args) => cdc_worker::control::teardown::main(&cfg, &args).await,
         Command::Revalidate {
             products,
             stores,
@@ -167,7 +206,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
     let db = Database::parse(&cfg.database_url)?;
-    let metrics = Metrics::new(cfg.heartbeat());
+    let metrics = Metrics::new(&cfg);
     if !cfg.metrics.addr.is_empty() {
         let listener_metrics = metrics.clone();
         let addr = cfg.metrics.addr.clone();

@@ -62,11 +62,75 @@ pub fn redact_url(url: &str) -> String {
         Some((_, host)) => format!("***@{host}"),
         None => authority.to_string(),
     };
-    let tail = match tail.split_once('?') {
+    format!("{scheme}://{authority}{}", redact_path_query(tail))
+}
+
+/// A path with its query string's values replaced by `***`, except those of
+/// [`PLAIN_PARAMS`].
+fn redact_path_query(path_and_query: &str) -> String {
+    match path_and_query.split_once('?') {
         Some((path, q)) => format!("{path}?{}", redact_query(q)),
-        None => tail.to_string(),
+        None => path_and_query.to_string(),
+    }
+}
+
+/// The most characters of an endpoint's answer (or a delivery error) that are kept: in
+/// logs, in `outbox_failed.response` and in command output. Enough for a status line and
+/// the start of an error page; an endpoint that answers with a whole HTML page or a
+/// stack trace does not fill the state table.
+pub const ANSWER_MAX_CHARS: usize = 500;
+
+/// An endpoint's answer (or an error about it) as it may be stored and shown: every URL
+/// in it through [`redact_url`], every query string in it (`/api/revalidate?token=...`)
+/// with its values replaced, every one of `secrets` (the shared secret) replaced by
+/// `***`, control characters as spaces, and at most [`ANSWER_MAX_CHARS`] characters,
+/// saying how many more there were. Redacted before it is cut, so a cut never leaves
+/// half a URL to escape the rules.
+pub fn redact_answer(text: &str, secrets: &[&str]) -> String {
+    let mut text = text.to_string();
+    for secret in secrets {
+        // A secret of a few characters would blank unrelated words; such a secret is no
+        // secret anyway.
+        if secret.len() >= 4 {
+            text = text.replace(secret, "***");
+        }
+    }
+    let mut out = String::with_capacity(text.len().min(4 * ANSWER_MAX_CHARS));
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if word.contains("://") {
+            // Keep what precedes the scheme (`url=`, `(`) as it is.
+            let at = word.find("://").unwrap_or_default();
+            let start = word[..at]
+                .rfind(|c: char| !(c.is_ascii_alphanumeric() || "+-.".contains(c)))
+                .map_or(0, |i| i + 1);
+            out.push_str(&word[..start]);
+            out.push_str(&redact_url(&word[start..]));
+        } else if word.contains('?') {
+            out.push_str(&redact_path_query(word));
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
     };
-    format!("{scheme}://{authority}{tail}")
+    for c in text.chars() {
+        if c.is_whitespace() || c.is_control() || "\"'<>`".contains(c) {
+            flush(&mut word, &mut out);
+            out.push(if c.is_control() && c != ' ' { ' ' } else { c });
+        } else {
+            word.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    let total = out.chars().count();
+    if total <= ANSWER_MAX_CHARS {
+        return out;
+    }
+    // The note counts into the limit; its length depends on the count only slightly.
+    let keep = ANSWER_MAX_CHARS - format!("... ({total} more characters)").len();
+    let mut cut: String = out.chars().take(keep).collect();
+    cut.push_str(&format!("... ({} more characters)", total - keep));
+    cut
 }
 
 /// A query string with every value but those of [`PLAIN_PARAMS`] as `***`.
@@ -240,5 +304,39 @@ mod tests {
         );
         // Stable: redacting a redacted URL changes nothing (it is used as a key).
         assert_eq!(redact_url(&shown), shown);
+    }
+
+    #[test]
+    fn answers_are_redacted_then_capped() {
+        let answer =
+            "<h1>Error</h1> upstream http://admin:hunter2@internal:8080/x?token=t0psecret \
+                      failed; Cannot POST /api/revalidate?token=abc&sslmode=require\r\n\
+                      signed with s3cret-value (\"url\":\"https://k3y@h/r\")";
+        let shown = redact_answer(answer, &["s3cret-value", ""]);
+        for leak in ["hunter2", "t0psecret", "abc", "s3cret-value", "k3y"] {
+            assert!(!shown.contains(leak), "{leak} in {shown}");
+        }
+        assert!(
+            shown.contains("http://***@internal:8080/x?token=***"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("/api/revalidate?token=***&sslmode=require"),
+            "{shown}"
+        );
+        assert!(shown.contains("(\"url\":\"https://***@h/r\")"), "{shown}");
+        assert!(!shown.contains('\r') && !shown.contains('\n'), "{shown}");
+
+        let long = format!("{} http://u:pw@h/ {}", "x".repeat(460), "y".repeat(10_000));
+        let shown = redact_answer(&long, &[]);
+        assert!(shown.starts_with(&"x".repeat(460)), "{shown}");
+        assert!(!shown.contains("pw"), "{shown}");
+        assert!(shown.ends_with("more characters)"), "{shown}");
+        assert!(shown.chars().count() <= ANSWER_MAX_CHARS, "{}", shown.len());
+        // Short answers stay as they are.
+        assert_eq!(
+            redact_answer("Unauthorized", &["topsecret"]),
+            "Unauthorized"
+        );
     }
 }

@@ -359,3 +359,86 @@ async fn cursors_keyed_by_the_full_url_are_renamed_in_place() {
     assert!(out.success, "{}", out.output);
     assert!(e.got("parked:1"));
 }
+
+/// Issue 19: `outbox_failed.response` kept the endpoint's answer as it came (the first
+/// 500 characters of it): an error page echoing an internal URL with credentials, or the
+/// shared secret, ended up in the state table and the log. Now it is redacted, then cut.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_parked_answer_is_redacted_and_capped() {
+    let body = format!(
+        "upstream http://admin:hunter2@internal:8080/x?token=t0psecret failed; Cannot POST \
+         /api/revalidate?key=k3yvalue; signed with {SECRET}\n{}",
+        "x".repeat(100_000)
+    );
+    let e = Endpoint::start(Answer::Body(500, body)).await;
+    let (db, c) = Cluster::shared().prepared_db("delivery_answer", 3).await;
+    let config = config_giving_up_after(&db, 2);
+    let w = WorkerProcess::start(
+        &db,
+        &["--config", &config, "run"],
+        &revalidate_env(&e.url, SECRET),
+    );
+    w.wait_for_log(Duration::from_secs(20), "streaming").await;
+    c.batch_execute("UPDATE \"Price\" SET amount = 8 WHERE \"productId\" = 'p2'")
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "the tags parked in outbox_failed",
+        || async { parked_tags(&c).await.contains(&"product:p2".to_string()) },
+    )
+    .await;
+    let response: String = c
+        .query_one("SELECT response FROM cdc_worker.outbox_failed LIMIT 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        response.chars().count() <= 500,
+        "{} characters stored",
+        response.chars().count()
+    );
+    assert!(response.starts_with("HTTP 500"), "{response}");
+    assert!(
+        response.contains("http://***@internal:8080/x?token=***")
+            && response.contains("/api/revalidate?key=***")
+            && response.ends_with("more characters)"),
+        "{response}"
+    );
+    let log = w.output();
+    for leak in ["hunter2", "t0psecret", "k3yvalue", SECRET] {
+        assert!(!response.contains(leak), "{leak} stored: {response}");
+        assert!(!log.contains(leak), "{leak} logged:\n{}", w.log_tail(20));
+    }
+}
+
+/// Issue 19: `revalidate --product` with an id that is in neither the product table nor
+/// the summary sent the product's tags with only a log line about the store tag. It still
+/// sends them (a page may show a product deleted since), and says so plainly.
+#[tokio::test(flavor = "multi_thread")]
+async fn revalidate_says_when_a_product_does_not_exist() {
+    let e = Endpoint::start(Answer::Ok).await;
+    let (db, _c) = Cluster::shared()
+        .prepared_db("delivery_unknown_product", 3)
+        .await;
+    let env = revalidate_env(&e.url, SECRET);
+    let out = WorkerProcess::run_to_end(
+        &db,
+        &["revalidate", "--product", "p1", "--product", "nope"],
+        &env,
+    );
+    assert!(out.success, "{}", out.output);
+    assert!(
+        out.output
+            .contains("note: product nope does not exist in \"public\".\"Product\""),
+        "{}",
+        out.output
+    );
+    assert!(
+        out.output.contains("tags are sent anyway"),
+        "{}",
+        out.output
+    );
+    assert!(!out.output.contains("note: product p1"), "{}", out.output);
+    assert!(e.got("product:nope") && e.got("product:p1") && e.got("store:s1:products"));
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use support::{
     drift, outbox_tags, revalidate_env, slot_confirmed, summary_of, summary_rows, wait_converged,
-    wait_until, Cluster, TestDb, WorkerProcess, CLOSED_PORT_URL,
+    wait_until, Cluster, ForeignSlot, TestDb, WorkerProcess, CLOSED_PORT_URL,
 };
 use tokio_postgres::Client;
 
@@ -490,27 +490,9 @@ async fn a_slot_of_another_database_is_never_dropped() {
     c.execute("SELECT pg_drop_replication_slot($1)", &[&db.slot()])
         .await
         .unwrap();
-    let other = Cluster::shared().admin_client("postgres").await;
-    other
-        .execute(
-            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-            &[&db.slot()],
-        )
-        .await
-        .unwrap();
+    let foreign = ForeignSlot::create(Cluster::shared(), &db.slot()).await;
     let out = WorkerProcess::run_to_end(&db, &["--config", &config, "run"], &[]);
-    let still_there: bool = other
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND database = 'postgres')",
-            &[&db.slot()],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    other
-        .execute("SELECT pg_drop_replication_slot($1)", &[&db.slot()])
-        .await
-        .unwrap();
+    let still_there = foreign.survived().await;
     assert_eq!(out.code, Some(2), "{}", out.output);
     assert!(
         out.output.contains("belongs to database postgres") && out.output.contains("CDC_SLOT"),

@@ -506,4 +506,23 @@ async fn a_config_that_does_not_fit_is_refused_before_anything_changes() {
     let out = WorkerProcess::run_to_end(&db, &["--config", &cases[2].0, "run"], &[]);
     assert_eq!(out.code, Some(2), "{}", out.output);
     assert!(out.output.contains(cases[2].1), "{}", out.output);
+    // Issue 19: `revalidate --product` with an id that is no bigint gets our message,
+    // naming the id and the type, not Postgres's "invalid input syntax"; nothing is sent.
+    let out = WorkerProcess::run_to_end(
+        &db,
+        &["--config", SNAKE_CONFIG, "revalidate", "--product", "p1"],
+        &TAGS_ENV,
+    );
+    assert_eq!(out.code, Some(2), "{}", out.output);
+    assert!(
+        out.output
+            .contains("--product \"p1\" is not a product id here: product ids are bigint"),
+        "{}",
+        out.output
+    );
+    assert!(
+        !out.output.contains("invalid input syntax"),
+        "{}",
+        out.output
+    );
 }

@@ -368,7 +368,9 @@ async fn every_paging_family_enumerates_each_id_once_in_the_types_order() {
         // apply_all (TRUNCATE, recovery, backfill, bulk passes) walks the pass pages:
         // afterwards every product is exact, and every id was recomputed once.
         cfg.batch.max_products = 4;
-        cdc_worker::state::create(&c, &cfg).await.unwrap();
+        c.batch_execute(&cdc_worker::state::create_sql(&cfg))
+            .await
+            .unwrap();
         let mut applier = Applier::new(db.client().await, &cfg).await.unwrap();
         let applied = applier.apply_all(None, None, |_| {}).await.unwrap();
         assert_eq!(

@@ -298,7 +298,12 @@ impl Applier {
         if let Some(lsn) = lsn {
             tx.execute(
                 &self.stmts.checkpoint,
-                &[&self.slot, &PgLsn::from(lsn.0), &self.reset_checkpoint],
+                &[
+                    &self.slot,
+                    &PgLsn::from(lsn.0),
+                    &self.reset_checkpoint,
+                    &commit_time,
+                ],
             )
             .await?;
         }

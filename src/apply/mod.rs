@@ -23,7 +23,7 @@ use bulk::Bulk;
 use covered::Covered;
 
 use crate::config::Config;
-use crate::ops::metrics::Metrics;
+use crate::ops::metrics::{Metrics, Pass};
 use crate::pg::snapshot::Seen;
 use crate::stream::batch::Batch;
 use crate::stream::passes::Passes;
@@ -117,18 +117,23 @@ async fn apply_batch(
     // Past what the covered set's snapshot may judge: it covers no batch from here on.
     covered.passed(last_commit);
     let mut skipped = 0;
-    // Not when an earlier pass already saw all of the batch: nothing to recompute then
-    // (and no catalog estimate to read).
-    let every = batch.all.is_some()
-        || (!covered.saw_all(&batch.xids, last_commit)
-            && match bulk.escalates(applier.client(), batch.len()).await? {
+    let pass = match &batch.all {
+        Some(all) => Some(all.pass),
+        // Not when an earlier pass already saw all of the batch: nothing to recompute
+        // then (and no catalog estimate to read).
+        None if !covered.saw_all(&batch.xids, last_commit) => {
+            match bulk.escalates(applier.client(), batch.len()).await? {
                 Some(why) => {
                     tracing::info!(reason = %why, "recomputing every product");
-                    true
+                    Some(Pass::Bulk)
                 }
-                None => false,
-            });
-    let applied = if every {
+                None => None,
+            }
+        }
+        None => None,
+    };
+    let applied = if let Some(pass) = pass {
+        metrics.record_pass(pass);
         // The snapshot before the pass lists anything: every product it then reads
         // has the changes of the transactions this snapshot saw. The stream loop may
         // drop their further changes from here on (`stream::passes`).

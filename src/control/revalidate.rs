@@ -4,6 +4,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use anyhow::Context as _;
+
 use crate::config::Config;
 use crate::error::definite;
 use crate::outbox::deliver::{backoff, http_client, post, Outcome};
@@ -33,17 +35,44 @@ pub async fn revalidate_now(
         let db = Database::parse(&cfg.database_url)?;
         let client = db.connect("cdc-worker/revalidate").await?;
         let layout = Layout::load(&client, cfg).await?;
-        let rows = client
-            .query(&sql::stores_of(&layout), &[&products])
+        let ids = canonical_ids(&client, &layout, products).await?;
+        let existing: Vec<String> = client
+            .query(&sql::existing_products(&layout), &[&ids])
             .await
-            .map_err(|e| anyhow::Error::new(e).context("looking up the products' stores"))?;
-        for id in products {
+            .context("looking up the products")?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let rows = client
+            .query(&sql::stores_of(&layout), &[&ids])
+            .await
+            .context("looking up the products' stores")?;
+        for id in &ids {
             let store = rows
                 .iter()
                 .find(|r| r.get::<_, &str>(0) == id)
                 .map(|r| r.get::<_, String>(1));
-            if store.is_none() {
-                tracing::warn!(product = %id, "no summary row: its store tag is unknown and is not sent");
+            let exists = existing.contains(id);
+            // Sent anyway: a page may still show a product deleted since it was cached,
+            // and only its tags expire that page. Said on stdout, next to the result, so
+            // a mistyped id does not pass unnoticed.
+            match (exists, &store) {
+                (false, None) => println!(
+                    "note: product {id} does not exist in {} and has no summary row: its \
+                     product tags are sent anyway (a page may still show a deleted product), \
+                     but its store is unknown, so no store listing tag (add --store ID)",
+                    layout.product
+                ),
+                (false, Some(_)) => println!(
+                    "note: product {id} does not exist in {}: its tags are sent anyway (a page \
+                     may still show a deleted product)",
+                    layout.product
+                ),
+                (true, None) => println!(
+                    "note: product {id} has no summary row yet: its store is unknown, so no \
+                     store listing tag is sent (add --store ID)"
+                ),
+                (true, Some(_)) => {}
             }
             templates.product_tags(id, store.as_deref(), &mut tags);
         }
@@ -65,6 +94,32 @@ pub async fn revalidate_now(
         }
     }
     Ok(all_ok)
+}
+
+/// Each `--product` as the canonical text of the product key's type (what tags carry),
+/// or a definite error naming the id and the type when it is not one.
+async fn canonical_ids(
+    client: &tokio_postgres::Client,
+    layout: &Layout,
+    products: &[String],
+) -> anyhow::Result<Vec<String>> {
+    let stmt = client.prepare(&sql::canonical_id(layout)).await?;
+    let mut ids = Vec::with_capacity(products.len());
+    for raw in products {
+        match client.query_one(&stmt, &[raw]).await {
+            Ok(row) => ids.push(row.get(0)),
+            // Class 22, data exception: invalid text for the type, out of range.
+            Err(e) if e.code().is_some_and(|c| c.code().starts_with("22")) => {
+                return Err(definite(format!(
+                    "--product {raw:?} is not a product id here: product ids are {} (the key \
+                     {}.{}), and {raw:?} is not one. Nothing was sent",
+                    layout.id_type, layout.product, layout.product_key
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(ids)
 }
 
 /// A command's POST: a few quick retries, so that the operator waits seconds, not the

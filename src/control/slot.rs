@@ -24,7 +24,7 @@ use crate::apply::Applier;
 use crate::config::Config;
 use crate::error::definite;
 use crate::failpoints::{self, crash_point};
-use crate::pg::server;
+use crate::pg::server::{self, SlotRow};
 use crate::pg::sql::qualified;
 use crate::state::{self, checkpoint};
 
@@ -79,20 +79,6 @@ impl Reason {
             }
         }
     }
-}
-
-/// The slot as `pg_replication_slots` shows it.
-#[derive(Debug, Clone)]
-pub struct SlotRow {
-    pub plugin: Option<String>,
-    pub kind: String,
-    /// The slot's database is the one we are connected to.
-    pub in_this_database: bool,
-    pub database: Option<String>,
-    pub lost: bool,
-    pub confirmed_flush: Option<Lsn>,
-    /// The walsender streaming it, if any.
-    pub active_pid: Option<i32>,
 }
 
 /// Everything the start-up decision reads, in one place so it can be tested as data.
@@ -304,64 +290,23 @@ async fn recompute(
 
 /// Reads the slot, the checkpoint with its mark, and the server's WAL position.
 async fn observe(client: &Client, cfg: &Config) -> anyhow::Result<Observed> {
-    let slot = client
-        .query_opt(
-            "SELECT plugin::text, slot_type::text, database::text, \
-                    wal_status IS NOT DISTINCT FROM 'lost', confirmed_flush_lsn, active_pid, \
-                    database IS NOT DISTINCT FROM current_database() \
-             FROM pg_replication_slots WHERE slot_name = $1",
-            &[&cfg.slot],
-        )
-        .await?
-        .map(|r| SlotRow {
-            plugin: r.get(0),
-            kind: r.get(1),
-            database: r.get(2),
-            lost: r.get(3),
-            confirmed_flush: r.get::<_, Option<PgLsn>>(4).map(|l| Lsn(u64::from(l))),
-            active_pid: r.get(5),
-            in_this_database: r.get(6),
-        });
+    let slot = server::slot_row(client, &cfg.slot).await?;
     let stored = checkpoint::read_with_mark(client, cfg).await?;
-    let server: PgLsn = client
-        .query_one(
-            "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
-                    ELSE pg_current_wal_lsn() END",
-            &[],
-        )
-        .await?
-        .get(0);
     Ok(Observed {
         slot,
         checkpoint: stored.lsn,
         pending: stored.recompute_reason,
-        server_lsn: Lsn(u64::from(server)),
+        server_lsn: server::current_wal_lsn(client).await?,
     })
 }
 
 /// A slot of this name that is not a pgoutput slot of this database is someone else's:
-/// never drop, recreate or stream it.
-fn check_ours(slot: &SlotRow, cfg: &Config) -> anyhow::Result<()> {
-    if slot.kind != "logical" || slot.plugin.as_deref() != Some("pgoutput") {
-        return Err(definite(format!(
-            "replication slot {} exists but is a {} slot for plugin {}, not pgoutput, so it is \
-             not this worker's. Fix: choose another name with CDC_SLOT, or drop it: \
-             SELECT pg_drop_replication_slot('{}')",
-            cfg.slot,
-            slot.kind,
-            slot.plugin.as_deref().unwrap_or("none"),
-            cfg.slot
-        )));
+/// never drop, recreate or stream it. `setup` asks before it changes anything.
+pub fn check_ours(slot: &SlotRow, cfg: &Config) -> anyhow::Result<()> {
+    match slot.not_ours(&cfg.slot) {
+        Some(why) => Err(definite(why)),
+        None => Ok(()),
     }
-    if !slot.in_this_database {
-        return Err(definite(format!(
-            "replication slot {} belongs to database {}, not this one, so it is not this \
-             worker's. Fix: choose another name with CDC_SLOT",
-            cfg.slot,
-            slot.database.as_deref().unwrap_or("none")
-        )));
-    }
-    Ok(())
 }
 
 /// A walsender still streaming our slot while we hold the leader lock belongs to a
@@ -519,6 +464,24 @@ mod tests {
             decide(&o, false),
             recompute(Reason::Resumed("lost".into()), true)
         );
+    }
+
+    /// The metrics export every recovery reason at 0 from the start: the list there
+    /// must hold every label a recovery can have here.
+    #[test]
+    fn every_recovery_reason_is_exported_from_the_start() {
+        use crate::ops::metrics::RECOVERY_REASONS;
+        let reasons = [
+            Reason::Missing,
+            Reason::Lost,
+            Reason::SlotAhead,
+            Reason::CheckpointAhead,
+            Reason::Resumed("lost".into()),
+        ];
+        for r in &reasons {
+            assert!(RECOVERY_REASONS.contains(&r.label()), "{}", r.label());
+        }
+        assert_eq!(RECOVERY_REASONS.len(), reasons.len());
     }
 
     #[test]

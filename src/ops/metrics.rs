@@ -56,6 +56,7 @@ pub struct Metrics {
     pub outbox_oldest_age: FloatGauge,
     pub outbox_failed_tags: Gauge,
     pub held_tags: Gauge,
+    pub held_overdue: FloatGauge,
     pub held_released: Counter,
     pub held_coalesced: Counter,
     pub revalidate_requests: Family<RequestLabels, Counter>,
@@ -65,6 +66,7 @@ pub struct Metrics {
     pub leader: Gauge,
     pub slot_recreated: Family<ReasonLabels, Counter>,
     pub recomputes: Family<ReasonLabels, Counter>,
+    pub passes: Family<ReasonLabels, Counter>,
     pub slot_failover: Gauge,
     pub slot_state: Family<StateLabels, Gauge>,
     /// The label `slot_state` is 1 for, so that a change can zero it.
@@ -84,10 +86,69 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
     .into_iter()
 }
 
+/// Why every product was recomputed in one pass: the `reason` of
+/// `cdc_apply_passes_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// A TRUNCATE of a source table.
+    Truncate,
+    /// A DELETE whose old row did not carry the product id (replica identity).
+    DeleteWithoutProductId,
+    /// A batch cut at `max_pending` that is a fifth or more of the catalog (`apply::bulk`).
+    Bulk,
+    /// A start-up invariant failed (`control::slot`; its own reason is in
+    /// `cdc_recovery_recomputes_total{reason}`).
+    Recovery,
+}
+
+impl Pass {
+    pub const ALL: [Pass; 4] = [
+        Pass::Truncate,
+        Pass::DeleteWithoutProductId,
+        Pass::Bulk,
+        Pass::Recovery,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Pass::Truncate => "truncate",
+            Pass::DeleteWithoutProductId => "delete_without_product_id",
+            Pass::Bulk => "bulk",
+            Pass::Recovery => "recovery",
+        }
+    }
+}
+
+/// The `reason` of `cdc_recovery_recomputes_total` and `cdc_slot_recreated_total`: what
+/// `control::slot::Reason::label` gives for a recovery (a unit test there keeps the two
+/// in step), exported at 0 from the start so that `increase()` alerts work before the
+/// first recovery.
+pub const RECOVERY_REASONS: [&str; 5] = [
+    "missing",
+    "lost",
+    "slot_ahead",
+    "checkpoint_ahead",
+    "resumed",
+];
+
+/// Operations of `cdc_changes_total{op}`.
+pub const CHANGE_OPS: [&str; 4] = ["insert", "update", "delete", "truncate"];
+
+/// Outcomes of `cdc_revalidate_requests_total{outcome}`.
+pub const REQUEST_OUTCOMES: [&str; 3] = ["ok", "retry", "failed"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+}
+
 impl Metrics {
-    /// `heartbeat`: the WAL heartbeat interval; an idle but healthy worker's lag stays
-    /// below it, so readiness allows three of them (at least 30 s).
-    pub fn new(heartbeat: Duration) -> Arc<Metrics> {
+    /// The heartbeat interval (an idle but healthy worker's lag stays below it, so
+    /// readiness allows three of them, at least 30 s), and the label values known from
+    /// the start: every counter with a known label set is exported at 0 before its first
+    /// event, so that `increase()` and `rate()` alerts see the first one.
+    pub fn new(cfg: &crate::config::Config) -> Arc<Metrics> {
+        let heartbeat = cfg.heartbeat();
         let mut registry = Registry::default();
         let m = Metrics {
             lag_bytes: Gauge::default(),
@@ -102,6 +163,7 @@ impl Metrics {
             outbox_oldest_age: FloatGauge::default(),
             outbox_failed_tags: Gauge::default(),
             held_tags: Gauge::default(),
+            held_overdue: FloatGauge::default(),
             held_released: Counter::default(),
             held_coalesced: Counter::default(),
             revalidate_requests: Family::default(),
@@ -111,6 +173,7 @@ impl Metrics {
             leader: Gauge::default(),
             slot_recreated: Family::default(),
             recomputes: Family::default(),
+            passes: Family::default(),
             slot_failover: Gauge::default(),
             slot_state: Family::default(),
             last_slot_state: std::sync::Mutex::new(String::new()),
@@ -120,6 +183,14 @@ impl Metrics {
             registry: Registry::default(),
         };
         let r = &mut registry;
+        r.register(
+            "cdc_build",
+            "The worker's version",
+            prometheus_client::metrics::info::Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            }),
+        );
+        r.register_collector(Box::new(super::process::ProcessCollector));
         r.register(
             "cdc_replication_lag_bytes",
             "WAL head minus the slot's confirmed LSN",
@@ -182,6 +253,11 @@ impl Metrics {
             m.held_tags.clone(),
         );
         r.register(
+            "cdc_outbox_held_overdue_seconds",
+            "How far the most overdue held tag is past its due time (its last revalidation + min_interval_ms); above a few seconds no leader is releasing held tags",
+            m.held_overdue.clone(),
+        );
+        r.register(
             "cdc_outbox_held_released",
             "Tags of throttled templates moved into the outbox (at once, or when their interval had passed)",
             m.held_released.clone(),
@@ -227,6 +303,11 @@ impl Metrics {
             m.recomputes.clone(),
         );
         r.register(
+            "cdc_apply_passes",
+            "Passes over every product, by reason (truncate, delete_without_product_id, bulk, recovery)",
+            m.passes.clone(),
+        );
+        r.register(
             "cdc_slot_failover",
             "1: the slot is a failover slot (17+, synchronized to standbys that ask); 0: it is not; -1: the server has no failover slots (< 17)",
             m.slot_failover.clone(),
@@ -236,7 +317,53 @@ impl Metrics {
             "1 for the slot's state: ok, unreserved, conflicting, lost, or invalidated_<invalidation_reason> (17+)",
             m.slot_state.clone(),
         );
+        for reason in RECOVERY_REASONS {
+            let labels = ReasonLabels {
+                reason: reason.to_string(),
+            };
+            let _ = m.recomputes.get_or_create(&labels);
+            let _ = m.slot_recreated.get_or_create(&labels);
+        }
+        for pass in Pass::ALL {
+            let _ = m.passes.get_or_create(&ReasonLabels {
+                reason: pass.label().to_string(),
+            });
+        }
+        for table in cfg.tables.sources.keys() {
+            for op in CHANGE_OPS {
+                let _ = m.changes.get_or_create(&ChangeLabels {
+                    table: table.clone(),
+                    op: op.to_string(),
+                });
+            }
+        }
+        for url in &cfg.revalidate.urls {
+            for outcome in REQUEST_OUTCOMES {
+                let _ = m.revalidate_requests.get_or_create(&RequestLabels {
+                    endpoint: crate::redact::redact_url(url),
+                    outcome: outcome.to_string(),
+                });
+            }
+        }
         Arc::new(Metrics { registry, ..m })
+    }
+
+    /// A batch was handed to apply. Empty batches (a heartbeat, an idle keepalive that
+    /// only moves the checkpoint, a pass over every product) recompute no dirty products
+    /// and would drown the distribution in zeros.
+    pub fn record_batch(&self, products: usize) {
+        if products > 0 {
+            self.batch_size.observe(products as f64);
+        }
+    }
+
+    /// A pass over every product.
+    pub fn record_pass(&self, pass: Pass) {
+        self.passes
+            .get_or_create(&ReasonLabels {
+                reason: pass.label().to_string(),
+            })
+            .inc();
     }
 
     pub fn render(&self) -> String {
@@ -289,6 +416,7 @@ impl Metrics {
             reason: reason.to_string(),
         };
         self.recomputes.get_or_create(&labels).inc();
+        self.record_pass(Pass::Recovery);
         if recreated {
             self.slot_recreated.get_or_create(&labels).inc();
         }
@@ -406,11 +534,52 @@ pub async fn serve(addr: &str, metrics: Arc<Metrics>) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every series the shipped alert rules and dashboard query is one the worker
+    /// exports: a renamed metric must not leave an alert silently matching nothing.
+    #[test]
+    fn deploy_examples_query_only_exported_series() {
+        let m = Metrics::new(&crate::config::Config::default());
+        let mut exported = std::collections::BTreeSet::new();
+        for line in m.render().lines() {
+            let Some(rest) = line.strip_prefix("# TYPE ") else {
+                continue;
+            };
+            let mut parts = rest.split(' ');
+            let (family, kind) = (parts.next().unwrap(), parts.next().unwrap());
+            let suffixes: &[&str] = match kind {
+                "counter" => &["_total"],
+                "histogram" => &["_bucket", "_count", "_sum"],
+                "info" => &["_info"],
+                _ => &[""],
+            };
+            for s in suffixes {
+                exported.insert(format!("{family}{s}"));
+            }
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        for file in [
+            "config/deploy/prometheus-alerts.yml",
+            "config/deploy/grafana-dashboard.json",
+        ] {
+            let text = std::fs::read_to_string(root.join(file)).unwrap();
+            let names = text
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("cdc_") || w.starts_with("process_"))
+                .filter(|w| !w.starts_with("cdc_worker"));
+            for name in names {
+                assert!(
+                    exported.contains(name),
+                    "{file} queries {name}, which is not exported"
+                );
+            }
+        }
+    }
     use crate::pg::server::SlotState;
 
     #[test]
     fn slot_state_is_one_hot_and_failover_is_minus_one_before_17() {
-        let m = Metrics::new(Duration::from_secs(10));
+        let m = Metrics::new(&crate::config::Config::default());
         let ok = SlotState {
             wal_status: Some("reserved".into()),
             conflicting: Some(false),

@@ -112,6 +112,7 @@ async fn poll(
     // Missing until the leader upgraded a state schema of an earlier version.
     if let Ok(row) = client.query_one(&outbox::held_pending_sql(&s), &[]).await {
         metrics.held_tags.set(row.get(0));
+        metrics.held_overdue.set(row.get(1));
     }
     // The history table appears with the first reconcile run.
     if let Ok(Some(row)) = client

@@ -22,7 +22,7 @@ use tokio_postgres::Client;
 use crate::config::Config;
 use crate::ops::metrics::Metrics;
 use crate::pg::connect::Database;
-use crate::redact::redact_url;
+use crate::redact::{redact_answer, redact_url};
 use crate::state::{self, outbox};
 
 /// How often an endpoint task looks at the outbox without being woken, to pick up tags
@@ -49,8 +49,24 @@ pub enum Outcome {
     },
 }
 
-/// POSTs one signed batch of tags.
+/// POSTs one signed batch of tags. A failure's `why` is safe to log, store and print:
+/// what the endpoint answered may echo URLs with credentials, or the secret, and may be a
+/// whole error page ([`redact_answer`]).
 pub async fn post(http: &reqwest::Client, url: &str, secret: &str, tags: &[String]) -> Outcome {
+    match send(http, url, secret, tags).await {
+        Outcome::Failed { status, why } => Outcome::Failed {
+            status,
+            why: redact_answer(&why, &[secret]),
+        },
+        delivered => delivered,
+    }
+}
+
+/// The most of an error answer's body that is read: [`redact_answer`] keeps far less,
+/// and an endpoint streaming megabytes of error page must not hold delivery up.
+const ANSWER_READ_BYTES: usize = 64 * 1024;
+
+async fn send(http: &reqwest::Client, url: &str, secret: &str, tags: &[String]) -> Outcome {
     let body = serde_json::json!({ "tags": tags, "source": "cdc-worker" }).to_string();
     let now_ms = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -92,13 +108,16 @@ pub async fn post(http: &reqwest::Client, url: &str, secret: &str, tags: &[Strin
             ),
         };
     }
-    let text: String = resp
-        .text()
-        .await
-        .unwrap_or_default()
-        .chars()
-        .take(500)
-        .collect();
+    let mut resp = resp;
+    let mut body = Vec::new();
+    while body.len() < ANSWER_READ_BYTES {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    body.truncate(ANSWER_READ_BYTES);
+    let text = String::from_utf8_lossy(&body);
     Outcome::Failed {
         status: Some(status.as_u16()),
         why: format!("HTTP {status}: {text}"),

@@ -518,11 +518,10 @@ j6L4grw/+dVah8Wcl+ZWl4+oQzfE6hJB69RBSSijMrc=
 -----END CERTIFICATE-----
 ";
 
-    /// A fresh directory under the system temp dir (with a space, as paths may have).
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("cdcw-{name} {}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// A fresh directory under the system temp dir (with a space, as paths may have),
+    /// removed when the test ends.
+    fn temp_dir(name: &str) -> crate::testing::TempDir {
+        crate::testing::TempDir::new(name)
     }
 
     fn url_with_root(path: &Path, mode: &str) -> String {

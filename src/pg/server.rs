@@ -5,6 +5,10 @@
 //!
 //! Everything here reads catalogs and settings only; nothing changes the server.
 
+use std::collections::BTreeSet;
+
+use pgwire_replication::Lsn;
+use serde::Serialize;
 use tokio_postgres::types::PgLsn;
 use tokio_postgres::Client;
 
@@ -362,6 +366,216 @@ fn slot_state_sql(num: i32) -> String {
         "SELECT wal_status::text, {conflicting}, {failover}, {synced}, {reason}, confirmed_flush_lsn \
          FROM pg_replication_slots WHERE slot_name = $1"
     )
+}
+
+/// A replication slot as `pg_replication_slots` shows it: whose it is, where it stands,
+/// who streams it.
+#[derive(Debug, Clone)]
+pub struct SlotRow {
+    pub plugin: Option<String>,
+    pub kind: String,
+    /// The slot's database is the one we are connected to.
+    pub in_this_database: bool,
+    pub database: Option<String>,
+    pub lost: bool,
+    pub confirmed_flush: Option<Lsn>,
+    /// The walsender streaming it, if any.
+    pub active_pid: Option<i32>,
+}
+
+impl SlotRow {
+    /// Why a slot named `name` is not a worker's slot of this database (another plugin,
+    /// a physical slot, another database), as one line with the fix; `None` when it is.
+    /// Such a slot is someone else's: never dropped, recreated or streamed.
+    pub fn not_ours(&self, name: &str) -> Option<String> {
+        if self.kind != "logical" || self.plugin.as_deref() != Some("pgoutput") {
+            return Some(format!(
+                "replication slot {name} exists but is a {} slot for plugin {}, not pgoutput, \
+                 so it is not this worker's. Fix: choose another name with CDC_SLOT, or drop \
+                 it: SELECT pg_drop_replication_slot('{name}')",
+                self.kind,
+                self.plugin.as_deref().unwrap_or("none"),
+            ));
+        }
+        if !self.in_this_database {
+            return Some(format!(
+                "replication slot {name} belongs to database {}, not this one, so it is not \
+                 this worker's. Fix: choose another name with CDC_SLOT",
+                self.database.as_deref().unwrap_or("none")
+            ));
+        }
+        None
+    }
+}
+
+/// The slot named `slot`, if there is one.
+pub async fn slot_row(client: &Client, slot: &str) -> anyhow::Result<Option<SlotRow>> {
+    Ok(client
+        .query_opt(
+            "SELECT plugin::text, slot_type::text, database::text, \
+                    wal_status IS NOT DISTINCT FROM 'lost', confirmed_flush_lsn, active_pid, \
+                    database IS NOT DISTINCT FROM current_database() \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?
+        .map(|r| SlotRow {
+            plugin: r.get(0),
+            kind: r.get(1),
+            database: r.get(2),
+            lost: r.get(3),
+            confirmed_flush: r.get::<_, Option<PgLsn>>(4).map(|l| Lsn(u64::from(l))),
+            active_pid: r.get(5),
+            in_this_database: r.get(6),
+        }))
+}
+
+/// Whether another replication slot can be created: `max_replication_slots` is not used
+/// up. (Creating one fails otherwise, after whatever came before it.)
+pub async fn free_slot_count(client: &Client) -> anyhow::Result<i64> {
+    Ok(client
+        .query_one(
+            "SELECT current_setting('max_replication_slots')::int8 - \
+                    (SELECT count(*) FROM pg_replication_slots)",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
+/// The tables publication `name` covers, as (schema, table); `None` when it does not
+/// exist.
+pub async fn publication_tables(
+    client: &Client,
+    name: &str,
+) -> anyhow::Result<Option<BTreeSet<(String, String)>>> {
+    let exists: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
+            &[&name],
+        )
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text FROM pg_publication p \
+             JOIN pg_publication_rel pr ON pr.prpubid = p.oid \
+             JOIN pg_class c ON c.oid = pr.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE p.pubname = $1",
+            &[&name],
+        )
+        .await?;
+    Ok(Some(rows.iter().map(|r| (r.get(0), r.get(1))).collect()))
+}
+
+/// A server session, as `pg_stat_activity` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Session {
+    pub pid: i32,
+    pub application_name: String,
+    /// The client's address; `None` for a Unix socket (or a role that may not see it).
+    pub client_addr: Option<String>,
+    /// When the session began (UTC, ISO 8601).
+    pub since: Option<String>,
+    /// How long ago that was.
+    pub seconds: Option<f64>,
+    /// `client backend`, `walsender`...
+    pub backend_type: Option<String>,
+}
+
+const SESSION_COLUMNS: &str = "a.pid, coalesce(a.application_name, ''), host(a.client_addr), \
+     to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+     extract(epoch FROM now() - a.backend_start)::float8, a.backend_type";
+
+fn session_of(r: &tokio_postgres::Row) -> Session {
+    Session {
+        pid: r.get(0),
+        application_name: r.get(1),
+        client_addr: r.get(2),
+        since: r.get(3),
+        seconds: r.get(4),
+        backend_type: r.get(5),
+    }
+}
+
+/// The session with backend `pid`, if it still exists.
+pub async fn session(client: &Client, pid: i32) -> anyhow::Result<Option<Session>> {
+    let row = client
+        .query_opt(
+            &format!("SELECT {SESSION_COLUMNS} FROM pg_stat_activity a WHERE a.pid = $1"),
+            &[&pid],
+        )
+        .await?;
+    Ok(row.as_ref().map(session_of))
+}
+
+/// Ends backend `pid` (`pg_terminate_backend`) if it still exists; whether it was
+/// signalled. (One that has just ended would get the server's warning "is not a
+/// PostgreSQL backend process".)
+pub async fn terminate(client: &Client, pid: i32) -> anyhow::Result<bool> {
+    Ok(client
+        .query_opt(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1",
+            &[&pid],
+        )
+        .await?
+        .is_some_and(|r| r.get(0)))
+}
+
+/// The session holding the session-level advisory lock (`class`, `key`) of this
+/// database, if any.
+pub async fn advisory_lock_holder(
+    client: &Client,
+    class: i32,
+    key: i32,
+) -> anyhow::Result<Option<Session>> {
+    // Two-key advisory locks show the keys as classid and objid, with objsubid 2.
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT {SESSION_COLUMNS} FROM pg_locks l \
+                 LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
+                 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 \
+                   AND l.classid = $1::int4::oid AND l.objid = $2::int4::oid \
+                   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                 LIMIT 1"
+            ),
+            &[&class, &key],
+        )
+        .await?;
+    Ok(row.as_ref().map(session_of))
+}
+
+/// Sessions on this database (walsenders included) whose `application_name` starts
+/// with `prefix`, other than this one.
+pub async fn sessions_named(client: &Client, prefix: &str) -> anyhow::Result<Vec<Session>> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {SESSION_COLUMNS} FROM pg_stat_activity a \
+                 WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() \
+                   AND starts_with(a.application_name, $1) ORDER BY a.pid"
+            ),
+            &[&prefix],
+        )
+        .await?;
+    Ok(rows.iter().map(session_of).collect())
+}
+
+/// The server's current WAL position (on a standby: the last replayed).
+pub async fn current_wal_lsn(client: &Client) -> anyhow::Result<Lsn> {
+    let lsn: PgLsn = client
+        .query_one(
+            "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
+                    ELSE pg_current_wal_lsn() END",
+            &[],
+        )
+        .await?
+        .get(0);
+    Ok(Lsn(u64::from(lsn)))
 }
 
 #[cfg(test)]

@@ -10,6 +10,12 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// `'text'` with embedded quotes doubled, for the few statements printed for a person to
+/// read or run (`teardown --dry-run`) that cannot take parameters.
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
 /// `"schema"."table"`.
 pub fn qualified(schema: &str, table: &str) -> String {
     format!("{}.{}", quote_ident(schema), quote_ident(table))
@@ -33,5 +39,6 @@ mod tests {
     fn quoting() {
         assert_eq!(qualified("public", "Pro\"d"), "\"public\".\"Pro\"\"d\"");
         assert_eq!(quote_ident("productId"), "\"productId\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
     }
 }

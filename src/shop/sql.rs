@@ -25,6 +25,8 @@ pub fn families(layout: &Layout) -> Vec<(&'static str, String)> {
         ("reconcile count products", count_products(layout)),
         ("reconcile count store", count_store(layout)),
         ("revalidate stores of products", stores_of(layout)),
+        ("revalidate canonical id", canonical_id(layout)),
+        ("revalidate existing products", existing_products(layout)),
     ]
 }
 
@@ -291,6 +293,23 @@ pub fn stores_of(layout: &Layout) -> String {
         layout.summary,
         layout.ids(1),
         pid = layout.col.product_id,
+    )
+}
+
+/// One product id (`$1`, as typed by a person) in its canonical text form, the form tags
+/// carry (`0F8C...` becomes `0f8c...` for uuids, `007` becomes `7` for integers). Fails
+/// with a data exception (SQLSTATE class 22) when the text is not a value of the id type.
+pub fn canonical_id(layout: &Layout) -> String {
+    format!("SELECT {}::text", layout.id(1))
+}
+
+/// Which of products `$1` (canonical ids) exist in the product table.
+pub fn existing_products(layout: &Layout) -> String {
+    format!(
+        "SELECT p.{key}::text FROM {} p WHERE p.{key} = ANY({})",
+        layout.product,
+        layout.ids(1),
+        key = layout.product_key,
     )
 }
 

@@ -10,17 +10,22 @@ use tokio_postgres::Client;
 use crate::config::Config;
 use crate::pg::sql::quote_ident;
 
-/// Apply's checkpoint write (`$1` slot, `$2` LSN, `$3` reset). While streaming the
+/// Apply's checkpoint write (`$1` slot, `$2` LSN, `$3` reset, `$4` the source commit time
+/// of the newest transaction applied, if the batch had one). While streaming the
 /// checkpoint only moves forward (`greatest`), so a replayed batch can never move it back;
 /// a recompute that recovers from a broken invariant sets it to the slot's start (`$3`
 /// true; possibly lower, after a restore) and clears the recompute mark in the same
-/// transaction.
+/// transaction. `commit_time` is what `status` shows as the last applied commit; a
+/// recompute read everything committed before it began, so it counts as now then.
 pub fn write_sql(state: &str) -> String {
     format!(
-        "INSERT INTO {state}.checkpoint AS c (slot_name, lsn) VALUES ($1, $2) \
+        "INSERT INTO {state}.checkpoint AS c (slot_name, lsn, commit_time) \
+         VALUES ($1, $2, CASE WHEN $3 THEN coalesce($4::timestamptz, now()) ELSE $4 END) \
          ON CONFLICT (slot_name) DO UPDATE SET lsn = CASE WHEN $3 THEN EXCLUDED.lsn \
          ELSE greatest(c.lsn, EXCLUDED.lsn) END, \
          recompute_reason = CASE WHEN $3 THEN NULL ELSE c.recompute_reason END, \
+         commit_time = CASE WHEN $3 THEN EXCLUDED.commit_time \
+         ELSE greatest(c.commit_time, EXCLUDED.commit_time) END, \
          updated_at = now()"
     )
 }
@@ -84,4 +89,41 @@ pub async fn mark(client: &Client, cfg: &Config, reason: &str) -> anyhow::Result
         .await
         .context("writing the recompute mark")?;
     Ok(())
+}
+
+/// The checkpoint as `status` shows it.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub lsn: Option<Lsn>,
+    /// The durable recompute mark: a recompute of every product is owed or under way.
+    pub recompute_reason: Option<String>,
+    /// Seconds since the source commit time of the newest transaction applied (`None`
+    /// before the first, or on a state schema of an earlier version).
+    pub commit_age_seconds: Option<f64>,
+    /// Seconds since the checkpoint row was last written.
+    pub written_age_seconds: f64,
+}
+
+/// The checkpoint of `cfg.slot` for `status`, read only. `commit_time` is read through
+/// `to_jsonb`, so a state schema that an earlier version set up (without the column) is
+/// read as it is, never upgraded by a status check.
+pub async fn progress(client: &Client, cfg: &Config) -> anyhow::Result<Option<Progress>> {
+    let state = quote_ident(&cfg.schema);
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT lsn, to_jsonb(c)->>'recompute_reason', \
+                        extract(epoch FROM now() - (to_jsonb(c)->>'commit_time')::timestamptz)::float8, \
+                        extract(epoch FROM now() - updated_at)::float8 \
+                 FROM {state}.checkpoint c WHERE slot_name = $1"
+            ),
+            &[&cfg.slot],
+        )
+        .await?;
+    Ok(row.map(|r| Progress {
+        lsn: Some(Lsn(u64::from(r.get::<_, PgLsn>(0)))).filter(|l| l.0 != 0),
+        recompute_reason: r.get(1),
+        commit_age_seconds: r.get(2),
+        written_age_seconds: r.get(3),
+    }))
 }

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 
+use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::redact::redact_url;
@@ -97,10 +98,15 @@ pub fn trim_sql(state: &str) -> String {
     )
 }
 
-/// Parks tags (`$1` endpoint, `$2` tags, `$3` last status, `$4` last answer).
+/// Parks tags (`$1` endpoint, `$2` tags, `$3` last status, `$4` last answer, redacted by
+/// the caller: `redact::redact_answer`). The answer is cut at
+/// [`ANSWER_MAX_CHARS`](crate::redact::ANSWER_MAX_CHARS) here too, so that the table's
+/// bound does not depend on every caller.
 pub fn park_sql(state: &str) -> String {
     format!(
-        "INSERT INTO {state}.outbox_failed (endpoint, tags, status, response) VALUES ($1, $2, $3, $4)"
+        "INSERT INTO {state}.outbox_failed (endpoint, tags, status, response) \
+         VALUES ($1, $2, $3, left($4::text, {}))",
+        crate::redact::ANSWER_MAX_CHARS
     )
 }
 
@@ -131,9 +137,76 @@ pub fn parked_tags_sql(state: &str) -> String {
     format!("SELECT coalesce(sum(cardinality(tags)), 0)::int8 FROM {state}.outbox_failed")
 }
 
-/// How many held tags are pending.
+/// How many held tags are pending, and how many seconds the most overdue of them is past
+/// its due time (0 when none is). A held tag is released at its due time by the leader;
+/// one far past it means no leader is releasing tags.
 pub fn held_pending_sql(state: &str) -> String {
-    format!("SELECT count(*)::int8 FROM {state}.outbox_held WHERE due_at IS NOT NULL")
+    format!(
+        "SELECT count(*)::int8, \
+                coalesce(greatest(extract(epoch FROM max(now() - due_at)), 0), 0)::float8 \
+         FROM {state}.outbox_held WHERE due_at IS NOT NULL"
+    )
+}
+
+/// One endpoint's delivery as `status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointStatus {
+    /// The redacted URL (the key of `outbox_cursor` and `outbox_failed`).
+    pub endpoint: String,
+    /// The endpoint is in the configuration `status` was given.
+    pub configured: bool,
+    /// Outbox rows not yet delivered to it.
+    pub pending: i64,
+    /// Age of the oldest of them.
+    pub oldest_pending_seconds: Option<f64>,
+    /// Tags parked in `outbox_failed` for it, in how many rows, the last when.
+    pub parked_tags: i64,
+    pub parked_rows: i64,
+    pub last_parked_at: Option<String>,
+}
+
+/// Every endpoint the state tables know (a cursor or parked rows) and every configured
+/// one (`configured`: their keys), with what waits for each. Read only.
+pub async fn endpoints(
+    client: &Client,
+    state: &str,
+    configured: &[String],
+) -> anyhow::Result<Vec<EndpointStatus>> {
+    let rows = client
+        .query(
+            &format!(
+                "WITH e AS (SELECT endpoint, delivered_id FROM {state}.outbox_cursor \
+                            UNION ALL SELECT k, 0 FROM unnest($1::text[]) k \
+                            WHERE k NOT IN (SELECT endpoint FROM {state}.outbox_cursor)), \
+                      f AS (SELECT endpoint, count(*)::int8 AS n, sum(cardinality(tags))::int8 AS tags, \
+                                   to_char(max(failed_at) AT TIME ZONE 'UTC', \
+                                           'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS last \
+                            FROM {state}.outbox_failed GROUP BY endpoint) \
+                 SELECT coalesce(e.endpoint, f.endpoint), \
+                        (SELECT count(*)::int8 FROM {state}.outbox o WHERE o.id > e.delivered_id), \
+                        (SELECT extract(epoch FROM now() - min(o.enqueued_at))::float8 \
+                           FROM {state}.outbox o WHERE o.id > e.delivered_id), \
+                        coalesce(f.tags, 0), coalesce(f.n, 0), f.last \
+                 FROM e FULL JOIN f ON f.endpoint = e.endpoint ORDER BY 1"
+            ),
+            &[&configured],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let endpoint: String = r.get(0);
+            EndpointStatus {
+                configured: configured.contains(&endpoint),
+                endpoint,
+                pending: r.get::<_, Option<i64>>(1).unwrap_or(0),
+                oldest_pending_seconds: r.get(2),
+                parked_tags: r.get(3),
+                parked_rows: r.get(4),
+                last_parked_at: r.get(5),
+            }
+        })
+        .collect())
 }
 
 /// The key of a stored endpoint (`outbox_cursor.endpoint`, `outbox_failed.endpoint`):

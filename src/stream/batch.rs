@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use pgwire_replication::Lsn;
 
 use super::ids::IdSet;
+use super::route::AllReason;
 
 /// The work handed to apply at once (applied in parts of `max_products`).
 #[derive(Debug, Default)]
@@ -14,7 +15,7 @@ pub struct Batch {
     /// Products to recompute.
     pub ids: IdSet,
     /// Recompute every product (TRUNCATE, or a delete without a product id): why.
-    pub all: Option<String>,
+    pub all: Option<AllReason>,
     /// Every change up to this LSN (a commit's end, or an idle keepalive position) is
     /// covered by this batch and the ones before it; stored as the checkpoint.
     pub lsn: Option<Lsn>,
@@ -47,7 +48,7 @@ impl Batch {
         }
     }
 
-    pub fn mark_all(&mut self, why: String) {
+    pub fn mark_all(&mut self, why: AllReason) {
         self.ids.clear();
         self.all.get_or_insert(why);
     }
@@ -145,9 +146,13 @@ mod tests {
     fn all_absorbs_ids() {
         let mut b = Batch::default();
         b.mark("p1");
-        b.mark_all("truncate".into());
+        let truncate = AllReason {
+            pass: crate::ops::metrics::Pass::Truncate,
+            why: "TRUNCATE of Price".into(),
+        };
+        b.mark_all(truncate.clone());
         b.mark("p2");
         assert_eq!(b.len(), 0);
-        assert_eq!(b.all.as_deref(), Some("truncate"));
+        assert_eq!(b.all, Some(truncate));
     }
 }

@@ -66,7 +66,7 @@ pub async fn stream_loop(
     loop {
         if state.ready_to_hand_over() {
             let batch = state.hand_over();
-            metrics.batch_size.observe(batch.len() as f64);
+            metrics.record_batch(batch.len());
             apply
                 .batches
                 .send(batch)

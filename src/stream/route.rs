@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::pgoutput::{LogicalMessage, OldTuple, Relation, TupleData, Value};
+use crate::ops::metrics::Pass;
 
 /// What one change means for the summary.
 #[derive(Debug, PartialEq, Eq)]
@@ -15,7 +16,21 @@ pub enum Route<'a> {
     Products(Option<&'a str>, Option<&'a str>),
     /// Recompute every product: a source table was truncated, or a delete carried no
     /// product id (see `missing_id`).
-    All(String),
+    All(AllReason),
+}
+
+/// Why every product must be recomputed: the kind (the metric's label) and the sentence
+/// the log shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllReason {
+    pub pass: Pass,
+    pub why: String,
+}
+
+impl std::fmt::Display for AllReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.why)
+    }
 }
 
 /// The table and operation of a row change, for the changes counter (`None` for
@@ -109,7 +124,10 @@ impl Router {
                     Route::Products(None, None)
                         if k.product_col.is_some() && !k.no_product(old) =>
                     {
-                        Route::All(missing_id(&k.table))
+                        Route::All(AllReason {
+                            pass: Pass::DeleteWithoutProductId,
+                            why: missing_id(&k.table),
+                        })
                     }
                     r => r,
                 };
@@ -127,7 +145,10 @@ impl Router {
                     return Ok((Route::None, None));
                 }
                 let first = self.known(relation_ids[0])?;
-                let reason = format!("TRUNCATE of {}", tables.join(", "));
+                let reason = AllReason {
+                    pass: Pass::Truncate,
+                    why: format!("TRUNCATE of {}", tables.join(", ")),
+                };
                 return Ok((
                     Route::All(reason),
                     Some((first.table.as_str(), Op::Truncate)),
@@ -286,7 +307,7 @@ mod tests {
         let msg = delete(b'K', Val::Null);
         let (route, _) = r.route(&msg).unwrap();
         assert!(
-            matches!(&route, Route::All(why) if why.contains("REPLICA IDENTITY FULL")),
+            matches!(&route, Route::All(all) if all.why.contains("REPLICA IDENTITY FULL")),
             "{route:?}"
         );
     }

@@ -17,6 +17,8 @@ pub enum Answer {
     Ok,
     /// This status with an empty body; nothing is recorded as delivered.
     Status(u16),
+    /// This status with this body; nothing is recorded as delivered.
+    Body(u16, String),
     /// 302 to this location; nothing is recorded as delivered.
     Redirect(String),
     /// No answer for an hour (longer than any test and the worker's request timeout), then
@@ -94,6 +96,9 @@ impl<T: Clone + Send + 'static> Endpoint<T> {
                 match answer {
                     Answer::Status(code) => {
                         return StatusCode::from_u16(code).unwrap().into_response()
+                    }
+                    Answer::Body(code, body) => {
+                        return (StatusCode::from_u16(code).unwrap(), body).into_response()
                     }
                     Answer::Redirect(to) => {
                         return (StatusCode::FOUND, [(header::LOCATION, to)]).into_response()

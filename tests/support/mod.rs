@@ -416,6 +416,11 @@ impl Drop for Cluster {
             // Files belong to the postgres OS user, but root (or the owner) may delete them.
             let _ = fs::remove_dir_all(&dir);
             let _ = fs::remove_file(format!("{}.lock", dir.display()));
+            // The `...-private` folder of these, once no other private cluster is in it
+            // (remove_dir removes only an empty one).
+            if let Some(parent) = dir.parent() {
+                let _ = fs::remove_dir(parent);
+            }
         }
     }
 }
@@ -1123,6 +1128,53 @@ pub async fn metric(addr: &str, name: &str) -> f64 {
     let text = metrics_text(addr).await;
     metric_value(&text, &format!("{name} "))
         .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+}
+
+// ---- Someone else's slot of our name ------------------------------------------------------
+
+/// A pgoutput slot named like a worker's, in database `postgres`: a slot of that name
+/// that is someone else's, which the worker must never drop or use.
+pub struct ForeignSlot {
+    client: tokio_postgres::Client,
+    slot: String,
+}
+
+impl ForeignSlot {
+    pub async fn create(cluster: &Cluster, slot: &str) -> ForeignSlot {
+        let client = cluster.admin_client("postgres").await;
+        client
+            .execute(
+                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[&slot],
+            )
+            .await
+            .unwrap();
+        ForeignSlot {
+            client,
+            slot: slot.to_string(),
+        }
+    }
+
+    /// Whether it is still there, untouched (in database `postgres`); then drops it.
+    pub async fn survived(self) -> bool {
+        let there: bool = self
+            .client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_replication_slots \
+                 WHERE slot_name = $1 AND database = 'postgres')",
+                &[&self.slot],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if there {
+            self.client
+                .execute("SELECT pg_drop_replication_slot($1)", &[&self.slot])
+                .await
+                .unwrap();
+        }
+        there
+    }
 }
 
 // ---- A TCP proxy between the worker and Postgres ----------------------------------------
