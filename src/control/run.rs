@@ -93,6 +93,7 @@ async fn session(ctx: &Context) -> anyhow::Result<()> {
         .db
         .replication(&cfg.slot, &cfg.publication)
         .with_start_lsn(start)
+        .with_streaming(cfg.streaming())
         .with_status_interval(STATUS_INTERVAL)
         .with_wakeup_interval(Duration::from_secs(5));
     let mut stream = ReplicationClient::connect(repl_cfg)
@@ -102,7 +103,7 @@ async fn session(ctx: &Context) -> anyhow::Result<()> {
         .wait_started()
         .await
         .context("starting replication")?;
-    tracing::info!(slot = %cfg.slot, from = %start, "streaming");
+    tracing::info!(slot = %cfg.slot, from = %start, pgoutput_protocol = cfg.pgoutput_protocol, "streaming");
     ctx.metrics.set_streaming(true);
 
     // Bumped when apply held tags of throttled templates, to wake their release.

@@ -3,14 +3,17 @@
 //! `pgwire-replication` holds the replication connection ([`stream_loop`] reads its
 //! events); [`pgoutput`] decodes each change, [`route`] turns it into the products it may
 //! affect, [`batch`] coalesces them ([`ids`] keeps the set compact) until apply is free,
-//! and [`passes`] drops the changes a pass over every product already read. The LSN apply
-//! committed is the only one ever acknowledged to the slot.
+//! and [`passes`] drops the changes a pass over every product already read. [`streams`]
+//! keeps the products of large transactions the walsender streams before they commit
+//! (protocol 2) until their commit. The LSN apply committed is the only one ever
+//! acknowledged to the slot.
 
 pub mod batch;
 pub mod ids;
 pub mod passes;
 pub mod pgoutput;
 pub mod route;
+pub mod streams;
 
 use std::time::{Duration, Instant};
 
@@ -24,7 +27,9 @@ use crate::error::definite;
 use crate::ops::metrics::Metrics;
 use batch::Batch;
 use passes::Passes;
+use pgoutput::LogicalMessage;
 use route::{Route, Router};
+use streams::Streams;
 
 /// The stream loop's ends of the handover to the apply task: batches go one way, the
 /// checkpoint each stored (or the error that ended it) comes back, one answer per batch.
@@ -127,6 +132,9 @@ struct LoopState {
     max_pending: usize,
     router: Router,
     passes: Passes,
+    /// Streamed transactions not yet committed or aborted. A new session starts with
+    /// none: the walsender sends each again from its start.
+    streams: Streams,
 }
 
 impl LoopState {
@@ -142,6 +150,7 @@ impl LoopState {
             max_pending: cfg.batch.max_pending,
             router: Router::new(&cfg.tables.schema, &cfg.tables.sources),
             passes,
+            streams: Streams::new(cfg.batch.max_pending),
         }
     }
 
@@ -216,9 +225,17 @@ impl LoopState {
         Ok(())
     }
 
-    /// A pgoutput message: decoded, routed to product ids, marked in the batch.
+    /// A pgoutput message: decoded, routed to product ids, marked in the batch (or, for a
+    /// change of a streamed transaction, kept with its stream until the commit).
     fn on_change(&mut self, data: &bytes::Bytes, metrics: &Metrics) -> anyhow::Result<()> {
-        let msg = pgoutput::decode(data).context("decoding pgoutput")?;
+        let (sub, msg) = match self.streams.block() {
+            Some(_) => pgoutput::decode_in_stream(data),
+            None => pgoutput::decode(data).map(|m| (None, m)),
+        }
+        .context("decoding pgoutput")?;
+        if self.on_stream_message(&msg)? {
+            return Ok(());
+        }
         let (route, counted) = self
             .router
             .route(&msg)
@@ -227,21 +244,64 @@ impl LoopState {
             metrics.record_change(table, op.as_str());
             self.batch.changes += 1;
         }
-        match route {
-            Route::None => {}
+        // The top-level transaction of the change: the open one, or the streamed one
+        // whose block this is.
+        let top = self.open_xid.or(self.streams.block());
+        match (route, sub) {
+            (Route::None, _) => {}
             // A pass over every product saw this transaction: nothing to mark.
-            Route::Products(..) if self.passes.saw(self.open_xid) => self.batch.covered += 1,
-            Route::Products(old, new) => {
+            (Route::Products(..), _) if self.passes.saw(top) => self.batch.covered += 1,
+            (route, Some(sub)) => {
+                if let Route::All(why) = &route {
+                    tracing::warn!(reason = %why, xid = top, "recomputing every product if the streamed transaction commits");
+                }
+                self.streams.mark(sub, &route);
+            }
+            (Route::Products(old, new), None) => {
                 for id in old.into_iter().chain(new) {
                     self.batch.mark(id);
                 }
             }
-            Route::All(why) => {
+            (Route::All(why), None) => {
                 tracing::warn!(reason = %why, "recomputing every product");
                 self.batch.mark_all(why);
             }
         }
         Ok(())
+    }
+
+    /// Stream Start, Stop, Commit and Abort (protocol 2); true when `msg` was one. A
+    /// stream commit joins the batch at its commit LSN, in commit order with the others.
+    fn on_stream_message(&mut self, msg: &LogicalMessage) -> anyhow::Result<bool> {
+        let out_of_step = |e: streams::StreamError| {
+            definite(format!(
+                "{e}: the replication stream is out of step. If a proxy sits between the \
+                 worker and Postgres, connect directly, or set pgoutput_protocol = 1"
+            ))
+        };
+        match *msg {
+            LogicalMessage::StreamStart { xid, first_segment } => self
+                .streams
+                .start(xid, first_segment)
+                .map_err(out_of_step)?,
+            LogicalMessage::StreamStop => self.streams.stop(),
+            LogicalMessage::StreamCommit {
+                xid,
+                end_lsn,
+                commit_time_micros,
+                ..
+            } => {
+                self.streams
+                    .commit(xid, &mut self.batch)
+                    .map_err(out_of_step)?;
+                self.batch.commit(Lsn(end_lsn), commit_time_micros);
+            }
+            LogicalMessage::StreamAbort { xid, subxid } => {
+                self.streams.abort(xid, subxid).map_err(out_of_step)?
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
     }
 
     /// Nothing of ours lies before `wal_end` that is not applied when the loop is idle:

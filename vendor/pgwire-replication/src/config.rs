@@ -428,6 +428,41 @@ pub struct ReplicationConfig {
     /// Default: `false`
     pub binary: bool,
 
+    /// `pgoutput` protocol version requested in `START_REPLICATION`
+    /// (`proto_version`).
+    ///
+    /// Version 1 is understood by every supported server. Version 2
+    /// (PostgreSQL 14+) is needed for [`streaming`](Self::streaming); newer
+    /// versions add two-phase (3, PG 15+) and parallel streaming (4, PG 16+)
+    /// messages. This crate decodes only Begin, Commit and Message boundaries
+    /// and forwards everything else raw, so the **consumer's** decoder must
+    /// understand every message of the version it asks for.
+    ///
+    /// Default: `1`
+    pub proto_version: u32,
+
+    /// Ask `pgoutput` to stream large in-progress transactions
+    /// (`streaming 'on'`, needs [`proto_version`](Self::proto_version) 2 or
+    /// newer, PostgreSQL 14+).
+    ///
+    /// Once a transaction's decoded changes exceed the server's
+    /// `logical_decoding_work_mem`, the walsender sends them before the
+    /// transaction ends, in blocks between Stream Start (`'S'`) and Stream
+    /// Stop (`'E'`), and ends the transaction with Stream Commit (`'c'`) or
+    /// Stream Abort (`'A'`). Every message inside a block carries the xid of
+    /// its (sub)transaction after the tag, so the worker does not interpret
+    /// any of them (a transactional `'M'` inside a block is forwarded as raw
+    /// `XLogData`, not as [`ReplicationEvent::Message`]); the consumer decodes
+    /// the block.
+    ///
+    /// An unfinished streamed transaction is sent again from its start after
+    /// a reconnect: the consumer drops what it kept of unfinished ones.
+    ///
+    /// Default: `false`
+    ///
+    /// [`ReplicationEvent::Message`]: crate::ReplicationEvent::Message
+    pub streaming: bool,
+
     /// Value for the startup `options` parameter, passed through to the
     /// server the same way `libpq`'s `options` connection parameter (or the
     /// `PGOPTIONS` environment variable) would on an ordinary connection.
@@ -508,6 +543,8 @@ impl Default for ReplicationConfig {
             idle_wakeup_interval: Duration::from_secs(10),
             buffer_events: 8192,
             binary: false,
+            proto_version: 1,
+            streaming: false,
             options: None,
             max_message_size: crate::protocol::framing::MAX_MESSAGE_SIZE,
             application_name: None,
@@ -675,6 +712,33 @@ impl ReplicationConfig {
     /// See [`binary`](Self::binary) for caveats — off by default.
     pub fn with_binary(mut self, binary: bool) -> Self {
         self.binary = binary;
+        self
+    }
+
+    /// Set the `pgoutput` protocol version (see
+    /// [`proto_version`](Self::proto_version)).
+    pub fn with_proto_version(mut self, version: u32) -> Self {
+        self.proto_version = version;
+        self
+    }
+
+    /// Stream large in-progress transactions (see [`streaming`](Self::streaming)).
+    /// Turning it on raises [`proto_version`](Self::proto_version) to 2 when it
+    /// is lower.
+    ///
+    /// # Example
+    /// ```
+    /// use pgwire_replication::config::ReplicationConfig;
+    ///
+    /// let config = ReplicationConfig::new("h", "u", "p", "db", "slot", "pub").with_streaming(true);
+    /// assert!(config.streaming);
+    /// assert_eq!(config.proto_version, 2);
+    /// ```
+    pub fn with_streaming(mut self, streaming: bool) -> Self {
+        self.streaming = streaming;
+        if streaming {
+            self.proto_version = self.proto_version.max(2);
+        }
         self
     }
 

@@ -207,6 +207,9 @@ pub struct WorkerState {
     gate: Option<mpsc::Receiver<GateCommand>>,
     /// The applied LSN in the last status update written to the server, if any.
     last_sent: Option<Lsn>,
+    /// Between a pgoutput Stream Start and Stream Stop (`streaming` only):
+    /// every message there carries an xid prefix and is forwarded raw.
+    in_stream_block: bool,
 }
 
 impl WorkerState {
@@ -226,6 +229,7 @@ impl WorkerState {
             started: None,
             gate: None,
             last_sent: None,
+            in_stream_block: false,
         }
     }
 
@@ -319,25 +323,46 @@ impl WorkerState {
         write_startup_message(stream, 196608, &params).await
     }
 
-    /// Start the logical replication stream.
-    async fn start_replication<S: AsyncRead + AsyncWrite + Unpin>(
-        &self,
-        stream: &mut S,
-    ) -> Result<()> {
+    /// The `START_REPLICATION` command for this configuration.
+    fn start_replication_sql(&self) -> Result<String> {
+        let version = self.cfg.proto_version;
+        if version == 0 || (self.cfg.streaming && version < 2) {
+            return Err(PgWireError::Protocol(format!(
+                "pgoutput proto_version {version} is not valid{}",
+                if self.cfg.streaming {
+                    " with streaming (needs 2 or newer)"
+                } else {
+                    ""
+                }
+            )));
+        }
         let binary_opt = if self.cfg.binary {
             ", binary 'true'"
         } else {
             ""
         };
-        let sql = format!(
+        let streaming_opt = if self.cfg.streaming {
+            ", streaming 'on'"
+        } else {
+            ""
+        };
+        Ok(format!(
             "START_REPLICATION SLOT {} LOGICAL {} \
-            (proto_version '1', publication_names '{}', messages 'true'{})",
+            (proto_version '{version}', publication_names '{}', messages 'true'{binary_opt}{streaming_opt})",
             self.cfg.slot,
             self.cfg.start_lsn,
             self.cfg.publication.to_option_value(),
-            binary_opt,
-        );
-        write_query(stream, &sql).await?;
+        ))
+    }
+
+    /// Start the logical replication stream.
+    async fn start_replication<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+    ) -> Result<()> {
+        write_query(stream, &self.start_replication_sql()?).await?;
+        // A new session starts outside any stream block.
+        self.in_stream_block = false;
 
         // Wait for CopyBothResponse
         loop {
@@ -550,7 +575,21 @@ impl WorkerState {
                 self.metrics.set_last_wal_end(wal_end);
 
                 // If the payload is a pgoutput Begin/Commit message, emit only the boundary event.
-                if let Some(boundary_ev) = parse_pgoutput_boundary(&data)? {
+                // Inside a stream block nothing is a boundary: every message there has an xid
+                // after its tag (an in-stream 'M' would be misread), so all of it goes raw.
+                let boundary = if self.in_stream_block {
+                    None
+                } else {
+                    parse_pgoutput_boundary(&data)?
+                };
+                if self.cfg.streaming {
+                    match data.first() {
+                        Some(b'S') => self.in_stream_block = true,
+                        Some(b'E') => self.in_stream_block = false,
+                        _ => {}
+                    }
+                }
+                if let Some(boundary_ev) = boundary {
                     let reached_lsn = match boundary_ev {
                         ReplicationEvent::Begin { final_lsn, .. } => final_lsn,
                         ReplicationEvent::Commit { end_lsn, .. } => end_lsn,
@@ -1309,6 +1348,90 @@ mod tests {
         );
         // And nothing was acknowledged.
         assert_eq!(metrics.last_applied_lsn(), Lsn(0));
+    }
+
+    #[test]
+    fn start_replication_asks_for_the_configured_protocol() {
+        let sql = |cfg: ReplicationConfig| test_worker(cfg).0.start_replication_sql();
+        let v1 = sql(ReplicationConfig::default()).unwrap();
+        assert!(v1.contains("(proto_version '1', publication_names"), "{v1}");
+        assert!(!v1.contains("streaming"), "{v1}");
+
+        let v2 = sql(ReplicationConfig::default().with_streaming(true)).unwrap();
+        assert!(v2.contains("proto_version '2'"), "{v2}");
+        assert!(v2.ends_with(", messages 'true', streaming 'on')"), "{v2}");
+
+        let v4 = sql(ReplicationConfig::default()
+            .with_proto_version(4)
+            .with_streaming(true))
+        .unwrap();
+        assert!(v4.contains("proto_version '4'"), "{v4}");
+
+        let mut bad = ReplicationConfig::default().with_streaming(true);
+        bad.proto_version = 1;
+        let err = sql(bad).unwrap_err();
+        assert!(err.to_string().contains("needs 2 or newer"), "{err}");
+    }
+
+    /// Under `streaming`, every message between Stream Start and Stream Stop
+    /// carries an xid after its tag. A transactional message there must reach
+    /// the consumer raw: read as a boundary 'M', its xid would be taken for
+    /// the flags and the LSN, and the rest misread.
+    #[tokio::test]
+    async fn messages_inside_a_stream_block_are_forwarded_raw() {
+        use tokio::io::AsyncWriteExt;
+
+        let (mut worker, _stop_tx, mut rx) =
+            test_worker(ReplicationConfig::default().with_streaming(true));
+        let (worker_end, mut test_end) = tokio::io::duplex(64 * 1024);
+        let task = tokio::spawn(async move {
+            let mut buf = BufReader::with_capacity(1024, worker_end);
+            worker.stream_loop(&mut buf).await
+        });
+
+        // Message body after the tag (and, in a block, after the xid).
+        let mut body = vec![1u8]; // transactional
+        body.extend_from_slice(&7u64.to_be_bytes());
+        body.extend_from_slice(b"app\0");
+        body.extend_from_slice(&2i32.to_be_bytes());
+        body.extend_from_slice(b"hi");
+        let mut in_block = vec![b'M'];
+        in_block.extend_from_slice(&900u32.to_be_bytes());
+        in_block.extend_from_slice(&body);
+        let mut outside = vec![b'M'];
+        outside.extend_from_slice(&body);
+        let mut start = vec![b'S'];
+        start.extend_from_slice(&900u32.to_be_bytes());
+        start.push(1);
+
+        for payload in [&start[..], &in_block[..], b"E", &outside[..]] {
+            test_end.write_all(&xlog_frame(1, payload)).await.unwrap();
+        }
+        test_end.flush().await.unwrap();
+
+        let mut raw = Vec::new();
+        for _ in 0..3 {
+            match rx.recv().await.unwrap().unwrap() {
+                ReplicationEvent::XLogData { data, .. } => raw.push(data),
+                other => panic!("expected raw XLogData, got {other:?}"),
+            }
+        }
+        assert_eq!(raw, [&start[..], &in_block[..], b"E"]);
+        match rx.recv().await.unwrap().unwrap() {
+            ReplicationEvent::Message {
+                transactional,
+                lsn,
+                prefix,
+                content,
+            } => {
+                assert!(transactional);
+                assert_eq!(lsn, Lsn(7));
+                assert_eq!(prefix, "app");
+                assert_eq!(&content[..], b"hi");
+            }
+            other => panic!("expected a Message after the block, got {other:?}"),
+        }
+        task.abort();
     }
 
     /// A backend frame: tag, length, payload.
