@@ -162,9 +162,15 @@ mod tests {
         m.retain(|&v| v != 1);
         assert_eq!(m.len(), 51, "the evens and product-3 (now 9)");
         assert!(m.contains("product-3") && m.contains("product-4") && !m.contains("product-5"));
-        assert!(m.arena.len() > m.iter().map(str::len).sum(), "half dead: kept");
+        assert!(
+            m.arena.len() > m.iter().map(str::len).sum(),
+            "half dead: kept"
+        );
         m.retain(|&v| v == 9);
-        assert_eq!(m.arena, "product-3", "mostly dead: compacted to the live ids");
+        assert_eq!(
+            m.arena, "product-3",
+            "mostly dead: compacted to the live ids"
+        );
         m.upsert("product-5", 0, |_| {});
         assert!(m.contains("product-5") && m.contains("product-3") && !m.contains("product-4"));
     }

@@ -292,6 +292,8 @@ impl WorkerState {
             }
         }
         self.start_replication(&mut stream).await?;
+        // A new stream starts outside any stream block.
+        self.in_stream_block = false;
         if let Some(started) = &self.started {
             started.send_replace(true);
         }
@@ -357,12 +359,10 @@ impl WorkerState {
 
     /// Start the logical replication stream.
     async fn start_replication<S: AsyncRead + AsyncWrite + Unpin>(
-        &mut self,
+        &self,
         stream: &mut S,
     ) -> Result<()> {
         write_query(stream, &self.start_replication_sql()?).await?;
-        // A new session starts outside any stream block.
-        self.in_stream_block = false;
 
         // Wait for CopyBothResponse
         loop {
