@@ -291,8 +291,9 @@ impl LoopState {
                 commit_time_micros,
                 ..
             } => {
+                let seen = self.passes.saw(Some(xid));
                 self.streams
-                    .commit(xid, &mut self.batch)
+                    .commit(xid, &mut self.batch, seen)
                     .map_err(out_of_step)?;
                 self.batch.commit(Lsn(end_lsn), commit_time_micros);
             }

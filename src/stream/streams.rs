@@ -167,7 +167,11 @@ impl Streams {
 
     /// Stream Commit of `xid`: its products join the batch, with the xid (apply waits until
     /// it is visible). The caller then commits the batch at the transaction's end LSN.
-    pub fn commit(&mut self, xid: u32, batch: &mut Batch) -> Result<(), StreamError> {
+    /// `seen`: a pass over every product saw the transaction (`super::passes`), so every
+    /// product already has its changes once that pass commits, which is before this batch
+    /// is applied; nothing of it is marked (a backlog of bulk transactions costs one pass,
+    /// not one per transaction).
+    pub fn commit(&mut self, xid: u32, batch: &mut Batch, seen: bool) -> Result<(), StreamError> {
         let stream = self
             .open
             .remove(&xid)
@@ -179,9 +183,11 @@ impl Streams {
             xid,
             products = stream.ids.len(),
             every = every.is_some(),
+            seen_by_a_pass = seen,
             "streamed transaction committed"
         );
         match every {
+            _ if seen => {}
             Some(why) => batch.mark_all(why),
             None => {
                 for id in stream.ids.iter() {
@@ -247,7 +253,7 @@ mod tests {
 
         let mut batch = Batch::default();
         s.abort(20, 20).unwrap();
-        s.commit(10, &mut batch).unwrap();
+        s.commit(10, &mut batch, false).unwrap();
         assert_eq!(ids(&batch), ["a", "e"]);
         assert_eq!(batch.xids, [10]);
         assert!(s.is_empty());
@@ -267,7 +273,7 @@ mod tests {
         s.stop();
         s.abort(10, 11).unwrap();
         let mut batch = Batch::default();
-        s.commit(10, &mut batch).unwrap();
+        s.commit(10, &mut batch, false).unwrap();
         assert_eq!(ids(&batch), ["both", "other-sub", "top"]);
         assert!(batch.all.is_none(), "the TRUNCATE was rolled back");
     }
@@ -282,7 +288,7 @@ mod tests {
         // Both subtransactions asked: one rollback does not undo the other's.
         s.abort(10, 11).unwrap();
         let mut batch = Batch::default();
-        s.commit(10, &mut batch).unwrap();
+        s.commit(10, &mut batch, false).unwrap();
         assert_eq!(batch.all.as_deref(), Some("TRUNCATE of Price"));
     }
 
@@ -301,12 +307,25 @@ mod tests {
         assert_eq!(s.held, 2, "an overflowed stream marks nothing more");
         s.stop();
         let mut batch = Batch::default();
-        s.commit(20, &mut batch).unwrap();
+        s.commit(20, &mut batch, false).unwrap();
         assert!(batch.all.as_deref().unwrap().contains("batch.max_pending"));
         let mut batch = Batch::default();
-        s.commit(10, &mut batch).unwrap();
+        s.commit(10, &mut batch, false).unwrap();
         assert_eq!(ids(&batch), ["a", "b"]);
         assert_eq!(s.held, 0);
+    }
+
+    #[test]
+    fn a_transaction_a_pass_saw_marks_nothing() {
+        let mut s = Streams::new(1);
+        s.start(10, true).unwrap();
+        s.mark(10, &p("a"));
+        s.mark(10, &p("b"));
+        s.stop();
+        let mut batch = Batch::default();
+        s.commit(10, &mut batch, true).unwrap();
+        assert!(batch.all.is_none() && batch.ids.is_empty(), "{batch:?}");
+        assert_eq!(batch.xids, [10], "still waited for and counted");
     }
 
     #[test]
@@ -318,7 +337,7 @@ mod tests {
         s.stop();
         assert!(matches!(s.start(5, true), Err(StreamError::Restarted(5))));
         let mut batch = Batch::default();
-        assert!(s.commit(6, &mut batch).is_err());
+        assert!(s.commit(6, &mut batch, false).is_err());
         assert!(s.abort(6, 7).is_err());
         assert!(s.abort(5, 9).is_ok(), "a subtransaction we saw nothing of");
     }
