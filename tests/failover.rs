@@ -18,7 +18,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{seed, wait_until, Cluster, Proxy, TestDb, WorkerProcess};
+use support::{reconcile_report, seed, wait_until, Cluster, Proxy, TestDb, WorkerProcess};
 use tokio_postgres::Client;
 
 /// The harness's superuser password (scripts/test-cluster.sh).
@@ -62,11 +62,7 @@ async fn standby_slot(c: &Client, slot: &str) -> Option<(bool, bool, bool)> {
 
 /// `cdc-worker reconcile --json` through `url`; returns its discrepancy count.
 fn reconcile(db: &TestDb, url: &str) -> i64 {
-    let out = WorkerProcess::run_to_end(db, &["reconcile", "--json"], &[("DATABASE_URL", url)]);
-    let start = out.output.find("\n{").map_or(0, |i| i + 1);
-    let end = out.output.rfind('}').map_or(0, |i| i + 1);
-    let json: serde_json::Value = serde_json::from_str(&out.output[start..end])
-        .unwrap_or_else(|e| panic!("no JSON from reconcile ({e}):\n{}", out.output));
+    let (json, out) = reconcile_report(db, &[("DATABASE_URL", url)]);
     assert!(out.success, "{}", out.output);
     json["discrepancies"].as_i64().expect("discrepancies")
 }

@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use support::{seed, wait_converged, wait_until, Cluster, Proxy, TestDb, WorkerProcess};
+use support::{
+    reconcile_report, seed, wait_converged, wait_until, Cluster, Proxy, TestDb, WorkerProcess,
+};
 use tokio_postgres::Client;
 
 const SECRET: &str = "fault-secret";
@@ -230,12 +232,7 @@ async fn prepared(cluster: &Cluster, hint: &str, products: i32) -> (TestDb, Clie
 /// The end state every fault test demands.
 async fn assert_recovered(db: &TestDb, c: &Client, r: &Receiver, last: &HashMap<String, Instant>) {
     wait_converged(c, "summary equals the source after the faults").await;
-    let out = WorkerProcess::run_to_end(db, &["reconcile", "--json"], &[]);
-    // The report is the JSON object on stdout, after the log lines on stderr.
-    let start = out.output.find("\n{").map_or(0, |i| i + 1);
-    let end = out.output.rfind('}').map_or(0, |i| i + 1);
-    let json: serde_json::Value = serde_json::from_str(&out.output[start..end])
-        .unwrap_or_else(|e| panic!("no JSON from reconcile ({e}):\n{}", out.output));
+    let (json, out) = reconcile_report(db, &[]);
     assert_eq!(json["discrepancies"], 0, "{json}");
     assert!(out.success, "{}", out.output);
     let t = Instant::now();

@@ -11,7 +11,8 @@ mod support;
 use std::time::Duration;
 
 use support::{
-    drift, seed, summary_of, wait_converged, wait_until, Cluster, TestDb, WorkerProcess,
+    drift, reconcile_report, seed, slot_and_checkpoint, summary_of, wait_converged, wait_until,
+    Cluster, TestDb, WorkerProcess,
 };
 use tokio_postgres::Client;
 
@@ -73,11 +74,7 @@ fn committed(w: &WorkerProcess) -> Vec<String> {
 
 /// `reconcile --json` reports no discrepancy.
 fn assert_reconciled(db: &TestDb) {
-    let out = WorkerProcess::run_to_end(db, &["reconcile", "--json"], &[]);
-    let start = out.output.find("\n{").map_or(0, |i| i + 1);
-    let end = out.output.rfind('}').map_or(0, |i| i + 1);
-    let json: serde_json::Value = serde_json::from_str(&out.output[start..end])
-        .unwrap_or_else(|e| panic!("no JSON from reconcile ({e}):\n{}", out.output));
+    let (json, out) = reconcile_report(db, &[]);
     assert_eq!(json["discrepancies"], 0, "{json}");
     assert!(out.success, "{}", out.output);
 }
@@ -257,20 +254,15 @@ async fn kill_9_in_the_middle_of_a_stream() {
     c.batch_execute("UPDATE \"Price\" SET amount = 7 WHERE \"productId\" = 'p300'")
         .await
         .unwrap();
-    wait_until(Duration::from_secs(10), "slot confirmed past the stream's start", || async {
-        let r = c
-            .query_one(
-                "SELECT (confirmed_flush_lsn - '0/0')::int8, \
-                        (SELECT (lsn - '0/0')::int8 FROM cdc_worker.checkpoint WHERE slot_name = $1) \
-                 FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await
-            .unwrap();
-        let (confirmed, checkpoint): (i64, i64) = (r.get(0), r.get(1));
-        assert!(confirmed <= checkpoint, "slot passed the checkpoint");
-        confirmed > before
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "slot confirmed past the stream's start",
+        || async {
+            let (confirmed, checkpoint) = slot_and_checkpoint(&c, &slot).await;
+            assert!(confirmed <= checkpoint, "slot passed the checkpoint");
+            confirmed > before as u64
+        },
+    )
     .await;
     w.kill9();
     set_stock(&t, 151, 250, 52).await;
