@@ -20,6 +20,8 @@
 #            previous started, or at once if it took longer)
 #   worker   `cdc-worker setup` (first time only: replica identity FULL, publication, slot,
 #            backfill) and `cdc-worker run` (no revalidation endpoints: no outbox rows)
+#   worker:endpoints  the same with bench/receiver.py as the revalidation endpoint, so
+#            every changed row's tags go through the outbox (what a shop runs)
 #
 # Before each scenario: VACUUM ANALYZE and CHECKPOINT, so every run starts from the same
 # page state (full-page images after the checkpoint are in every run's WAL). Measured per
@@ -153,9 +155,10 @@ for sc in "${SCEN[@]}"; do
                 -c "VACUUM ANALYZE bench.\"ProductSummary\"" -c CHECKPOINT
             triggers on
             [ "$sc" = trigger:nolock ] && psqlq -c "ALTER DATABASE bench SET bench.lock = 'off'" ;;
-        worker)
+        worker*)
             if [ $worker_ready = 0 ]; then worker_setup; worker_ready=1; else replica_identity FULL; fi
             psqlq -c "VACUUM ANALYZE" -c CHECKPOINT
+            [ "$sc" = worker:endpoints ] && start_receiver "$WORK/receiver.log"
             start_worker
             m=$(psqlv -c "SELECT pg_logical_emit_message(true, 'bench', 'start')")
             until [ "$(psqlv -c "SELECT coalesce((SELECT lsn >= '$m' FROM cdc_worker.checkpoint), false)")" = t ]; do sleep 0.1; done ;;
@@ -188,7 +191,7 @@ SQL
 )
             read -r a50 a99 amax nref dur <<<"$extra"
             extra="age at read p50 $a50 s, p99 $a99 s, max $amax s; $nref refreshes, each avg/max $dur s" ;;
-        worker)
+        worker*)
             m=$(psqlv -c "SELECT pg_logical_emit_message(true, 'bench', 'end')")
             until [ "$(psqlv -c "SELECT coalesce((SELECT lsn >= '$m' FROM cdc_worker.checkpoint), false)")" = t ]; do sleep 0.05; done
             caught=$(echo "$(now) - $t1" | bc)
@@ -207,9 +210,13 @@ SELECT (SELECT count(*) FROM (SELECT * FROM want EXCEPT SELECT * FROM have) a) +
 SQL
 )"
     fi
-    if [ "$sc" = worker ]; then
+    if [ "${sc%%:*}" = worker ]; then
         stop_worker
         extra="$extra; summary rows differing from the summary query: $(summary_diff)"
+        if [ -n "${RECEIVER_PID:-}" ]; then
+            extra="$extra; outbox rows left $(psqlv -c 'SELECT count(*) FROM cdc_worker.outbox'), tags received $(wc -l <"$WORK/receiver.log")"
+            kill "$RECEIVER_PID"; RECEIVER_PID=; export CDC_REVALIDATE_URLS=""
+        fi
     fi
     ROWS+=("$(printf '%-8s | %6s | %7.0f | %8s | %7.1f | %8.3f | %9.0f | %s' "$sc" "$load0" "$tps" "$n" "$pgc" "$(echo "$pgc * 1000 / $n" | bc -l)" "$(echo "$wal * 1000 / $n" | bc -l)" "$extra")")
     echo "# $sc done, load $(cut -d' ' -f1 /proc/loadavg)"

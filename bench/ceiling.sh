@@ -5,6 +5,7 @@
 #   SECS=20 bench/ceiling.sh 2000 4000 8000
 #   TRIGGERS=1 bench/ceiling.sh 1000          # with freshness.sh's measurement triggers, to see their load
 #   ROWS=5 bench/ceiling.sh 10000             # 5 updates per transaction (rates stay in updates/s)
+#   HOT=20 bench/ceiling.sh 5000 10000        # skewed (a flash sale): 90% of updates on 20 products
 #
 # Same load as freshness.sh (single-row updates: 4/5 Inventory quantity + 1, 1/5 USD Price
 # amount + 1, pgbench -R rate), measured without triggers: a second slot with the
@@ -18,6 +19,10 @@
 # end; catch-up = time until the checkpoint (applied) / sent_lsn (decoded) pass it.
 # Then the worker is stopped and every rate is repeated with pg_recvlogical alone on a
 # fresh pgoutput slot (same publication): its decoded lag and catch-up.
+# HOT=K: HOT_SHARE percent (default 90) of the updates pick one of the first K products,
+# the rest any product, so changes of a few products coalesce in the worker's batches.
+# The load generator's CPU (pgbench, user+sys) is printed per rate: on this 2-core
+# machine it competes with Postgres and the worker.
 source "$(dirname "$0")/lib.sh"
 N=${PRODUCTS:-20000}
 SECS=${SECS:-10}
@@ -43,6 +48,11 @@ multi_row() {
       echo "COMMIT;"; } >"$1.multi"
     mv "$1.multi" "$1"
 }
+if [ -n "${HOT:-}" ]; then
+    for f in "$WORK/inventory.sql" "$WORK/price.sql"; do
+        sed -i "s/^\\\\set p random(1, :products)\$/\\\\set h random(1, 100)\\n\\\\set p random(1, :products)\\n\\\\if :h <= ${HOT_SHARE:-90}\\n\\\\set p random(1, $HOT)\\n\\\\endif/" "$f"
+    done
+fi
 if [ "$ROWS" -gt 1 ]; then multi_row "$WORK/inventory.sql"; multi_row "$WORK/price.sql"; fi
 [ "${TRIGGERS:-0}" = 1 ] && freshness_triggers
 psqlq <<'SQL'
@@ -86,8 +96,8 @@ lag_stats() { # consumer rate column -> "p50 max q1 q2 q3 q4" in MiB over the pg
                $(for q in 1 2 3 4; do printf "round((avg(v) FILTER (WHERE q = $q) / 1048576)::numeric, 1)"; [ $q = 4 ] || printf ', '; done)
         FROM l"
 }
-run_pgbench() { # rate (updates/s) -> "updates/s updates"
-    "$PGBIN/pgbench" -n -M prepared -c "$(clients_for "$1")" -j 2 -R "$(($1 / ROWS))" -T "$SECS" -D products="$N" \
+run_pgbench() { # rate (updates/s) -> "updates/s updates" (its CPU seconds in $WORK/pgbench.time)
+    /usr/bin/time -f '%U %S' -o "$WORK/pgbench.time" "$PGBIN/pgbench" -n -M prepared -c "$(clients_for "$1")" -j 2 -R "$(($1 / ROWS))" -T "$SECS" -D products="$N" \
         $([ "$ROWS" -gt 1 ] && echo --max-tries=10) -f "$WORK/inventory.sql@4" -f "$WORK/price.sql@1" bench 2>&1 \
         | awk -v r="$ROWS" '/^number of transactions actually processed/{n=$6} /^tps/{t=$3} END{print t * r, n * r}'
 }
@@ -114,7 +124,7 @@ SQL
     wait_for "(SELECT lsn >= '$end' FROM cdc_worker.checkpoint)" "$tend" >/dev/null
     pgbench_gone
     pgc=$(echo "$(pg_cpu) - $pg0" | bc); wc=$(echo "$(proc_cpu "$WORKER_PID") - $w0" | bc)
-    W_CPU[$rate]="$pgc $wc"
+    W_CPU[$rate]="$pgc $wc $(awk '{print $1+$2}' "$WORK/pgbench.time")"
     sleep 1   # the last tags reach the receiver
     W_TPS[$rate]=$tps; W_N[$rate]=$n
     W_LAG[$rate]="$(lag_stats worker "$rate" applied) $(lag_stats worker "$rate" decoded)"
@@ -201,20 +211,20 @@ fi
 
 echo
 echo "# machine after: loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "products=$N secs=$SECS pgbench -M prepared -j 2 -R rate/$ROWS, 4/5 Inventory + 1/5 USD Price updates, $ROWS per transaction; triggers=${TRIGGERS:-0}"
+echo "products=$N secs=$SECS pgbench -M prepared -j 2 -R rate/$ROWS, 4/5 Inventory + 1/5 USD Price updates, $ROWS per transaction; triggers=${TRIGGERS:-0}; hot=${HOT:-none} (${HOT_SHARE:-90}% of updates)"
 echo
 echo "worker: lags = MiB of WAL behind pg_current_wal_lsn, sampled every 0.5 s during the run: p50, max, and the mean of each"
 echo "quarter of the run (growing = not keeping up); 'last in summary' = last change's summary commit, s after pgbench ended"
 printf '%6s %7s %4s %7s %6s | %-34s | %-9s | %6s %6s %6s | %6s %6s %6s | %8s | %-11s | %s\n' \
-    rate tps cli updates "WAL/s" "applied lag p50 max | q1 q2 q3 q4" "decoded" s_p50 s_p99 s_max e_p50 e_p99 e_max "last in" "pg/worker" "matched s/e"
-printf '%6s %7s %4s %7s %6s | %-34s | %-9s | %-20s | %-20s | %8s | %-11s |\n' "" "" "" "" "MiB" "" "p50 max" "commit->summary ms" "commit->endpoint ms" "summary" "CPU s"
+    rate tps cli updates "WAL/s" "applied lag p50 max | q1 q2 q3 q4" "decoded" s_p50 s_p99 s_max e_p50 e_p99 e_max "last in" "pg/worker/pgbench" "matched s/e"
+printf '%6s %7s %4s %7s %6s | %-34s | %-9s | %-20s | %-20s | %8s | %-17s |\n' "" "" "" "" "MiB" "" "p50 max" "commit->summary ms" "commit->endpoint ms" "summary" "CPU s"
 for rate in "${RATES[@]}"; do
     read -r al50 almax q1 q2 q3 q4 dl50 dlmax _ <<<"${W_LAG[$rate]}"
-    read -r pgc wc <<<"${W_CPU[$rate]}"
+    read -r pgc wc bc_cpu <<<"${W_CPU[$rate]}"
     read -r cnt last s50 s99 smax ns e50 e99 emax ne <<<"${W_LAT[$rate]}"
-    printf '%6s %7.0f %4s %7s %6s | %4s %4s | %4s %4s %4s %4s | %4s %4s | %6s %6s %6s | %6s %6s %6s | %8s | %5s %5s | %s/%s of %s\n' \
+    printf '%6s %7.0f %4s %7s %6s | %4s %4s | %4s %4s %4s %4s | %4s %4s | %6s %6s %6s | %6s %6s %6s | %8s | %5s %5s %5s | %s/%s of %s\n' \
         "$rate" "${W_TPS[$rate]}" "$(clients_for "$rate")" "${W_N[$rate]}" "${W_CU[$rate]}" "$al50" "$almax" "$q1" "$q2" "$q3" "$q4" "$dl50" "$dlmax" \
-        "$s50" "$s99" "$smax" "$e50" "$e99" "$emax" "+$last" "$pgc" "$wc" "$ns" "$ne" "$cnt"
+        "$s50" "$s99" "$smax" "$e50" "$e99" "$emax" "+$last" "$pgc" "$wc" "$bc_cpu" "$ns" "$ne" "$cnt"
 done
 echo "summary rows differing from the summary query after the worker phase: $diff of $N"
 echo "worker errors/warnings: $(grep -cE 'WARN|ERROR' "$WORK/worker.log" || true)"

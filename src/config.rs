@@ -40,6 +40,10 @@ pub struct Config {
     /// running with `sync_replication_slots = on` keep a synchronized copy and the worker
     /// streams on from it after a promotion instead of recomputing every product.
     pub failover_slot: bool,
+    /// pgoutput protocol: 2 (the default) streams large transactions while they run
+    /// (`streaming 'on'`), so at their commit only the recompute is left; 1 sends each
+    /// transaction only after its commit, for a server or proxy that mishandles streaming.
+    pub pgoutput_protocol: u32,
     pub tables: Tables,
     pub batch: Batch,
     pub revalidate: Revalidate,
@@ -201,6 +205,7 @@ impl Default for Config {
             currency: "USD".into(),
             recover_lost_slot: true,
             failover_slot: true,
+            pgoutput_protocol: 2,
             tables: Tables::default(),
             batch: Batch::default(),
             revalidate: Revalidate::default(),
@@ -324,6 +329,10 @@ impl Config {
         set(&mut self.schema, "CDC_SCHEMA");
         set(&mut self.currency, "CDC_CURRENCY");
         set(&mut self.revalidate.secret, "CDC_REVALIDATE_SECRET");
+        if let Some(v) = env("CDC_PGOUTPUT_PROTOCOL").filter(|v| !v.is_empty()) {
+            // Not a number: 0, which validation refuses with the accepted values.
+            self.pgoutput_protocol = v.trim().parse().unwrap_or(0);
+        }
         // Empty is meaningful here: it disables the listener.
         if let Some(addr) = env("CDC_METRICS_ADDR") {
             self.metrics.addr = addr;
@@ -386,6 +395,14 @@ impl Config {
             return Err(bad(
                 "batch.max_products and batch.max_pending must be at least 1",
             ));
+        }
+        if !matches!(self.pgoutput_protocol, 1 | 2) {
+            return Err(bad(format!(
+                "pgoutput_protocol = {} (CDC_PGOUTPUT_PROTOCOL) is not supported: 2 (the \
+                 default) streams large transactions while they run, 1 sends each after its \
+                 commit",
+                self.pgoutput_protocol
+            )));
         }
         if self.batch.heartbeat_secs == 0 {
             return Err(bad("batch.heartbeat_secs must be at least 1"));
@@ -491,6 +508,11 @@ impl Config {
         let path = PathBuf::from(&self.tables.summary_query_file);
         std::fs::read_to_string(&path)
             .map_err(|e| bad(format!("tables.summary_query_file {}: {e}", path.display())))
+    }
+
+    /// Whether the slot is read with streaming of in-progress transactions (protocol 2).
+    pub fn streaming(&self) -> bool {
+        self.pgoutput_protocol >= 2
     }
 
     pub fn heartbeat(&self) -> Duration {
@@ -865,6 +887,8 @@ mod tests {
         assert_eq!(cfg.tables.sources, def.tables.sources);
         assert_eq!(cfg.revalidate.tags, def.revalidate.tags);
         assert_eq!(cfg.batch.max_products, def.batch.max_products);
+        assert_eq!(cfg.pgoutput_protocol, def.pgoutput_protocol);
+        assert!(cfg.streaming());
         assert_eq!(
             cfg.revalidate.give_up_after_secs,
             def.revalidate.give_up_after_secs
@@ -879,6 +903,29 @@ mod tests {
         let err = Config::load_with_env(Some(&p), env(&[("DATABASE_URL", "postgres://x/y")]))
             .unwrap_err();
         assert!(err.to_string().contains("slott"), "{err}");
+    }
+
+    #[test]
+    fn pgoutput_protocol_is_1_or_2() {
+        let dir = std::env::temp_dir().join(format!("cdcw-proto-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("c.toml");
+        let load = |text: &str| {
+            std::fs::write(&p, text).unwrap();
+            Config::load_with_env(Some(&p), env(&[("DATABASE_URL", "postgres://x/y")]))
+        };
+        assert!(!load("pgoutput_protocol = 1\n").unwrap().streaming());
+        let from_env = Config::load_with_env(
+            None,
+            env(&[
+                ("DATABASE_URL", "postgres://x/y"),
+                ("CDC_PGOUTPUT_PROTOCOL", "1"),
+            ]),
+        )
+        .unwrap();
+        assert!(!from_env.streaming());
+        let err = load("pgoutput_protocol = 3\n").unwrap_err().to_string();
+        assert!(err.contains("pgoutput_protocol = 3"), "{err}");
     }
 
     #[test]

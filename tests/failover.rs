@@ -18,7 +18,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{wait_until, Cluster, Proxy, TestDb, WorkerProcess};
+use support::{reconcile_report, wait_until, Cluster, Proxy, TestDb, WorkerProcess};
 use tokio_postgres::Client;
 
 /// The harness's superuser password (scripts/test-cluster.sh).
@@ -58,8 +58,7 @@ async fn standby_slot(c: &Client, slot: &str) -> Option<(bool, bool, bool)> {
 
 /// `cdc-worker reconcile --json` through `url`; returns its discrepancy count.
 fn reconcile(db: &TestDb, url: &str) -> i64 {
-    let out = WorkerProcess::run_to_end(db, &["reconcile", "--json"], &[("DATABASE_URL", url)]);
-    let json = support::json_report(&out.output);
+    let (json, out) = reconcile_report(db, &[("DATABASE_URL", url)]);
     assert!(out.success, "{}", out.output);
     json["discrepancies"].as_i64().expect("discrepancies")
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use support::{
-    json_report, outbox_len, revalidate_env, slot_confirmed, slot_count, wait_converged,
+    outbox_len, reconcile_report, revalidate_env, slot_confirmed, slot_count, wait_converged,
     wait_until, Answer, Cluster, Endpoint, Proxy, TestDb, WorkerProcess,
 };
 use tokio_postgres::Client;
@@ -177,8 +177,7 @@ fn start(db: &TestDb, r: &Endpoint, url: Option<&str>) -> WorkerProcess {
 /// The end state every fault test demands.
 async fn assert_recovered(db: &TestDb, c: &Client, r: &Endpoint, last: &HashMap<String, Instant>) {
     wait_converged(c, "summary equals the source after the faults").await;
-    let out = WorkerProcess::run_to_end(db, &["reconcile", "--json"], &[]);
-    let json = json_report(&out.output);
+    let (json, out) = reconcile_report(db, &[]);
     assert_eq!(json["discrepancies"], 0, "{json}");
     assert!(out.success, "{}", out.output);
     wait_delivered_after(r, last, Duration::from_secs(20)).await;

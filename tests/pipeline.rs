@@ -7,8 +7,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::{
-    drift, slot_count, summary_of, summary_rows, wait_converged, wait_until, Cluster, TestDb,
-    WorkerProcess,
+    drift, slot_and_checkpoint, slot_count, summary_of, summary_rows, wait_converged, wait_until,
+    Cluster, TestDb, WorkerProcess,
 };
 use tokio_postgres::Client;
 
@@ -252,19 +252,6 @@ async fn truncate_schema_change_toast_and_big_transactions() {
 }
 
 /// The slot's confirmed LSN, and the checkpoint stored with the summary.
-async fn slot_and_checkpoint(c: &Client, slot: &str) -> (u64, u64) {
-    let row = c
-        .query_one(
-            "SELECT (confirmed_flush_lsn - '0/0')::int8, \
-                    (SELECT (lsn - '0/0')::int8 FROM cdc_worker.checkpoint WHERE slot_name = $1) \
-             FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .unwrap();
-    (row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_during_a_burst_loses_nothing() {
     let (db, c, mut w) = started("kill9", 500).await;

@@ -93,6 +93,7 @@ async fn session(ctx: &Context) -> anyhow::Result<()> {
         .db
         .replication(&cfg.slot, &cfg.publication)
         .with_start_lsn(start)
+        .with_streaming(cfg.streaming())
         .with_status_interval(STATUS_INTERVAL)
         // While nothing arrives, a status message at least every heartbeat: the walsender's
         // record of when it last heard us is the evidence that a silent stream is alive.
@@ -116,7 +117,7 @@ async fn session(ctx: &Context) -> anyhow::Result<()> {
         ctx.db
             .startup_timed_out("opening the replication connection")
     })??;
-    tracing::info!(slot = %cfg.slot, from = %start, "streaming");
+    tracing::info!(slot = %cfg.slot, from = %start, pgoutput_protocol = cfg.pgoutput_protocol, "streaming");
     ctx.metrics.set_streaming(true);
 
     // Bumped when apply held tags of throttled templates, to wake their release.

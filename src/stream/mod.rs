@@ -4,8 +4,10 @@
 //! events); [`pgoutput`] decodes each change, [`route`] turns it into the products it may
 //! affect, [`batch`] coalesces them ([`ids`] keeps the set compact) until apply is free,
 //! and [`passes`] drops the changes a pass over every product already read. The LSN apply
-//! committed is the only one ever acknowledged to the slot. [`silence`] tells a dead
-//! connection from a walsender that is busy decoding for us.
+//! committed is the only one ever acknowledged to the slot. [`streams`] keeps the products
+//! of large transactions the walsender streams before they commit (protocol 2) until their
+//! commit. [`silence`] tells a dead connection from a walsender that is busy decoding for
+//! us.
 
 pub mod batch;
 pub mod ids;
@@ -13,6 +15,7 @@ pub mod passes;
 pub mod pgoutput;
 pub mod route;
 pub mod silence;
+pub mod streams;
 
 use std::time::{Duration, Instant};
 
@@ -26,8 +29,10 @@ use crate::error::definite;
 use crate::ops::metrics::Metrics;
 use batch::Batch;
 use passes::Passes;
+use pgoutput::LogicalMessage;
 use route::{Route, Router};
 use silence::Silence;
+use streams::Streams;
 
 /// The stream loop's ends of the handover to the apply task: batches go one way, the
 /// checkpoint each stored (or the error that ended it) comes back, one answer per batch,
@@ -131,6 +136,9 @@ struct LoopState {
     /// nothing more is read until it is.
     max_pending: usize,
     router: Router,
+    /// Streamed transactions not yet committed or aborted. A new session starts with
+    /// none: the walsender sends each again from its start.
+    streams: Streams,
 }
 
 impl LoopState {
@@ -145,6 +153,7 @@ impl LoopState {
             heard: Deadline::now(),
             max_pending: cfg.batch.max_pending,
             router: Router::new(&cfg.tables.schema, &cfg.tables.sources),
+            streams: Streams::new(cfg.batch.max_pending),
         }
     }
 
@@ -224,14 +233,22 @@ impl LoopState {
         Ok(())
     }
 
-    /// A pgoutput message: decoded, routed to product ids, marked in the batch.
+    /// A pgoutput message: decoded, routed to product ids, marked in the batch (or, for a
+    /// change of a streamed transaction, kept with its stream until the commit).
     fn on_change(
         &mut self,
         data: &bytes::Bytes,
         metrics: &Metrics,
         passes: &mut Passes,
     ) -> anyhow::Result<()> {
-        let msg = pgoutput::decode(data).context("decoding pgoutput")?;
+        let (sub, msg) = match self.streams.block() {
+            Some(_) => pgoutput::decode_in_stream(data),
+            None => pgoutput::decode(data).map(|m| (None, m)),
+        }
+        .context("decoding pgoutput")?;
+        if self.on_stream_message(&msg, passes)? {
+            return Ok(());
+        }
         let (route, counted) = self
             .router
             .route(&msg)
@@ -240,21 +257,71 @@ impl LoopState {
             metrics.record_change(table, op.as_str());
             self.batch.changes += 1;
         }
-        match route {
-            Route::None => {}
+        match (route, sub) {
+            (Route::None, _) => {}
+            // A change of a streamed transaction: kept with its stream. Its commit LSN is
+            // not known before the Stream Commit, so no pass can be judged to have seen it
+            // here; the commit asks again (`on_stream_message`).
+            (route, Some(sub)) => {
+                if let Route::All(why) = &route {
+                    tracing::warn!(reason = %why, xid = self.streams.block(), "recomputing every product if the streamed transaction commits");
+                }
+                self.streams.mark(sub, &route);
+            }
             // A pass over every product saw this transaction: nothing to mark.
-            Route::Products(..) if passes.saw(self.open) => self.batch.covered += 1,
-            Route::Products(old, new) => {
+            (Route::Products(..), None) if passes.saw(self.open) => self.batch.covered += 1,
+            (Route::Products(old, new), None) => {
                 for id in old.into_iter().chain(new) {
                     self.batch.mark(id);
                 }
             }
-            Route::All(why) => {
+            (Route::All(why), None) => {
                 tracing::warn!(reason = %why, "recomputing every product");
                 self.batch.mark_all(why);
             }
         }
         Ok(())
+    }
+
+    /// Stream Start, Stop, Commit and Abort (protocol 2); true when `msg` was one. A
+    /// stream commit joins the batch at its commit LSN, in commit order with the others.
+    fn on_stream_message(
+        &mut self,
+        msg: &LogicalMessage,
+        passes: &mut Passes,
+    ) -> anyhow::Result<bool> {
+        let out_of_step = |e: streams::StreamError| {
+            definite(format!(
+                "{e}: the replication stream is out of step. If a proxy sits between the \
+                 worker and Postgres, connect directly, or set pgoutput_protocol = 1"
+            ))
+        };
+        match *msg {
+            LogicalMessage::StreamStart { xid, first_segment } => self
+                .streams
+                .start(xid, first_segment)
+                .map_err(out_of_step)?,
+            LogicalMessage::StreamStop => self.streams.stop(),
+            LogicalMessage::StreamCommit {
+                xid,
+                commit_lsn,
+                end_lsn,
+                commit_time_micros,
+                ..
+            } => {
+                let commit_lsn = Lsn(commit_lsn);
+                let seen = passes.saw(Some((xid, commit_lsn)));
+                self.streams
+                    .commit(xid, commit_lsn, &mut self.batch, seen)
+                    .map_err(out_of_step)?;
+                self.batch.commit(Lsn(end_lsn), commit_time_micros);
+            }
+            LogicalMessage::StreamAbort { xid, subxid } => {
+                self.streams.abort(xid, subxid).map_err(out_of_step)?
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
     }
 
     /// Nothing of ours lies before `wal_end` that is not applied when the loop is idle:

@@ -1,10 +1,17 @@
 //! Decoder for PostgreSQL's `pgoutput` logical replication messages.
 //!
-//! We read the slot with `proto_version '1'`, text-format values and neither
-//! streaming nor two-phase enabled, so only the protocol-1 message set is
-//! accepted. Anything else is reported as an error rather than guessed at:
-//! a CDC daemon that silently mis-parses a change would write wrong summary
-//! rows, which is far worse than stopping and saying why.
+//! We read the slot with `proto_version '2'` and `streaming 'on'` (or, when configured,
+//! `proto_version '1'` without streaming), text-format values and no two-phase, so the
+//! protocol-1 messages plus the four stream messages are accepted. Anything else is
+//! reported as an error rather than guessed at: a CDC daemon that silently mis-parses a
+//! change would write wrong summary rows, which is far worse than stopping and saying why.
+//!
+//! With streaming, the walsender sends a large transaction while it is still running, in
+//! blocks between Stream Start and Stream Stop; inside a block every Relation, Type,
+//! Insert, Update, Delete, Truncate and Message carries the xid of the (sub)transaction
+//! that made it right after the tag. Whether a payload has that prefix depends only on
+//! where it sits in the stream, so the caller says where ([`decode`] outside a block,
+//! [`decode_in_stream`] inside one) and each rejects what cannot appear there.
 //!
 //! The decoder is zero-copy for the hot path. Insert/Update/Delete keep a
 //! refcounted [`Bytes`] slice of the input and walk it on access, so a change
@@ -83,6 +90,29 @@ pub enum LogicalMessage {
         lsn: u64,
         prefix: Bytes,
         content: Bytes,
+    },
+    /// A block of changes of the running top-level transaction `xid` follows, up to
+    /// Stream Stop. `first_segment`: the first block of `xid` in this session (after a
+    /// reconnect an unfinished transaction starts again with a first segment).
+    StreamStart {
+        xid: u32,
+        first_segment: bool,
+    },
+    /// The end of a stream block.
+    StreamStop,
+    /// The streamed transaction `xid` committed; as [`LogicalMessage::Commit`].
+    StreamCommit {
+        xid: u32,
+        flags: u8,
+        commit_lsn: u64,
+        end_lsn: u64,
+        commit_time_micros: i64,
+    },
+    /// Streamed changes were rolled back: the whole of top-level transaction `xid` when
+    /// `subxid == xid`, else its subtransaction `subxid` (ROLLBACK TO SAVEPOINT).
+    StreamAbort {
+        xid: u32,
+        subxid: u32,
     },
 }
 
@@ -300,14 +330,28 @@ pub enum DecodeError {
     #[error("unknown pgoutput message tag {} at byte 0", ShowByte(*.tag))]
     UnknownTag { tag: u8 },
     /// A valid pgoutput message that only appears with options we never
-    /// request (streaming, two_phase, proto_version > 1); seeing one means
-    /// the slot was configured by someone else.
+    /// request (two_phase, proto_version > 2); seeing one means the slot was
+    /// configured by someone else.
     #[error(
         "unsupported pgoutput {kind} message (tag {}) at byte 0; \
-         cdc-worker requires proto_version 1 without streaming or two_phase",
+         cdc-worker reads proto_version 1, or 2 with streaming, without two_phase",
         ShowByte(*.tag)
     )]
     Unsupported { tag: u8, kind: &'static str },
+    /// A message where the protocol never puts it: a transaction boundary inside a
+    /// stream block, or Stream Stop outside one. The stream is out of step.
+    #[error("pgoutput {kind} message (tag {}) {place}", ShowByte(*.tag))]
+    Misplaced {
+        tag: u8,
+        kind: &'static str,
+        place: &'static str,
+    },
+    #[error("{field} at byte {offset} is {value}; the protocol allows only 0 or 1")]
+    InvalidFlag {
+        field: &'static str,
+        offset: usize,
+        value: u8,
+    },
     #[error("truncated {field} at byte {offset}: need {needed} byte(s), {available} available")]
     Truncated {
         field: &'static str,
@@ -358,7 +402,8 @@ impl DecodeError {
         match *self {
             DecodeError::Empty
             | DecodeError::UnknownTag { .. }
-            | DecodeError::Unsupported { .. } => 0,
+            | DecodeError::Unsupported { .. }
+            | DecodeError::Misplaced { .. } => 0,
             DecodeError::Truncated { offset, .. }
             | DecodeError::NegativeLength { offset, .. }
             | DecodeError::LengthOutOfBounds { offset, .. }
@@ -366,6 +411,7 @@ impl DecodeError {
             | DecodeError::InvalidUtf8 { offset, .. }
             | DecodeError::UnexpectedTupleMarker { offset, .. }
             | DecodeError::UnknownColumnKind { offset, .. }
+            | DecodeError::InvalidFlag { offset, .. }
             | DecodeError::TrailingBytes { offset, .. } => offset,
         }
     }
@@ -385,54 +431,72 @@ impl fmt::Display for ShowByte {
     }
 }
 
-/// Decodes one XLogData payload.
+/// Decodes one XLogData payload that arrived outside a stream block.
 ///
 /// Takes `&Bytes` rather than `&[u8]` so tuple data and names can be
 /// returned as cheap refcounted slices of the same allocation.
 pub fn decode(buf: &Bytes) -> Result<LogicalMessage, DecodeError> {
+    decode_at(buf, false).map(|(_, message)| message)
+}
+
+/// Decodes one XLogData payload that arrived inside a stream block (after Stream Start,
+/// up to and including Stream Stop). Returns the xid of the (sub)transaction a change,
+/// Relation, Type or Message belongs to; `None` for Stream Stop and for the Origin that
+/// may follow Stream Start (neither carries one).
+pub fn decode_in_stream(buf: &Bytes) -> Result<(Option<u32>, LogicalMessage), DecodeError> {
+    decode_at(buf, true)
+}
+
+fn decode_at(buf: &Bytes, in_block: bool) -> Result<(Option<u32>, LogicalMessage), DecodeError> {
     let Some(&tag) = buf.first() else {
         return Err(DecodeError::Empty);
     };
     let mut r = Reader { buf, pos: 1 };
-    let (message, name) = match tag {
-        b'B' => (
-            LogicalMessage::Begin {
-                final_lsn: r.u64("Begin final LSN")?,
-                commit_time_micros: r.i64("Begin commit timestamp")?,
-                xid: r.u32("Begin xid")?,
-            },
-            "Begin",
-        ),
-        b'C' => (
-            LogicalMessage::Commit {
-                flags: r.u8("Commit flags")?,
-                commit_lsn: r.u64("Commit LSN")?,
-                end_lsn: r.u64("Commit end LSN")?,
-                commit_time_micros: r.i64("Commit timestamp")?,
-            },
-            "Commit",
-        ),
-        b'O' => (
-            LogicalMessage::Origin {
-                commit_lsn: r.u64("Origin commit LSN")?,
-                name: r.cstr_bytes("Origin name")?,
-            },
-            "Origin",
-        ),
-        b'R' => (LogicalMessage::Relation(r.relation()?), "Relation"),
-        b'Y' => (
-            LogicalMessage::Type {
-                id: r.u32("Type id")?,
-                namespace: r.cstr_bytes("Type namespace")?,
-                name: r.cstr_bytes("Type name")?,
-            },
-            "Type",
-        ),
+    let place = match (in_block, tag) {
+        (true, b'B' | b'C' | b'S' | b'c' | b'A') => Some("inside a stream block"),
+        (false, b'E') => Some("outside a stream block"),
+        _ => None,
+    };
+    if let Some(place) = place {
+        return Err(DecodeError::Misplaced {
+            tag,
+            kind: kind(tag),
+            place,
+        });
+    }
+    let xid = match tag {
+        b'R' | b'Y' | b'I' | b'U' | b'D' | b'T' | b'M' if in_block => {
+            Some(r.u32("streamed change xid")?)
+        }
+        _ => None,
+    };
+    let message = match tag {
+        b'B' => LogicalMessage::Begin {
+            final_lsn: r.u64("Begin final LSN")?,
+            commit_time_micros: r.i64("Begin commit timestamp")?,
+            xid: r.u32("Begin xid")?,
+        },
+        b'C' => LogicalMessage::Commit {
+            flags: r.u8("Commit flags")?,
+            commit_lsn: r.u64("Commit LSN")?,
+            end_lsn: r.u64("Commit end LSN")?,
+            commit_time_micros: r.i64("Commit timestamp")?,
+        },
+        b'O' => LogicalMessage::Origin {
+            commit_lsn: r.u64("Origin commit LSN")?,
+            name: r.cstr_bytes("Origin name")?,
+        },
+        b'R' => LogicalMessage::Relation(r.relation()?),
+        b'Y' => LogicalMessage::Type {
+            id: r.u32("Type id")?,
+            namespace: r.cstr_bytes("Type namespace")?,
+            name: r.cstr_bytes("Type name")?,
+        },
         b'I' => {
             let relation_id = r.u32("Insert relation id")?;
             r.expect_marker(b'N', "'N'")?;
             let new = r.tuple()?;
-            (LogicalMessage::Insert { relation_id, new }, "Insert")
+            LogicalMessage::Insert { relation_id, new }
         }
         b'U' => {
             let relation_id = r.u32("Update relation id")?;
@@ -453,14 +517,11 @@ pub fn decode(buf: &Bytes) -> Result<LogicalMessage, DecodeError> {
                 r.expect_marker(b'N', "'N'")?;
             }
             let new = r.tuple()?;
-            (
-                LogicalMessage::Update {
-                    relation_id,
-                    old,
-                    new,
-                },
-                "Update",
-            )
+            LogicalMessage::Update {
+                relation_id,
+                old,
+                new,
+            }
         }
         b'D' => {
             let relation_id = r.u32("Delete relation id")?;
@@ -476,34 +537,67 @@ pub fn decode(buf: &Bytes) -> Result<LogicalMessage, DecodeError> {
                     })
                 }
             };
-            (LogicalMessage::Delete { relation_id, old }, "Delete")
+            LogicalMessage::Delete { relation_id, old }
         }
-        b'T' => (r.truncate()?, "Truncate"),
-        b'M' => (
-            LogicalMessage::Message {
-                flags: r.u8("Message flags")?,
-                lsn: r.u64("Message LSN")?,
-                prefix: r.cstr_bytes("Message prefix")?,
-                content: {
-                    let range = r.len_prefixed("Message content")?;
-                    buf.slice(range)
-                },
+        b'T' => r.truncate()?,
+        b'M' => LogicalMessage::Message {
+            flags: r.u8("Message flags")?,
+            lsn: r.u64("Message LSN")?,
+            prefix: r.cstr_bytes("Message prefix")?,
+            content: {
+                let range = r.len_prefixed("Message content")?;
+                buf.slice(range)
             },
-            "Message",
-        ),
-        b'S' => return Err(unsupported(tag, "Stream Start")),
-        b'E' => return Err(unsupported(tag, "Stream Stop")),
-        b'c' => return Err(unsupported(tag, "Stream Commit")),
-        b'A' => return Err(unsupported(tag, "Stream Abort")),
-        b'p' => return Err(unsupported(tag, "Stream Prepare")),
-        b'b' => return Err(unsupported(tag, "Begin Prepare")),
-        b'P' => return Err(unsupported(tag, "Prepare")),
-        b'K' => return Err(unsupported(tag, "Commit Prepared")),
-        b'r' => return Err(unsupported(tag, "Rollback Prepared")),
+        },
+        b'S' => LogicalMessage::StreamStart {
+            xid: r.u32("Stream Start xid")?,
+            first_segment: r.flag("Stream Start first-segment flag")?,
+        },
+        b'E' => LogicalMessage::StreamStop,
+        b'c' => LogicalMessage::StreamCommit {
+            xid: r.u32("Stream Commit xid")?,
+            flags: r.u8("Stream Commit flags")?,
+            commit_lsn: r.u64("Stream Commit LSN")?,
+            end_lsn: r.u64("Stream Commit end LSN")?,
+            commit_time_micros: r.i64("Stream Commit timestamp")?,
+        },
+        // Protocol 4 with `streaming 'parallel'` appends the abort LSN and time; we
+        // never ask for that, so they are trailing bytes here.
+        b'A' => LogicalMessage::StreamAbort {
+            xid: r.u32("Stream Abort xid")?,
+            subxid: r.u32("Stream Abort subtransaction xid")?,
+        },
+        b'p' | b'b' | b'P' | b'K' | b'r' => return Err(unsupported(tag, kind(tag))),
         _ => return Err(DecodeError::UnknownTag { tag }),
     };
-    r.finish(name)?;
-    Ok(message)
+    r.finish(kind(tag))?;
+    Ok((xid, message))
+}
+
+/// The protocol's name of a message kind, for errors.
+fn kind(tag: u8) -> &'static str {
+    match tag {
+        b'B' => "Begin",
+        b'C' => "Commit",
+        b'O' => "Origin",
+        b'R' => "Relation",
+        b'Y' => "Type",
+        b'I' => "Insert",
+        b'U' => "Update",
+        b'D' => "Delete",
+        b'T' => "Truncate",
+        b'M' => "Message",
+        b'S' => "Stream Start",
+        b'E' => "Stream Stop",
+        b'c' => "Stream Commit",
+        b'A' => "Stream Abort",
+        b'p' => "Stream Prepare",
+        b'b' => "Begin Prepare",
+        b'P' => "Prepare",
+        b'K' => "Commit Prepared",
+        b'r' => "Rollback Prepared",
+        _ => "unknown",
+    }
 }
 
 fn unsupported(tag: u8, kind: &'static str) -> DecodeError {
@@ -555,6 +649,20 @@ impl<'a> Reader<'a> {
 
     fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
         Ok(self.array::<1>(field)?[0])
+    }
+
+    /// A byte the protocol writes as 0 or 1.
+    fn flag(&mut self, field: &'static str) -> Result<bool, DecodeError> {
+        let offset = self.pos;
+        match self.u8(field)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            value => Err(DecodeError::InvalidFlag {
+                field,
+                offset,
+                value,
+            }),
+        }
     }
 
     fn i16(&mut self, field: &'static str) -> Result<i16, DecodeError> {
@@ -809,6 +917,52 @@ pub(crate) mod testing {
             prefix: Vec<u8>,
             content: Vec<u8>,
         },
+        StreamStart {
+            xid: u32,
+            first_segment: bool,
+        },
+        StreamStop,
+        StreamCommit {
+            xid: u32,
+            flags: u8,
+            commit_lsn: u64,
+            end_lsn: u64,
+            commit_time_micros: i64,
+        },
+        StreamAbort {
+            xid: u32,
+            subxid: u32,
+        },
+    }
+
+    impl Msg {
+        /// Whether pgoutput puts the xid after the tag inside a stream block.
+        pub(crate) fn has_stream_xid(&self) -> bool {
+            matches!(
+                self,
+                Msg::Relation(_)
+                    | Msg::Type { .. }
+                    | Msg::Insert { .. }
+                    | Msg::Update { .. }
+                    | Msg::Delete { .. }
+                    | Msg::Truncate { .. }
+                    | Msg::Message { .. }
+            )
+        }
+    }
+
+    /// Encodes `msg` as pgoutput writes it inside a stream block: the xid of its
+    /// (sub)transaction right after the tag, for the kinds that carry one.
+    pub(crate) fn encode_in_stream(xid: u32, msg: &Msg) -> Bytes {
+        let plain = encode(msg);
+        if !msg.has_stream_xid() {
+            return plain;
+        }
+        let mut out = Vec::with_capacity(plain.len() + 4);
+        out.put_u8(plain[0]);
+        out.put_u32(xid);
+        out.put_slice(&plain[1..]);
+        Bytes::from(out)
     }
 
     fn put_cstr(out: &mut Vec<u8>, s: &[u8]) {
@@ -944,6 +1098,31 @@ pub(crate) mod testing {
                 out.put_i32(i32::try_from(content.len()).unwrap());
                 out.put_slice(content);
             }
+            Msg::StreamStart { xid, first_segment } => {
+                out.put_u8(b'S');
+                out.put_u32(*xid);
+                out.put_u8(u8::from(*first_segment));
+            }
+            Msg::StreamStop => out.put_u8(b'E'),
+            Msg::StreamCommit {
+                xid,
+                flags,
+                commit_lsn,
+                end_lsn,
+                commit_time_micros,
+            } => {
+                out.put_u8(b'c');
+                out.put_u32(*xid);
+                out.put_u8(*flags);
+                out.put_u64(*commit_lsn);
+                out.put_u64(*end_lsn);
+                out.put_i64(*commit_time_micros);
+            }
+            Msg::StreamAbort { xid, subxid } => {
+                out.put_u8(b'A');
+                out.put_u32(*xid);
+                out.put_u32(*subxid);
+            }
         }
         Bytes::from(out)
     }
@@ -1038,13 +1217,35 @@ pub(crate) mod testing {
                 prefix: prefix.to_vec(),
                 content: content.to_vec(),
             },
+            LogicalMessage::StreamStart { xid, first_segment } => Msg::StreamStart {
+                xid: *xid,
+                first_segment: *first_segment,
+            },
+            LogicalMessage::StreamStop => Msg::StreamStop,
+            LogicalMessage::StreamCommit {
+                xid,
+                flags,
+                commit_lsn,
+                end_lsn,
+                commit_time_micros,
+            } => Msg::StreamCommit {
+                xid: *xid,
+                flags: *flags,
+                commit_lsn: *commit_lsn,
+                end_lsn: *end_lsn,
+                commit_time_micros: *commit_time_micros,
+            },
+            LogicalMessage::StreamAbort { xid, subxid } => Msg::StreamAbort {
+                xid: *xid,
+                subxid: *subxid,
+            },
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::testing::{encode, model, Msg, Val};
+    use super::testing::{encode, encode_in_stream, model, Msg, Val};
     use super::*;
     use bytes::BufMut;
     use proptest::prelude::*;
@@ -1331,16 +1532,186 @@ mod tests {
     }
 
     #[test]
-    fn streaming_and_two_phase_messages_are_unsupported() {
-        for tag in [b'S', b'E', b'c', b'A', b'p', b'b', b'P', b'K', b'r'] {
+    fn two_phase_messages_are_unsupported() {
+        for tag in [b'p', b'b', b'P', b'K', b'r'] {
             let err = decode_vec(vec![tag, 0, 0, 0, 1, 1]).unwrap_err();
             assert!(
                 matches!(err, DecodeError::Unsupported { tag: t, .. } if t == tag),
                 "{err:?}"
             );
         }
-        let err = decode_vec(vec![b'S']).unwrap_err();
-        assert!(err.to_string().contains("Stream Start"), "{err}");
+        let err = decode_vec(vec![b'P']).unwrap_err();
+        assert!(err.to_string().contains("Prepare"), "{err}");
+    }
+
+    // ---- streaming (protocol 2) ----------------------------------------
+
+    #[test]
+    fn stream_messages_round_trip() {
+        let m = round_trip(Msg::StreamStart {
+            xid: 7_000_001,
+            first_segment: true,
+        });
+        assert_eq!(
+            m,
+            LogicalMessage::StreamStart {
+                xid: 7_000_001,
+                first_segment: true
+            }
+        );
+        round_trip(Msg::StreamStart {
+            xid: 1,
+            first_segment: false,
+        });
+        round_trip(Msg::StreamCommit {
+            xid: 9,
+            flags: 0,
+            commit_lsn: 0x1_6B37_4D48,
+            end_lsn: 0x1_6B37_4D78,
+            commit_time_micros: 756_000_000_123_456,
+        });
+        round_trip(Msg::StreamAbort { xid: 9, subxid: 12 });
+        assert_eq!(
+            decode_in_stream(&encode(&Msg::StreamStop)),
+            Ok((None, LogicalMessage::StreamStop))
+        );
+    }
+
+    #[test]
+    fn changes_inside_a_stream_block_carry_their_xid() {
+        let insert = Msg::Insert {
+            relation_id: 16_384,
+            new: vec![Val::text("p1")],
+        };
+        let bytes = encode_in_stream(734, &insert);
+        assert_eq!(
+            &bytes[1..5],
+            &734u32.to_be_bytes(),
+            "xid right after the tag"
+        );
+        let (xid, m) = decode_in_stream(&bytes).unwrap();
+        assert_eq!(xid, Some(734));
+        assert_eq!(model(&m), insert);
+        // Still zero-copy: the value is a slice of the input.
+        let LogicalMessage::Insert { new, .. } = m else {
+            unreachable!()
+        };
+        let Some(Value::Text(v)) = new.get(0) else {
+            unreachable!()
+        };
+        assert!(bytes.as_ptr_range().contains(&v.as_ptr()));
+        // The Origin that may follow Stream Start has no xid.
+        let origin = Msg::Origin {
+            commit_lsn: 5,
+            name: b"pg_1".to_vec(),
+        };
+        assert_eq!(
+            decode_in_stream(&encode(&origin)).map(|(x, m)| (x, model(&m))),
+            Ok((None, origin))
+        );
+        // Read as if outside a block, the xid would be taken for the relation id.
+        assert!(decode(&bytes).is_err() || model(&decode(&bytes).unwrap()) != insert);
+    }
+
+    #[test]
+    fn misplaced_messages_are_rejected() {
+        let commit = encode(&Msg::Commit {
+            flags: 0,
+            commit_lsn: 1,
+            end_lsn: 2,
+            commit_time_micros: 3,
+        });
+        let err = decode_in_stream(&commit).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::Misplaced {
+                tag: b'C',
+                kind: "Commit",
+                place: "inside a stream block",
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "pgoutput Commit message (tag 'C' (0x43)) inside a stream block"
+        );
+        for m in [
+            Msg::Begin {
+                final_lsn: 1,
+                commit_time_micros: 2,
+                xid: 3,
+            },
+            Msg::StreamStart {
+                xid: 3,
+                first_segment: true,
+            },
+            Msg::StreamCommit {
+                xid: 3,
+                flags: 0,
+                commit_lsn: 1,
+                end_lsn: 2,
+                commit_time_micros: 3,
+            },
+            Msg::StreamAbort { xid: 3, subxid: 3 },
+        ] {
+            assert!(
+                matches!(
+                    decode_in_stream(&encode(&m)),
+                    Err(DecodeError::Misplaced { .. })
+                ),
+                "{m:?}"
+            );
+        }
+        assert!(matches!(
+            decode(&encode(&Msg::StreamStop)),
+            Err(DecodeError::Misplaced {
+                tag: b'E',
+                place: "outside a stream block",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn stream_start_flag_must_be_zero_or_one() {
+        let err = decode_vec(vec![b'S', 0, 0, 0, 5, 2]).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::InvalidFlag {
+                field: "Stream Start first-segment flag",
+                offset: 5,
+                value: 2,
+            }
+        );
+        assert_eq!(err.offset(), 5);
+    }
+
+    #[test]
+    fn parallel_stream_abort_fields_are_trailing_bytes() {
+        // proto_version 4 with streaming 'parallel' appends abort LSN and time (16 bytes);
+        // we never ask for it, so it must not be taken for a protocol-2 abort.
+        let mut v = encode(&Msg::StreamAbort { xid: 1, subxid: 2 }).to_vec();
+        v.extend_from_slice(&[0; 16]);
+        assert_eq!(
+            decode_vec(v),
+            Err(DecodeError::TrailingBytes {
+                message: "Stream Abort",
+                offset: 9,
+                count: 16,
+            })
+        );
+    }
+
+    #[test]
+    fn truncated_stream_xid_is_reported() {
+        assert_eq!(
+            decode_in_stream(&Bytes::from_static(&[b'I', 0, 0])),
+            Err(DecodeError::Truncated {
+                field: "streamed change xid",
+                offset: 1,
+                needed: 4,
+                available: 2,
+            })
+        );
     }
 
     #[test]
@@ -1762,6 +2133,36 @@ mod tests {
                     prefix,
                     content,
                 }),
+            (any::<u32>(), any::<bool>())
+                .prop_map(|(xid, first_segment)| Msg::StreamStart { xid, first_segment }),
+            (
+                any::<u32>(),
+                any::<u8>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<i64>()
+            )
+                .prop_map(|(xid, flags, commit_lsn, end_lsn, commit_time_micros)| {
+                    Msg::StreamCommit {
+                        xid,
+                        flags,
+                        commit_lsn,
+                        end_lsn,
+                        commit_time_micros,
+                    }
+                }),
+            (any::<u32>(), any::<u32>()).prop_map(|(xid, subxid)| Msg::StreamAbort { xid, subxid }),
+        ]
+    }
+
+    /// What may arrive inside a stream block: a message that carries an xid there, the
+    /// Origin after Stream Start, or Stream Stop.
+    fn in_stream_msg() -> impl Strategy<Value = Msg> {
+        prop_oneof![
+            msg().prop_filter("carries a stream xid", Msg::has_stream_xid),
+            Just(Msg::StreamStop),
+            (any::<u64>(), bytes_no_nul(16))
+                .prop_map(|(commit_lsn, name)| Msg::Origin { commit_lsn, name }),
         ]
     }
 
@@ -1769,7 +2170,7 @@ mod tests {
     /// reaches the per-message parsers instead of stopping at UnknownTag.
     fn tagged_garbage() -> impl Strategy<Value = Vec<u8>> {
         (
-            prop::sample::select(b"BCORYIUDTMSEcAZ".to_vec()),
+            prop::sample::select(b"BCORYIUDTMSEcApZ".to_vec()),
             prop::collection::vec(any::<u8>(), 0..64),
         )
             .prop_map(|(tag, mut rest)| {
@@ -1786,10 +2187,34 @@ mod tests {
 
         #[test]
         fn tagged_garbage_never_panics_and_decoded_tuples_are_walkable(v in tagged_garbage()) {
-            if let Ok(m) = decode_vec(v) {
+            let v = Bytes::from(v);
+            if let Ok(m) = decode(&v) {
                 // Whatever decoded must be fully readable without panicking.
                 let _ = model(&m);
             }
+            if let Ok((_, m)) = decode_in_stream(&v) {
+                let _ = model(&m);
+            }
+        }
+
+        #[test]
+        fn messages_inside_a_stream_block_round_trip(m in in_stream_msg(), xid in any::<u32>()) {
+            let bytes = encode_in_stream(xid, &m);
+            let (got_xid, decoded) = decode_in_stream(&bytes).map_err(|e| {
+                TestCaseError::fail(format!("{m:?}: {e}"))
+            })?;
+            prop_assert_eq!(got_xid, m.has_stream_xid().then_some(xid));
+            prop_assert_eq!(model(&decoded), m);
+            for cut in 0..bytes.len() {
+                prop_assert!(decode_in_stream(&bytes.slice(..cut)).is_err(), "prefix {}", cut);
+            }
+            let mut longer = bytes.to_vec();
+            longer.push(0);
+            let trailing = matches!(
+                decode_in_stream(&Bytes::from(longer)),
+                Err(DecodeError::TrailingBytes { .. })
+            );
+            prop_assert!(trailing);
         }
 
         #[test]

@@ -954,6 +954,31 @@ pub async fn drift(c: &tokio_postgres::Client) -> i64 {
     c.query_one(&sql, &[]).await.unwrap().get(0)
 }
 
+/// `cdc-worker reconcile --json` against `db` (`extra` overrides its environment): the
+/// report (the JSON object on stdout, after the log lines on stderr) and the run.
+pub fn reconcile_report(db: &TestDb, extra: &[(&str, &str)]) -> (serde_json::Value, Finished) {
+    let out = WorkerProcess::run_to_end(db, &["reconcile", "--json"], extra);
+    let start = out.output.find("\n{").map_or(0, |i| i + 1);
+    let end = out.output.rfind('}').map_or(0, |i| i + 1);
+    let json = serde_json::from_str(&out.output[start..end])
+        .unwrap_or_else(|e| panic!("no JSON from reconcile ({e}):\n{}", out.output));
+    (json, out)
+}
+
+/// The slot's `confirmed_flush_lsn` and the worker's stored checkpoint, as bytes from 0/0.
+pub async fn slot_and_checkpoint(c: &tokio_postgres::Client, slot: &str) -> (u64, u64) {
+    let row = c
+        .query_one(
+            "SELECT (confirmed_flush_lsn - '0/0')::int8, \
+                    (SELECT (lsn - '0/0')::int8 FROM cdc_worker.checkpoint WHERE slot_name = $1) \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap();
+    (row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64)
+}
+
 pub async fn wait_converged(c: &tokio_postgres::Client, what: &str) {
     wait_until(Duration::from_secs(10), what, || async {
         drift(c).await == 0
