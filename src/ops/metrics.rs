@@ -36,6 +36,11 @@ pub struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    pub table: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
 }
@@ -67,6 +72,7 @@ pub struct Metrics {
     pub recomputes: Family<ReasonLabels, Counter>,
     pub slot_failover: Gauge,
     pub slot_state: Family<StateLabels, Gauge>,
+    pub replica_identity_weak: Family<TableLabels, Gauge>,
     /// The label `slot_state` is 1 for, so that a change can zero it.
     last_slot_state: std::sync::Mutex<String>,
     /// Commit time (unix µs) of the newest source transaction applied, for lag_seconds.
@@ -113,6 +119,7 @@ impl Metrics {
             recomputes: Family::default(),
             slot_failover: Gauge::default(),
             slot_state: Family::default(),
+            replica_identity_weak: Family::default(),
             last_slot_state: std::sync::Mutex::new(String::new()),
             last_applied_commit: AtomicI64::new(0),
             streaming: AtomicBool::new(false),
@@ -236,6 +243,12 @@ impl Metrics {
             "1 for the slot's state: ok, unreserved, conflicting, lost, or invalidated_<invalidation_reason> (17+)",
             m.slot_state.clone(),
         );
+        r.register(
+            "cdc_replica_identity_weak",
+            "1 for a source table whose REPLICA IDENTITY does not carry its product id column: \
+             every UPDATE of it recomputes every product until ALTER TABLE ... REPLICA IDENTITY FULL",
+            m.replica_identity_weak.clone(),
+        );
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -292,6 +305,16 @@ impl Metrics {
         if recreated {
             self.slot_recreated.get_or_create(&labels).inc();
         }
+    }
+
+    /// Whether `table`'s replica identity lacks its product id column (`control::guard`,
+    /// and every Relation message of the stream).
+    pub fn set_replica_identity_weak(&self, table: &str, weak: bool) {
+        self.replica_identity_weak
+            .get_or_create(&TableLabels {
+                table: table.to_string(),
+            })
+            .set(i64::from(weak));
     }
 
     pub fn set_streaming(&self, on: bool) {
