@@ -127,9 +127,10 @@ impl Reason {
             Reason::PublicationChanged => "a source table was missing from the publication, \
                 so its changes were not streamed"
                 .into(),
-            Reason::Resumed(why) => {
-                format!("a recompute begun earlier ({why}) did not finish (crash or stop)")
-            }
+            Reason::Resumed(why) => format!(
+                "a recompute owed since an earlier start ({why}) has not finished (a crash, a \
+                 stop, or a stop until something was fixed)"
+            ),
         }
     }
 }
