@@ -9,7 +9,8 @@
 //!   `failover`): the worker finds the slot missing, recreates it and recomputes every
 //!   product;
 //! - 17+: the slot was created with `failover = true` and synchronized to the standby
-//!   (`sync_replication_slots`); the worker streams from it as it is, with no recompute.
+//!   (`sync_replication_slots`); the worker streams from it as it is, after recomputing
+//!   every product and sending every product's tags because the timeline changed.
 //!
 //! `FAILOVER_BENCH_PRODUCTS=100000 cargo test --release --test failover -- --ignored`
 //! (bench/failover.sh) times the same scenarios at scale.
@@ -212,16 +213,28 @@ async fn failover_to_a_standby_without_the_slot_recreates_it_and_recomputes() {
     );
 }
 
-/// 17+: the failover slot synchronized to the standby is used as it is.
+/// 17+: the failover slot synchronized to the standby is used as it is, not recreated.
+/// The promotion started a new timeline, so the worker recomputes every product and
+/// sends every product's tags (`server_changed`: pages may show writes the standby never
+/// had, issue 18 item 5).
 #[tokio::test(flavor = "multi_thread")]
-async fn failover_slot_survives_promotion_without_a_recompute() {
+async fn failover_slot_survives_promotion_without_being_recreated() {
     let probe = Cluster::shared();
     if server_version_num(probe).await < 170000 {
         eprintln!("skipped: failover slots need PostgreSQL 17+");
         return;
     }
     let out = failover("fo_synced", 200, true).await;
-    assert!(!out.log.contains(RECOMPUTE), "{}", out.log);
+    assert!(
+        out.log.contains("reason=\"server_changed\"") && out.log.contains("recreate_slot=false"),
+        "{}",
+        out.log
+    );
+    assert!(
+        !out.log.contains("created the replication slot"),
+        "{}",
+        out.log
+    );
     // The slot the worker streams from on the new primary is the synchronized copy.
     assert!(
         out.log.contains("replication slot state") && out.log.contains("failover=true synced=true"),
@@ -248,7 +261,14 @@ async fn bench_promotion_to_convergence() {
     let synced =
         num >= 170000 && std::env::var("FAILOVER_BENCH_PATH").as_deref() != Ok("recompute");
     let out = failover("fo_bench", products, synced).await;
-    assert_eq!(out.log.contains(RECOMPUTE), !synced, "{}", out.log);
+    // Both paths recompute (a new timeline is `server_changed`); only one recreates.
+    assert!(out.log.contains(RECOMPUTE), "{}", out.log);
+    assert_eq!(
+        out.log.contains("created the replication slot"),
+        !synced,
+        "{}",
+        out.log
+    );
     let recompute = out
         .log
         .lines()

@@ -462,4 +462,44 @@ mod tests {
         });
         assert!(m.render().contains("cdc_slot_failover -1"));
     }
+
+    /// The shipped alerts and dashboard query only metrics the worker exports: a renamed
+    /// metric would otherwise leave an alert that never fires.
+    #[test]
+    fn the_shipped_alerts_and_dashboard_use_exported_metrics() {
+        let m = Metrics::new(Duration::from_secs(10));
+        let exported = m.render();
+        for (file, text) in [
+            (
+                "prometheus-alerts.yml",
+                include_str!("../../config/deploy/prometheus-alerts.yml"),
+            ),
+            (
+                "grafana-dashboard.json",
+                include_str!("../../config/deploy/grafana-dashboard.json"),
+            ),
+        ] {
+            // The expressions only (annotations name tables such as cdc_worker.outbox).
+            let mut names: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains("expr"))
+                .flat_map(|l| l.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')))
+                .filter(|w| w.starts_with("cdc_"))
+                .collect();
+            names.dedup();
+            assert!(names.len() > 5, "{file}: {names:?}");
+            for name in names {
+                let family = ["_total", "_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .unwrap_or(name);
+                assert!(
+                    exported.contains(&format!("# TYPE {family} ")),
+                    "{file} uses {name}, which the worker does not export"
+                );
+            }
+        }
+        assert!(include_str!("../../config/deploy/prometheus-alerts.yml")
+            .contains("cdc_replica_identity_weak"));
+    }
 }

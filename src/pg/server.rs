@@ -78,9 +78,9 @@ impl std::fmt::Display for ServerId {
 
 /// The server's [`ServerId`]. The timeline is the one of the WAL file being written
 /// (`pg_walfile_name` of the insert position), not `pg_control_checkpoint()`'s: after a
-/// promotion that one names the old timeline until the first checkpoint completes, which
-/// may be minutes later. On a server in recovery (no insert position) the last
-/// checkpoint's timeline is all there is.
+/// promotion that one names the old timeline until the checkpoint the promotion requests
+/// has completed, a spread checkpoint that takes a while on a busy server. On a server in
+/// recovery (no insert position) the last checkpoint's timeline is all there is.
 pub async fn identity(client: &Client) -> anyhow::Result<ServerId> {
     let row = client
         .query_one(
