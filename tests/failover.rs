@@ -339,12 +339,13 @@ async fn a_lossy_failover_sends_every_products_tags_again() {
         // (synchronized_standby_slots), which rules out this loss; a primary without it
         // (or with the standby left out of it) is what this test is about.
         let admin = primary.admin_client("postgres").await;
-        admin
-            .batch_execute(
-                "ALTER SYSTEM SET synchronized_standby_slots = ''; SELECT pg_reload_conf()",
-            )
-            .await
-            .unwrap();
+        // Two statements: ALTER SYSTEM cannot run in the implicit transaction of one.
+        for sql in [
+            "ALTER SYSTEM SET synchronized_standby_slots = ''",
+            "SELECT pg_reload_conf()",
+        ] {
+            admin.batch_execute(sql).await.unwrap();
+        }
     }
     let on_standby = standby.url_for("postgres", PASSWORD, &db.name);
     let received = Received::default();
