@@ -54,33 +54,49 @@ async fn metric(addr: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// The first column of every row `sql` returns, as text.
+async fn texts(c: &Client, sql: &str) -> Vec<String> {
+    c.query(sql, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 async fn outbox_tags(c: &Client) -> Vec<String> {
-    c.query(
-        "SELECT DISTINCT tag FROM cdc_worker.outbox ORDER BY tag",
-        &[],
-    )
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| r.get(0))
-    .collect()
+    texts(c, "SELECT DISTINCT tag FROM cdc_worker.outbox ORDER BY tag").await
 }
 
 async fn titles(c: &Client) -> Vec<String> {
-    c.query(
+    texts(
+        c,
         "SELECT title FROM \"ProductSummary\" ORDER BY \"productId\"",
-        &[],
     )
     .await
-    .unwrap()
-    .iter()
-    .map(|r| r.get(0))
-    .collect()
 }
 
-/// `cdc-worker reconcile --json` with `config`; its discrepancy count.
-fn reconcile(db: &TestDb, config: &str) -> i64 {
-    let out = WorkerProcess::run_to_end(db, &["--config", config, "reconcile", "--json"], &[]);
+/// A database with products p1..p20, set up with the config `config` writes for it.
+async fn set_up(hint: &str, config: impl FnOnce(&TestDb) -> String) -> (TestDb, Client, String) {
+    let db = Cluster::shared().create_db(hint).await;
+    let c = db.client().await;
+    seed(&c, 1, 20).await;
+    let config = config(&db);
+    let setup = WorkerProcess::run_to_end(&db, &["--config", &config, "setup"], &[]);
+    assert!(setup.success, "{}", setup.output);
+    (db, c, config)
+}
+
+/// A config with a heartbeat every second (the guard checks at every heartbeat).
+fn fast_heartbeat(db: &TestDb) -> String {
+    let config = tmp(db, "config.toml");
+    std::fs::write(&config, "[batch]\nheartbeat_secs = 1\n").unwrap();
+    config
+}
+
+/// `cdc-worker reconcile --json` with `config` and `env`; its discrepancy count.
+fn reconcile(db: &TestDb, config: &str, env: &[(&str, &str)]) -> i64 {
+    let out = WorkerProcess::run_to_end(db, &["--config", config, "reconcile", "--json"], env);
     let start = out.output.find("\n{").map_or(0, |i| i + 1);
     let end = out.output.rfind('}').map_or(0, |i| i + 1);
     let json: serde_json::Value = serde_json::from_str(&out.output[start..end])
@@ -188,7 +204,7 @@ async fn a_changed_definition_recomputes_every_product() {
         .get(0);
     assert_eq!((rows, titles(&c).await.len()), (20, 20));
     assert!(summary_of(&c, "p25").await.is_none());
-    assert_eq!(reconcile_with_currency(&db, &config, "EUR"), 0);
+    assert_eq!(reconcile(&db, &config, &[("CDC_CURRENCY", "EUR")]), 0);
 
     // A state schema of the previous version: no definition recorded. One recompute,
     // which finds nothing to change; the server is recorded without one.
@@ -217,19 +233,6 @@ async fn a_changed_definition_recomputes_every_product() {
     assert_eq!(recorded, (true, true));
     let log = run_until_streaming(&db, &config, &env).await;
     assert!(!log.contains(RECOMPUTE), "{log}");
-}
-
-fn reconcile_with_currency(db: &TestDb, config: &str, currency: &str) -> i64 {
-    let out = WorkerProcess::run_to_end(
-        db,
-        &["--config", config, "reconcile", "--json"],
-        &[("CDC_CURRENCY", currency)],
-    );
-    let start = out.output.find("\n{").map_or(0, |i| i + 1);
-    let end = out.output.rfind('}').map_or(0, |i| i + 1);
-    let json: serde_json::Value = serde_json::from_str(&out.output[start..end])
-        .unwrap_or_else(|e| panic!("no JSON from reconcile ({e}):\n{}", out.output));
-    json["discrepancies"].as_i64().expect("discrepancies")
 }
 
 /// A custom query that joins a table outside `[tables.sources]` (directly, or through a
@@ -305,13 +308,7 @@ async fn a_query_reading_a_table_outside_the_sources_is_refused() {
 /// until it is fixed, and after the fix recomputes every product: the summary is exact.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_table_dropped_from_the_publication_stops_run_until_fixed() {
-    let db = Cluster::shared().create_db("publication_lost").await;
-    let c = db.client().await;
-    seed(&c, 1, 20).await;
-    let config = tmp(&db, "config.toml");
-    std::fs::write(&config, "[batch]\nheartbeat_secs = 1\n").unwrap();
-    let setup = WorkerProcess::run_to_end(&db, &["--config", &config, "setup"], &[]);
-    assert!(setup.success, "{}", setup.output);
+    let (db, c, config) = set_up("publication_lost", fast_heartbeat).await;
     let mut w = WorkerProcess::start(&db, &["--config", &config, "run"], &[]);
     w.wait_for_log(Duration::from_secs(60), STREAMING).await;
 
@@ -376,13 +373,7 @@ async fn a_table_dropped_from_the_publication_stops_run_until_fixed() {
 /// fixes it and raises `cdc_replica_identity_weak{table}` until the identity is FULL again.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_weakened_replica_identity_is_never_silent() {
-    let db = Cluster::shared().create_db("identity_weak").await;
-    let c = db.client().await;
-    seed(&c, 1, 20).await;
-    let config = tmp(&db, "config.toml");
-    std::fs::write(&config, "[batch]\nheartbeat_secs = 1\n").unwrap();
-    let setup = WorkerProcess::run_to_end(&db, &["--config", &config, "setup"], &[]);
-    assert!(setup.success, "{}", setup.output);
+    let (db, c, config) = set_up("identity_weak", fast_heartbeat).await;
     let metrics = format!("127.0.0.1:{}", support::free_port());
     let w = WorkerProcess::start(
         &db,
@@ -430,12 +421,10 @@ async fn a_weakened_replica_identity_is_never_silent() {
 /// query is fixed it recomputes every product and the summary is exact.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_column_renamed_under_the_query_stops_until_the_query_is_fixed() {
-    let db = Cluster::shared().create_db("renamed_column").await;
-    let c = db.client().await;
-    seed(&c, 1, 20).await;
-    let config = config_with_query(&db, BUILT_IN_QUERY, "");
-    let setup = WorkerProcess::run_to_end(&db, &["--config", &config, "setup"], &[]);
-    assert!(setup.success, "{}", setup.output);
+    let (db, c, config) = set_up("renamed_column", |db| {
+        config_with_query(db, BUILT_IN_QUERY, "")
+    })
+    .await;
     let mut w = WorkerProcess::start(&db, &["--config", &config, "run"], &[]);
     w.wait_for_log(Duration::from_secs(60), STREAMING).await;
 
@@ -495,5 +484,5 @@ async fn a_column_renamed_under_the_query_stops_until_the_query_is_fixed() {
         summary_of(&c, "p1").await.unwrap().get::<_, i32>(2) == 777
     })
     .await;
-    assert_eq!(reconcile(&db, &config), 0);
+    assert_eq!(reconcile(&db, &config, &[]), 0);
 }
