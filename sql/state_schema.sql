@@ -85,6 +85,17 @@ ALTER TABLE {schema}.checkpoint ADD COLUMN IF NOT EXISTS recompute_reason text;
 -- `cdc-worker status` ("last applied commit"); a recompute of every product sets it to
 -- the time of its reads.
 ALTER TABLE {schema}.checkpoint ADD COLUMN IF NOT EXISTS commit_time timestamptz;
+-- What the summary rows were computed with and where, written by the transaction that
+-- finishes a recompute of every product (with the checkpoint, clearing the mark):
+-- `definition` (src/shop/definition.rs: the normalized query's hash, the currency, the
+-- summary table and its columns, the id types) and the server (pg_control_system()'s
+-- system identifier, the timeline of its WAL). A start that finds another definition
+-- recomputes every product (definition_changed); another server (a failover or restore
+-- that may have lost writes whose pages are cached) recomputes and sends every product's
+-- tags (server_changed). Null in a schema set up before this version: see slot::observe.
+ALTER TABLE {schema}.checkpoint ADD COLUMN IF NOT EXISTS definition jsonb;
+ALTER TABLE {schema}.checkpoint ADD COLUMN IF NOT EXISTS system_identifier bigint;
+ALTER TABLE {schema}.checkpoint ADD COLUMN IF NOT EXISTS timeline integer;
 
 -- Hot tags (revalidate.min_interval_ms): one row per tag of a throttled template that was
 -- revalidated lately or waits to be. Apply writes it in the transaction of the summary

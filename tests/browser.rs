@@ -42,7 +42,7 @@ async fn a_price_change_reaches_the_screen() {
     let endpoint = next.url("/api/revalidate");
     let mut worker = WorkerProcess::start(&db, &["run"], &revalidate_env(&endpoint, SECRET));
     worker
-        .wait_for_log(Duration::from_secs(30), "streaming")
+        .wait_for_log(Duration::from_secs(30), support::STREAMING)
         .await;
 
     let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-test");

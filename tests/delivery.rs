@@ -58,7 +58,8 @@ async fn a_401_for_10_seconds_then_200_loses_no_tag() {
     let e = Endpoint::start(Answer::Status(401)).await;
     let (db, c) = Cluster::shared().prepared_db("delivery_401", 5).await;
     let w = WorkerProcess::start(&db, &["run"], &revalidate_env(&e.url, SECRET));
-    w.wait_for_log(Duration::from_secs(20), "streaming").await;
+    w.wait_for_log(Duration::from_secs(20), support::STREAMING)
+        .await;
     let t = Instant::now();
     for i in 1..=5 {
         c.batch_execute(&format!(
@@ -98,7 +99,8 @@ async fn tags_parked_after_give_up_are_redelivered_by_revalidate_failed() {
     let mut run_env = env.to_vec();
     run_env.push(("CDC_METRICS_ADDR", &metrics_addr));
     let w = WorkerProcess::start(&db, &["--config", &config, "run"], &run_env);
-    w.wait_for_log(Duration::from_secs(20), "streaming").await;
+    w.wait_for_log(Duration::from_secs(20), support::STREAMING)
+        .await;
     c.batch_execute("UPDATE \"Price\" SET amount = 7 WHERE \"productId\" = 'p1'")
         .await
         .unwrap();
@@ -162,7 +164,8 @@ async fn a_redirect_is_not_followed_and_not_counted_delivered() {
     let (db, c) = Cluster::shared().prepared_db("delivery_redirect", 3).await;
     let url = &redirecting.url;
     let w = WorkerProcess::start(&db, &["run"], &revalidate_env(url, SECRET));
-    w.wait_for_log(Duration::from_secs(20), "streaming").await;
+    w.wait_for_log(Duration::from_secs(20), support::STREAMING)
+        .await;
     c.batch_execute("UPDATE \"Product\" SET title = 'moved' WHERE id = 'p1'")
         .await
         .unwrap();
@@ -225,7 +228,8 @@ async fn credentials_in_a_revalidate_url_appear_nowhere() {
             ("CDC_LOG", "debug"),
         ],
     );
-    w.wait_for_log(Duration::from_secs(20), "streaming").await;
+    w.wait_for_log(Duration::from_secs(20), support::STREAMING)
+        .await;
     c.batch_execute("UPDATE \"Price\" SET amount = 9 WHERE \"productId\" = 'p1'")
         .await
         .unwrap();
@@ -378,7 +382,8 @@ async fn a_parked_answer_is_redacted_and_capped() {
         &["--config", &config, "run"],
         &revalidate_env(&e.url, SECRET),
     );
-    w.wait_for_log(Duration::from_secs(20), "streaming").await;
+    w.wait_for_log(Duration::from_secs(20), support::STREAMING)
+        .await;
     c.batch_execute("UPDATE \"Price\" SET amount = 8 WHERE \"productId\" = 'p2'")
         .await
         .unwrap();

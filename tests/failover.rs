@@ -9,7 +9,8 @@
 //!   `failover`): the worker finds the slot missing, recreates it and recomputes every
 //!   product;
 //! - 17+: the slot was created with `failover = true` and synchronized to the standby
-//!   (`sync_replication_slots`); the worker streams from it as it is, with no recompute.
+//!   (`sync_replication_slots`); the worker streams from it as it is, after recomputing
+//!   every product and sending every product's tags because the timeline changed.
 //!
 //! `FAILOVER_BENCH_PRODUCTS=100000 cargo test --release --test failover -- --ignored`
 //! (bench/failover.sh) times the same scenarios at scale.
@@ -198,16 +199,28 @@ async fn failover_to_a_standby_without_the_slot_recreates_it_and_recomputes() {
     );
 }
 
-/// 17+: the failover slot synchronized to the standby is used as it is.
+/// 17+: the failover slot synchronized to the standby is used as it is, not recreated.
+/// The promotion started a new timeline, so the worker recomputes every product and
+/// sends every product's tags (`server_changed`: pages may show writes the standby never
+/// had, issue 18 item 5).
 #[tokio::test(flavor = "multi_thread")]
-async fn failover_slot_survives_promotion_without_a_recompute() {
+async fn failover_slot_survives_promotion_without_being_recreated() {
     let probe = Cluster::shared();
     if server_version_num(probe).await < 170000 {
         eprintln!("skipped: failover slots need PostgreSQL 17+");
         return;
     }
     let out = failover("fo_synced", 200, true).await;
-    assert!(!out.log.contains(RECOMPUTE), "{}", out.log);
+    assert!(
+        out.log.contains("reason=\"server_changed\"") && out.log.contains("recreate_slot=false"),
+        "{}",
+        out.log
+    );
+    assert!(
+        !out.log.contains("created the replication slot"),
+        "{}",
+        out.log
+    );
     // The slot the worker streams from on the new primary is the synchronized copy.
     assert!(
         out.log.contains("replication slot state") && out.log.contains("failover=true synced=true"),
@@ -234,7 +247,14 @@ async fn bench_promotion_to_convergence() {
     let synced =
         num >= 170000 && std::env::var("FAILOVER_BENCH_PATH").as_deref() != Ok("recompute");
     let out = failover("fo_bench", products, synced).await;
-    assert_eq!(out.log.contains(RECOMPUTE), !synced, "{}", out.log);
+    // Both paths recompute (a new timeline is `server_changed`); only one recreates.
+    assert!(out.log.contains(RECOMPUTE), "{}", out.log);
+    assert_eq!(
+        out.log.contains("created the replication slot"),
+        !synced,
+        "{}",
+        out.log
+    );
     let recompute = out
         .log
         .lines()
@@ -247,5 +267,128 @@ async fn bench_promotion_to_convergence() {
         "RESULT server_version_num={num} products={products} path={} promotion_to_convergence_s={:.2} recompute_s={recompute}",
         if synced { "failover_slot" } else { "recreate_and_recompute" },
         out.promotion_to_convergence.as_secs_f64()
+    );
+}
+
+/// Tags received by an in-process revalidation endpoint, in order.
+#[derive(Clone, Default)]
+struct Received(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Received {
+    /// Listens on a free port; returns its URL.
+    async fn listen(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/api/revalidate", listener.local_addr().unwrap());
+        let got = self.0.clone();
+        let app = axum::Router::new().fallback(move |body: String| {
+            let got = got.clone();
+            async move {
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                let tags = v["tags"].as_array().cloned().unwrap_or_default();
+                got.lock()
+                    .unwrap()
+                    .extend(tags.iter().filter_map(|t| t.as_str().map(String::from)));
+                "ok"
+            }
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        url
+    }
+
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    /// Whether `tag` arrived after the first `after` tags.
+    fn got_since(&self, after: usize, tag: &str) -> bool {
+        self.0.lock().unwrap()[after..].iter().any(|t| t == tag)
+    }
+}
+
+/// A lossy failover (issue 18, item 5): a change is applied and revalidated on the
+/// primary, the standby never receives it (stopped before it was written), the standby is
+/// promoted. Source and summary on the new primary agree on the older value, so no
+/// recompute finds a difference; the page that shows the lost value must still expire:
+/// every product's tags are sent again. On 15/16 the new primary has no slot (a `missing`
+/// recovery); on 17+ the synchronized slot survives and the new timeline says it
+/// (`server_changed`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lossy_failover_sends_every_products_tags_again() {
+    let name = "fo_lossy";
+    let primary = Cluster::private(&format!("{name}_primary"));
+    let standby = primary.standby(&format!("{name}_standby"));
+    let db = primary.create_db(name).await;
+    let c = db.client().await;
+    support::seed(&c, 1, 20).await;
+    if primary.major_version().await >= 17 {
+        // The test cluster makes logical walsenders wait for the standby
+        // (synchronized_standby_slots), which rules out this loss; a primary without it
+        // (or with the standby left out of it) is what this test is about.
+        let admin = primary.admin_client("postgres").await;
+        // Two statements: ALTER SYSTEM cannot run in the implicit transaction of one.
+        for sql in [
+            "ALTER SYSTEM SET synchronized_standby_slots = ''",
+            "SELECT pg_reload_conf()",
+        ] {
+            admin.batch_execute(sql).await.unwrap();
+        }
+    }
+    let on_standby = standby.url_for("postgres", PASSWORD, &db.name);
+    let received = Received::default();
+    let endpoint = received.listen().await;
+    let proxy = Proxy::start(primary.port).await;
+    let via = proxy.url(&db.url, primary.port);
+    let env = [
+        ("DATABASE_URL", via.as_str()),
+        ("CDC_REVALIDATE_URLS", endpoint.as_str()),
+        ("CDC_REVALIDATE_SECRET", "failover-secret"),
+    ];
+    let setup = WorkerProcess::run_to_end(&db, &["setup"], &env);
+    assert!(setup.success, "{}", setup.output);
+    let worker = WorkerProcess::start(&db, &["run"], &env);
+    worker
+        .wait_for_log(Duration::from_secs(60), "control::run: streaming")
+        .await;
+
+    // The standby stops receiving; the primary takes a change, the worker applies and
+    // revalidates it (the page now shows it).
+    standby.stop();
+    c.batch_execute("UPDATE \"Product\" SET title = 'lost in the failover' WHERE id = 'p5'")
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "the change applied and its tag delivered",
+        || async {
+            title_in_summary(&c, "p5").await.as_deref() == Some("lost in the failover")
+                && received.got_since(0, "product:p5")
+        },
+    )
+    .await;
+    let before = received.len();
+
+    proxy.retarget(support::free_port());
+    primary.stop();
+    standby.start();
+    standby.promote();
+    proxy.retarget(standby.port);
+    let s = support::connect(&on_standby).await;
+    assert_eq!(
+        title_in_summary(&s, "p5").await.as_deref(),
+        Some("Product 5"),
+        "the promoted standby never received the change"
+    );
+    wait_until(
+        Duration::from_secs(120),
+        "every product's tag sent again after the promotion",
+        || async { (1..=20).all(|p| received.got_since(before, &format!("product:p{p}"))) },
+    )
+    .await;
+    assert!(received.got_since(before, "store:s2:products"));
+    assert_eq!(support::drift(&s).await, 0);
+    let log = worker.output();
+    assert!(
+        log.contains("sending every product's tags"),
+        "the log says why:\n{log}"
     );
 }

@@ -277,7 +277,7 @@ async fn leader_and_standby(
 ) -> (WorkerProcess, WorkerProcess) {
     let leader = start(db, r, leader_url);
     leader
-        .wait_for_log(Duration::from_secs(20), "streaming")
+        .wait_for_log(Duration::from_secs(20), support::STREAMING)
         .await;
     let standby = start(db, r, None);
     standby
@@ -406,7 +406,8 @@ async fn a_silent_cut_is_still_a_dead_connection() {
         &["--config", &config, "run"],
         &[("DATABASE_URL", via_proxy.as_str())],
     );
-    w.wait_for_log(Duration::from_secs(20), "streaming").await;
+    w.wait_for_log(Duration::from_secs(20), support::STREAMING)
+        .await;
     p.freeze();
     // 3 s of silence, then at most 10 s for the look at the server.
     w.wait_for_log(

@@ -52,7 +52,7 @@ async fn revalidation_at_one_instance_refreshes_the_other_within_1s() {
     let env = revalidate_env(&endpoint_a, SECRET);
     let mut worker = WorkerProcess::start(&db, &["run"], &env);
     worker
-        .wait_for_log(Duration::from_secs(30), "streaming")
+        .wait_for_log(Duration::from_secs(30), support::STREAMING)
         .await;
 
     // Measured: commit, then B's product page and B's store page (each polled while the

@@ -29,7 +29,7 @@ async fn metrics_and_probes_on_leader_and_standby() {
         ],
     );
     leader
-        .wait_for_log(Duration::from_secs(20), "streaming")
+        .wait_for_log(Duration::from_secs(20), support::STREAMING)
         .await;
     c.batch_execute("UPDATE \"Inventory\" SET quantity = 99 WHERE id = 'inv1-1'")
         .await
@@ -302,7 +302,8 @@ async fn status_and_teardown_on_a_running_installation() {
         ("CDC_REVALIDATE_SECRET", "s3cret"),
     ];
     let mut w = WorkerProcess::start(&db, &["run"], &env);
-    w.wait_for_log(Duration::from_secs(20), "streaming").await;
+    w.wait_for_log(Duration::from_secs(20), support::STREAMING)
+        .await;
     c.batch_execute("UPDATE \"Price\" SET amount = 4242 WHERE id = 'usd3'")
         .await
         .unwrap();

@@ -507,7 +507,7 @@ async fn bad_input_fails_clearly_before_touching_anything() {
 async fn a_standby_takes_over_when_the_leader_dies() {
     let (db, c, mut leader) = started("standby", 10).await;
     leader
-        .wait_for_log(Duration::from_secs(10), "streaming")
+        .wait_for_log(Duration::from_secs(10), support::STREAMING)
         .await;
     let standby = WorkerProcess::start(&db, &["run"], &[]);
     standby
@@ -576,7 +576,8 @@ async fn verify_full_checks_the_certificate_on_both_connections() {
         )
     );
     let w = WorkerProcess::start(&db, &["run"], &[("DATABASE_URL", &good)]);
-    w.wait_for_log(Duration::from_secs(20), "streaming").await;
+    w.wait_for_log(Duration::from_secs(20), support::STREAMING)
+        .await;
     c.batch_execute("UPDATE \"Product\" SET title = 'verified' WHERE id = 'p1'")
         .await
         .unwrap();
@@ -655,7 +656,8 @@ async fn a_delete_without_product_id_recomputes_everything() {
 #[tokio::test(flavor = "multi_thread")]
 async fn deleting_rows_of_no_product_recomputes_nothing() {
     let (_db, c, w) = started("null_product", 20).await;
-    w.wait_for_log(Duration::from_secs(20), "streaming").await;
+    w.wait_for_log(Duration::from_secs(20), support::STREAMING)
+        .await;
     c.batch_execute(
         "ALTER TABLE \"ProductImage\" ALTER COLUMN \"productId\" DROP NOT NULL;
          INSERT INTO \"ProductImage\" (id, \"productId\", url) \

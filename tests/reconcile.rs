@@ -264,7 +264,7 @@ async fn busy_worker_reconciles_to_zero() {
     let (db, c) = fresh_db("busy", 300).await;
     let worker = WorkerProcess::start(&db.0, &["run"], &[("CDC_LOG", "info")]);
     worker
-        .wait_for_log(Duration::from_secs(30), "streaming")
+        .wait_for_log(Duration::from_secs(30), support::STREAMING)
         .await;
 
     // A writer touching every source table of random products, one transaction each.

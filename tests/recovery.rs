@@ -501,3 +501,87 @@ async fn a_slot_of_another_database_is_never_dropped() {
     );
     assert!(still_there, "the other database's slot was left alone");
 }
+
+async fn recorded_server(c: &Client) -> tokio_postgres::Row {
+    c.query_one(
+        "SELECT system_identifier, timeline FROM cdc_worker.checkpoint",
+        &[],
+    )
+    .await
+    .unwrap()
+}
+
+/// The checkpoint was written on another server (issue 18, item 5): what a failover, or a
+/// restore into another cluster, looks like when the slot came along (17+ failover slots,
+/// a file-level copy). Here the recorded system identifier is changed to stand for the
+/// old server. Nothing differs between source and summary, yet every product's and
+/// store's tags are enqueued, because pages may show writes the new server never had; the
+/// new server is recorded with the last page, and the next start streams.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_checkpoint_of_another_server_expires_every_page() {
+    let env = [
+        ("CDC_REVALIDATE_URLS", "http://127.0.0.1:9/api/revalidate"),
+        ("CDC_REVALIDATE_SECRET", "s"),
+    ];
+    let db = Cluster::shared().create_db("server_changed").await;
+    let c = db.client().await;
+    support::seed(&c, 1, 120).await;
+    let config = small_parts(&db);
+    let setup = WorkerProcess::run_to_end(&db, &["--config", &config, "setup"], &env);
+    assert!(setup.success, "{}", setup.output);
+    let row = recorded_server(&c).await;
+    let (system, timeline): (i64, i32) = (row.get(0), row.get(1));
+    let actual: i64 = c
+        .query_one("SELECT system_identifier FROM pg_control_system()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!((system, timeline > 0), (actual, true));
+
+    c.batch_execute(
+        "UPDATE cdc_worker.checkpoint SET system_identifier = system_identifier + 1; \
+         DELETE FROM cdc_worker.outbox",
+    )
+    .await
+    .unwrap();
+    let w = WorkerProcess::start(&db, &["--config", &config, "run"], &env);
+    w.wait_for_log(Duration::from_secs(60), "control::run: streaming")
+        .await;
+    let log = w.output();
+    assert!(
+        log.contains("reason=\"server_changed\"")
+            && log.contains("sending every product's tags")
+            && log.contains("inserted=0 updated=0 deleted=0"),
+        "{log}"
+    );
+    let tags: Vec<String> = c
+        .query("SELECT DISTINCT tag FROM cdc_worker.outbox", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for p in 1..=120 {
+        assert!(
+            tags.contains(&format!("product:p{p}")),
+            "product:p{p} in {tags:?}"
+        );
+        assert!(tags.contains(&format!("inventory:p{p}")), "inventory:p{p}");
+    }
+    for s in 0..3 {
+        assert!(tags.contains(&format!("store:s{s}:products")), "{tags:?}");
+    }
+    assert_eq!(recorded_server(&c).await.get::<_, i64>(0), actual);
+    drop(w);
+    let again = WorkerProcess::start(&db, &["--config", &config, "run"], &env);
+    again
+        .wait_for_log(Duration::from_secs(60), "control::run: streaming")
+        .await;
+    assert!(
+        !again
+            .output()
+            .contains("recomputing every product before streaming"),
+        "{}",
+        again.output()
+    );
+}

@@ -279,7 +279,8 @@ async fn passes_over_every_bigint_product_in_small_pages_miss_none() {
     assert_eq!(products_with_stock(&c).await.len(), 135);
 
     let w = WorkerProcess::start(&db, &["--config", &config, "run"], &TAGS_ENV);
-    w.wait_for_log(Duration::from_secs(20), "streaming").await;
+    w.wait_for_log(Duration::from_secs(20), support::STREAMING)
+        .await;
     c.batch_execute("TRUNCATE shop.inventory").await.unwrap();
     w.wait_for_log(Duration::from_secs(20), "recomputed every product")
         .await;

@@ -39,7 +39,8 @@ async fn streaming_db(
     let setup = WorkerProcess::run_to_end(&db, &["setup"], &[]);
     assert!(setup.success, "setup failed:\n{}", setup.output);
     let w = WorkerProcess::start(&db, &["run"], extra);
-    w.wait_for_log(Duration::from_secs(30), "streaming").await;
+    w.wait_for_log(Duration::from_secs(30), support::STREAMING)
+        .await;
     (db, c, w)
 }
 

@@ -16,9 +16,11 @@ use crate::error::definite;
 use crate::outbox::tags::{TagTemplates, Tags, Touched};
 use crate::pg::connect::Database;
 use crate::pg::snapshot::Seen;
+use crate::shop::definition::Definition;
 use crate::shop::layout::Layout;
 use crate::shop::sql;
-use crate::state::{self, checkpoint, locks, outbox};
+use crate::state::checkpoint::{self, Stamp};
+use crate::state::{self, locks, outbox};
 
 /// What one apply transaction did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +70,20 @@ struct Statements {
     checkpoint: Statement,
     first_page: Statement,
     next_page: Statement,
+    stores_of: Statement,
+}
+
+/// Which cache tags a recompute of every product enqueues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagMode {
+    /// None: a summary table `setup` has just created, which no page can have cached.
+    None,
+    /// The tags of the rows that change (what apply always does).
+    Changed,
+    /// The tags of every product and its store as well: after a failover or a restore
+    /// that may have lost writes, pages can show values neither the source nor the
+    /// summary hold any more, so no difference points at them (`control::slot`).
+    Every,
 }
 
 /// Owns the apply connection and its prepared statements.
@@ -77,9 +93,14 @@ pub struct Applier {
     templates: TagTemplates,
     /// Tags are enqueued only when someone will deliver them.
     enqueue_tags: bool,
-    /// The checkpoint write sets the LSN (instead of only moving it forward) and clears
-    /// the recompute mark: the last page of a recovery recompute.
-    reset_checkpoint: bool,
+    /// Every product's tags, not only those of changed rows (a recompute with
+    /// [`TagMode::Every`]).
+    every_tag: bool,
+    /// Set during a recompute of every product: its last page sets the checkpoint (instead
+    /// of only moving it forward), clears the recompute mark and records the stamp.
+    reset_checkpoint: Option<Stamp>,
+    /// What defines a row for this configuration (recorded by a recompute's last page).
+    definition: Definition,
     slot: String,
     currency: String,
     lock_key: i32,
@@ -114,6 +135,7 @@ impl Applier {
             let client = &client;
             async move { crate::pg::prepare(client, &text).await }
         };
+        let definition = Definition::of(&layout, cfg);
         let stmts = Statements {
             lock: prepare(locks::XACT_LOCK_SQL.into()).await?,
             write: prepare(sql::write(&layout)).await?,
@@ -123,13 +145,16 @@ impl Applier {
             checkpoint: prepare(checkpoint::write_sql(&state)).await?,
             first_page: prepare(sql::first_page(&layout)).await?,
             next_page: prepare(sql::next_page(&layout)).await?,
+            stores_of: prepare(sql::stores_of(&layout)).await?,
         };
         Ok(Applier {
             client,
             stmts,
             templates: TagTemplates::from_config(cfg),
             enqueue_tags: !cfg.revalidate.urls.is_empty(),
-            reset_checkpoint: false,
+            every_tag: false,
+            reset_checkpoint: None,
+            definition,
             slot: cfg.slot.clone(),
             currency: cfg.currency.clone(),
             lock_key: locks::apply_key(cfg),
@@ -137,22 +162,30 @@ impl Applier {
         })
     }
 
-    /// The recovery recompute (`slot::prepare`): every product, with tags unless `tags`
-    /// is false, and a last transaction that sets the checkpoint to `lsn` (even below the
-    /// stored one) and clears the recompute mark.
+    /// The recovery recompute (`slot::prepare`): every product, with the tags `tags`
+    /// says, and a last transaction that sets the checkpoint to `lsn` (even below the
+    /// stored one), clears the recompute mark and records `stamp`.
     pub async fn recompute_all(
         &mut self,
         lsn: Lsn,
-        tags: bool,
+        tags: TagMode,
+        stamp: &Stamp,
         progress: impl FnMut(usize),
     ) -> anyhow::Result<Applied> {
         let enqueue_tags = self.enqueue_tags;
-        self.enqueue_tags &= tags;
-        self.reset_checkpoint = true;
+        self.enqueue_tags &= tags != TagMode::None;
+        self.every_tag = tags == TagMode::Every;
+        self.reset_checkpoint = Some(stamp.clone());
         let result = self.apply_all(Some(lsn), None, progress).await;
         self.enqueue_tags = enqueue_tags;
-        self.reset_checkpoint = false;
+        self.every_tag = false;
+        self.reset_checkpoint = None;
         result
+    }
+
+    /// What defines a summary row for this configuration.
+    pub fn definition(&self) -> &Definition {
+        &self.definition
     }
 
     pub fn client(&self) -> &Client {
@@ -248,8 +281,22 @@ impl Applier {
         if !ids.is_empty() {
             // One statement compares, writes and deletes; only the products that changed
             // come back, with what their tags need.
-            let changed = tx.query(&self.stmts.write, &[&self.currency, &ids]).await?;
+            let changed = tx
+                .query(&self.stmts.write, &[&self.currency, &ids])
+                .await
+                .map_err(query_broken)?;
             let mut tags = Tags::default();
+            if self.every_tag && self.enqueue_tags {
+                for row in tx.query(&self.stmts.stores_of, &[&ids]).await? {
+                    let touched = Touched {
+                        product_id: row.get(0),
+                        store_id: row.get(1),
+                        old_store: None,
+                        inventory_changed: true,
+                    };
+                    self.templates.tags_of(&touched, &mut tags);
+                }
+            }
             for row in &changed {
                 let (kind, product_id, store_id, old_store, inventory_changed): (
                     i8,
@@ -296,13 +343,17 @@ impl Applier {
             }
         }
         if let Some(lsn) = lsn {
+            let stamp = self.reset_checkpoint.as_ref();
             tx.execute(
                 &self.stmts.checkpoint,
                 &[
                     &self.slot,
                     &PgLsn::from(lsn.0),
-                    &self.reset_checkpoint,
+                    &stamp.is_some(),
                     &commit_time,
+                    &stamp.map(|s| &s.definition),
+                    &stamp.map(|s| s.server.system_identifier),
+                    &stamp.map(|s| s.server.timeline),
                 ],
             )
             .await?;
@@ -349,4 +400,29 @@ impl Applier {
             }
         }
     }
+}
+
+/// The apply statement failing because the summary query no longer fits the source
+/// tables (a migration renamed or dropped a column or table it reads, or changed a type):
+/// no retry helps and nothing may be acknowledged past the batch, so a definite error
+/// that names it and the fix. Anything else (a lost connection, a serialization failure)
+/// stays as it is and is retried.
+fn query_broken(e: tokio_postgres::Error) -> anyhow::Error {
+    let Some(db) = e.as_db_error() else {
+        return e.into();
+    };
+    // 42: syntax error or access rule violation (undefined column/table/function, wrong
+    // type); 0A000: a cached plan whose result type changed.
+    let code = db.code().code();
+    if !code.starts_with("42") && code != "0A000" {
+        return e.into();
+    }
+    definite(format!(
+        "the summary query no longer runs against the source tables: {} (SQLSTATE {code}); \
+         a migration changed a table it reads. Nothing from this batch on is acknowledged. \
+         Fix: update the query (tables.summary_query_file) or the tables.sources/summary \
+         config to the new schema and restart the worker; it recomputes every product when \
+         the query changed",
+        db.message()
+    ))
 }

@@ -18,7 +18,7 @@ use std::time::Instant;
 use pgwire_replication::Lsn;
 use tokio::sync::{mpsc, watch};
 
-pub use applier::{Applied, Applier};
+pub use applier::{Applied, Applier, TagMode};
 use bulk::Bulk;
 use covered::Covered;
 

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use pgwire_replication::ReplicationClient;
 use tokio::sync::watch;
 
-use super::{leader, slot};
+use super::{guard, leader, slot};
 use crate::apply::Applier;
 use crate::config::Config;
 use crate::error::is_transient;
@@ -77,6 +77,8 @@ async fn session(ctx: &Context) -> anyhow::Result<()> {
         return Ok(());
     }
     crate::state::ensure(&client, cfg).await?;
+    let mut identities = guard::IdentityReport::new(ctx.metrics.clone());
+    guard::at_session_start(&client, cfg, &mut identities).await?;
     let mut applier = Applier::new(client, cfg).await?;
     let mode = slot::Mode {
         setup: false,
@@ -148,16 +150,23 @@ async fn session(ctx: &Context) -> anyhow::Result<()> {
             ctx.outbox_enqueued.clone(),
         ));
     }
-    let result = stream_loop(
-        cfg,
-        &ctx.metrics,
-        &ctx.shutdown,
-        &mut stream,
-        &mut handover,
-        start,
-        Silence::new(ctx.db.clone(), &cfg.slot, cfg.heartbeat()),
-    )
-    .await;
+    // What setup checked, checked again while streaming: a migration may drop a source
+    // table from the publication at any time, and nothing in the stream would say so.
+    let watch = guard::watch(ctx.db.clone(), cfg.clone(), identities, cfg.heartbeat());
+    let result = tokio::select! {
+        result = stream_loop(
+            cfg,
+            &ctx.metrics,
+            &ctx.shutdown,
+            &mut stream,
+            &mut handover,
+            start,
+            Silence::new(ctx.db.clone(), &cfg.slot, cfg.heartbeat()),
+        ) => result,
+        // Nothing is acknowledged past what apply committed, so ending here is as safe
+        // as any error of the stream.
+        stop = watch => Err(stop),
+    };
     heartbeat.abort();
     drop(handover);
     if result.is_ok() {

@@ -12,6 +12,15 @@
 //! before the slot is touched, and cleared only in the transaction that stores the new
 //! checkpoint after the last recomputed page. A crash anywhere in between finds the mark
 //! at the next start (of `run` or `setup`) and does the recompute again.
+//!
+//! Two more facts are checked against what the checkpoint recorded with the last
+//! recompute ([`checkpoint::Stamp`]): the definition of a summary row (the query, the
+//! currency, the columns, the id types; DESIGN.md 9) and the server (system identifier and
+//! timeline; DESIGN.md 12). Another definition recomputes every product; another server
+//! means a failover or restore may have lost writes that pages were already rendered from,
+//! which no recompute can see (source and summary agree on the older value), so every
+//! product's tags are sent with the recompute. So are they on every recovery below that
+//! may hide such a loss (see [`Reason::expires_every_page`]).
 
 use std::time::Instant;
 
@@ -20,13 +29,15 @@ use pgwire_replication::Lsn;
 use tokio_postgres::types::PgLsn;
 use tokio_postgres::Client;
 
-use crate::apply::Applier;
+use crate::apply::{Applier, TagMode};
 use crate::config::Config;
 use crate::error::definite;
 use crate::failpoints::{self, crash_point};
-use crate::pg::server::{self, SlotRow};
+use crate::pg::server::{self, ServerId, SlotRow};
 use crate::pg::sql::qualified;
-use crate::state::{self, checkpoint};
+use crate::shop::definition::Definition;
+use crate::state;
+use crate::state::checkpoint::{self, Stamp};
 
 /// Why every product is recomputed before streaming; the label of
 /// `cdc_slot_recovered_total{reason}` and the text of the durable mark.
@@ -43,6 +54,13 @@ pub enum Reason {
     SlotAhead,
     /// The checkpoint is beyond the server's WAL: the database was restored or moved.
     CheckpointAhead,
+    /// What defines a summary row changed (what, for the log), or none was recorded.
+    DefinitionChanged(String),
+    /// The server is another one, or on another timeline, than the checkpoint recorded.
+    ServerChanged { stored: ServerId, now: ServerId },
+    /// A source table was missing from the publication (`control::guard`): its changes
+    /// were not streamed. Only ever the text of a mark, so only ever resumed.
+    PublicationChanged,
     /// A recompute that had begun (its mark says why) did not finish.
     Resumed(String),
 }
@@ -55,7 +73,31 @@ impl Reason {
             Reason::Lost => "lost",
             Reason::SlotAhead => "slot_ahead",
             Reason::CheckpointAhead => "checkpoint_ahead",
+            Reason::DefinitionChanged(_) => "definition_changed",
+            Reason::ServerChanged { .. } => "server_changed",
+            Reason::PublicationChanged => "publication_changed",
             Reason::Resumed(_) => "resumed",
+        }
+    }
+
+    /// Whether the recompute sends the tags of every product, not only of the rows it
+    /// changes. The pages of a shop show what the summary held when they were rendered.
+    /// After a failover or a restore the database may have lost writes the worker had
+    /// applied and revalidated: source and summary then agree on the older value, the
+    /// recompute changes nothing, and a page would show the lost value for as long as it
+    /// is cached. Every recovery of the slot or checkpoint may be such a case (a missing
+    /// slot is what a failover to a server without it looks like), so all of them expire
+    /// every page. A changed definition, a table missing from the publication and the
+    /// first backfill lose no write: the summary holds what the pages show, and the rows
+    /// that change get their tags.
+    pub fn expires_every_page(&self) -> bool {
+        match self {
+            Reason::Resumed(label) => !matches!(
+                label.as_str(),
+                "setup" | "definition_changed" | "publication_changed"
+            ),
+            Reason::Setup | Reason::DefinitionChanged(_) | Reason::PublicationChanged => false,
+            _ => true,
         }
     }
 
@@ -74,9 +116,21 @@ impl Reason {
             Reason::CheckpointAhead => "invariant violated: the stored checkpoint is ahead of the \
                 server's current WAL position (the database was restored, copied or failed over)"
                 .into(),
-            Reason::Resumed(why) => {
-                format!("a recompute begun earlier ({why}) did not finish (crash or stop)")
-            }
+            Reason::DefinitionChanged(what) => format!(
+                "the definition of a summary row changed since the last recompute ({what}): \
+                 rows computed before keep the old definition"
+            ),
+            Reason::ServerChanged { stored, now } => format!(
+                "the server is not the one the checkpoint was written on ({stored} -> {now}): \
+                 a failover or restore may have lost writes whose pages are cached"
+            ),
+            Reason::PublicationChanged => "a source table was missing from the publication, \
+                so its changes were not streamed"
+                .into(),
+            Reason::Resumed(why) => format!(
+                "a recompute owed since an earlier start ({why}) has not finished (a crash, a \
+                 stop, or a stop until something was fixed)"
+            ),
         }
     }
 }
@@ -89,6 +143,11 @@ pub struct Observed {
     /// The durable "recompute pending" mark.
     pub pending: Option<String>,
     pub server_lsn: Lsn,
+    /// What differs between the definition recorded with the checkpoint and this
+    /// configuration's (`None`: nothing, or no checkpoint yet).
+    pub definition_change: Option<String>,
+    /// The server recorded with the checkpoint and the current one, when they differ.
+    pub server_change: Option<(ServerId, ServerId)>,
 }
 
 /// What to do before streaming.
@@ -96,8 +155,13 @@ pub struct Observed {
 pub enum Decision {
     /// All invariants hold: stream from the checkpoint.
     Stream(Lsn),
-    /// Recompute every product first; `recreate`: the slot must be (re)created.
-    Recompute { reason: Reason, recreate: bool },
+    /// Recompute every product first; `recreate`: the slot must be (re)created;
+    /// `every_page`: send the tags of every product, not only of rows that change.
+    Recompute {
+        reason: Reason,
+        recreate: bool,
+        every_page: bool,
+    },
     /// `run` on a database `setup` never prepared.
     NotSetUp,
 }
@@ -111,25 +175,36 @@ pub fn decide(o: &Observed, setup: bool) -> Decision {
         None => true,
         Some(s) => s.lost || s.confirmed_flush.is_none_or(|c| c > o.server_lsn),
     };
-    let recompute = |reason| Decision::Recompute { reason, recreate };
-    if let Some(why) = &o.pending {
-        return recompute(Reason::Resumed(why.clone()));
-    }
-    let Some(checkpoint) = o.checkpoint else {
-        return if setup {
-            recompute(Reason::Setup)
-        } else {
-            Decision::NotSetUp
-        };
+    // What is wrong now, whether or not an earlier recompute is still owed: a pending mark
+    // decides the reason, but must not hide that this start also needs every page expired
+    // (a failover while a definition recompute was unfinished).
+    let fresh = o.checkpoint.and_then(|checkpoint| match &o.slot {
+        None => Some(Reason::Missing),
+        Some(s) if s.lost => Some(Reason::Lost),
+        _ if checkpoint > o.server_lsn => Some(Reason::CheckpointAhead),
+        Some(s) if s.confirmed_flush.is_some_and(|c| c > checkpoint) => Some(Reason::SlotAhead),
+        _ => match (&o.server_change, &o.definition_change) {
+            (Some((stored, now)), _) => Some(Reason::ServerChanged {
+                stored: *stored,
+                now: *now,
+            }),
+            (None, Some(what)) => Some(Reason::DefinitionChanged(what.clone())),
+            (None, None) => None,
+        },
+    });
+    let every_page =
+        fresh.as_ref().is_some_and(Reason::expires_every_page) || o.server_change.is_some();
+    let reason = match (&o.pending, fresh, o.checkpoint) {
+        (Some(why), _, _) => Reason::Resumed(why.clone()),
+        (None, Some(reason), _) => reason,
+        (None, None, Some(checkpoint)) => return Decision::Stream(checkpoint),
+        (None, None, None) if setup => Reason::Setup,
+        (None, None, None) => return Decision::NotSetUp,
     };
-    match &o.slot {
-        None => recompute(Reason::Missing),
-        Some(s) if s.lost => recompute(Reason::Lost),
-        _ if checkpoint > o.server_lsn => recompute(Reason::CheckpointAhead),
-        Some(s) if s.confirmed_flush.is_some_and(|c| c > checkpoint) => {
-            recompute(Reason::SlotAhead)
-        }
-        _ => Decision::Stream(checkpoint),
+    Decision::Recompute {
+        every_page: every_page || reason.expires_every_page(),
+        reason,
+        recreate,
     }
 }
 
@@ -160,20 +235,30 @@ pub struct Mode {
 /// else touches the slot meanwhile; the recompute runs on that connection too.
 pub async fn prepare(cfg: &Config, applier: &mut Applier, mode: Mode) -> anyhow::Result<Start> {
     let client = applier.client();
-    let observed = observe(client, cfg).await?;
+    let (observed, now) = observe(client, cfg, applier.definition()).await?;
     if let Some(slot) = &observed.slot {
         check_ours(slot, cfg)?;
     }
-    let (reason, recreate) = match decide(&observed, mode.setup) {
+    let (reason, recreate, every_page) = match decide(&observed, mode.setup) {
         Decision::Stream(lsn) => {
             end_stale_walsender(client, cfg, &observed).await?;
+            if now.server_unrecorded {
+                // A checkpoint of an earlier version: nothing to compare with yet. Expiring
+                // every page at every upgrade would be the price of guessing; from now on
+                // a change of server is seen.
+                checkpoint::record_server(client, cfg, now.stamp.server).await?;
+            }
             return Ok(Start {
                 lsn,
                 recovered: None,
             });
         }
         Decision::NotSetUp => return Err(definite(state::not_set_up(cfg))),
-        Decision::Recompute { reason, recreate } => (reason, recreate),
+        Decision::Recompute {
+            reason,
+            recreate,
+            every_page,
+        } => (reason, recreate, every_page),
     };
     let show = |l: Option<Lsn>| l.map(|l| l.to_string()).unwrap_or_else(|| "none".into());
     if recreate && reason != Reason::Setup && !cfg.recover_lost_slot {
@@ -189,8 +274,19 @@ pub async fn prepare(cfg: &Config, applier: &mut Applier, mode: Mode) -> anyhow:
         show(observed.slot.as_ref().and_then(|s| s.confirmed_flush)),
         observed.server_lsn.to_string(),
     );
+    let then = if every_page && mode.tags {
+        "recomputing every product before streaming, and sending every product's tags (cached pages may show what no longer exists)"
+    } else {
+        "recomputing every product before streaming"
+    };
+    let server = observed
+        .server_change
+        .map(|(stored, now)| format!("{stored} -> {now}"));
     if reason == Reason::Setup {
         tracing::info!(slot = %cfg.slot, "no checkpoint yet: creating the slot and backfilling the summary");
+    } else if matches!(reason, Reason::DefinitionChanged(_)) {
+        // The operator's own change: expected, but said once, with what changed.
+        tracing::warn!(slot = %cfg.slot, reason = reason.label(), "{}; {then}", reason.explain());
     } else {
         tracing::error!(
             slot = %cfg.slot,
@@ -199,7 +295,8 @@ pub async fn prepare(cfg: &Config, applier: &mut Applier, mode: Mode) -> anyhow:
             slot_confirmed_flush = %fields.1,
             server_lsn = %fields.2,
             recreate_slot = recreate,
-            "{}: changes may be missing; recomputing every product before streaming",
+            server_changed = server.as_deref().unwrap_or("no"),
+            "{}: changes may be missing; {then}",
             reason.explain()
         );
     }
@@ -224,7 +321,12 @@ pub async fn prepare(cfg: &Config, applier: &mut Applier, mode: Mode) -> anyhow:
     } else {
         "recompute"
     };
-    recompute(cfg, applier, lsn, mode.tags, what).await?;
+    let tags = match (mode.tags, every_page) {
+        (false, _) => TagMode::None,
+        (true, false) => TagMode::Changed,
+        (true, true) => TagMode::Every,
+    };
+    recompute(cfg, applier, lsn, tags, &now.stamp, what).await?;
     if reason != Reason::Setup {
         tracing::info!(slot = %cfg.slot, from = %lsn, reason = reason.label(), "recovered: every product recomputed; streaming from the slot");
     }
@@ -237,14 +339,16 @@ pub async fn prepare(cfg: &Config, applier: &mut Applier, mode: Mode) -> anyhow:
     })
 }
 
-/// Recomputes every product and, with the last page, stores `lsn` as the checkpoint and
-/// clears the recompute mark (one transaction). Everything committed before the slot's
-/// start is read (after waiting for it to be visible); everything after is streamed.
+/// Recomputes every product and, with the last page, stores `lsn` as the checkpoint,
+/// records `stamp` and clears the recompute mark (one transaction). Everything committed
+/// before the slot's start is read (after waiting for it to be visible); everything after
+/// is streamed.
 async fn recompute(
     cfg: &Config,
     applier: &mut Applier,
     lsn: Lsn,
-    tags: bool,
+    tags: TagMode,
+    stamp: &Stamp,
     what: &str,
 ) -> anyhow::Result<()> {
     crate::apply::visibility::wait_settled(applier.client()).await?;
@@ -263,7 +367,7 @@ async fn recompute(
     let started = Instant::now();
     let mut last_report = Instant::now();
     let applied = applier
-        .recompute_all(lsn, tags, |done| {
+        .recompute_all(lsn, tags, stamp, |done| {
             crash_point(failpoints::RECOMPUTE_PAGE);
             if last_report.elapsed().as_secs() >= 2 {
                 last_report = Instant::now();
@@ -288,16 +392,59 @@ async fn recompute(
     Ok(())
 }
 
-/// Reads the slot, the checkpoint with its mark, and the server's WAL position.
-async fn observe(client: &Client, cfg: &Config) -> anyhow::Result<Observed> {
+/// What this start computes with, beside the observed facts.
+struct Now {
+    /// The definition of this configuration and the current server, recorded by a
+    /// recompute's last page.
+    stamp: Stamp,
+    /// The checkpoint exists but recorded no server (an earlier version wrote it).
+    server_unrecorded: bool,
+}
+
+/// Reads the slot, the checkpoint with its mark and stamp, the server's WAL position and
+/// identity, and compares the recorded definition with `definition`.
+///
+/// A checkpoint that recorded no definition (a state schema of an earlier version) counts
+/// as a changed definition: what the rows were computed with is unknown, and the upgrade
+/// may well come with a new query. A recompute that finds nothing to change writes
+/// nothing and sends no tag, so the price of being sure is one pass over the catalog at
+/// the first start of this version. No recorded server is only recorded
+/// ([`prepare`]): a change of server expires every page, which is no price to pay for
+/// not knowing.
+async fn observe(
+    client: &Client,
+    cfg: &Config,
+    definition: &Definition,
+) -> anyhow::Result<(Observed, Now)> {
     let slot = server::slot_row(client, &cfg.slot).await?;
     let stored = checkpoint::read_with_mark(client, cfg).await?;
-    Ok(Observed {
+    let identity = server::identity(client).await?;
+    let definition_change = match (&stored.definition, stored.lsn) {
+        (Some(recorded), _) => definition.changed_from(recorded),
+        (None, Some(_)) => {
+            Some("none recorded: the checkpoint was written by an earlier version".into())
+        }
+        (None, None) => None,
+    };
+    let observed = Observed {
         slot,
         checkpoint: stored.lsn,
         pending: stored.recompute_reason,
         server_lsn: server::current_wal_lsn(client).await?,
-    })
+        definition_change,
+        server_change: stored
+            .server
+            .filter(|s| *s != identity)
+            .map(|s| (s, identity)),
+    };
+    let now = Now {
+        stamp: Stamp {
+            definition: definition.to_json(),
+            server: identity,
+        },
+        server_unrecorded: stored.server.is_none() && stored.lsn.is_some(),
+    };
+    Ok((observed, now))
 }
 
 /// A slot of this name that is not a pgoutput slot of this database is someone else's:
@@ -404,12 +551,27 @@ mod tests {
             checkpoint: checkpoint.map(Lsn),
             pending: None,
             server_lsn: Lsn(server),
+            definition_change: None,
+            server_change: None,
         }
     }
 
     fn recompute(reason: Reason, recreate: bool) -> Decision {
-        Decision::Recompute { reason, recreate }
+        Decision::Recompute {
+            every_page: reason.expires_every_page(),
+            reason,
+            recreate,
+        }
     }
+
+    const A: ServerId = ServerId {
+        system_identifier: 7,
+        timeline: 1,
+    };
+    const B: ServerId = ServerId {
+        system_identifier: 7,
+        timeline: 2,
+    };
 
     #[test]
     fn streams_when_every_invariant_holds() {
@@ -502,5 +664,83 @@ mod tests {
             decide(&observed(Some(slot(100)), None, 200), true),
             recompute(Reason::Setup, false)
         );
+    }
+
+    #[test]
+    fn a_changed_definition_recomputes_without_expiring_every_page() {
+        let mut o = observed(Some(slot(100)), Some(150), 200);
+        o.definition_change = Some("currency USD -> EUR".into());
+        assert_eq!(
+            decide(&o, false),
+            Decision::Recompute {
+                reason: Reason::DefinitionChanged("currency USD -> EUR".into()),
+                recreate: false,
+                every_page: false
+            }
+        );
+        // The slot's own problems come first; the recompute covers the definition too.
+        o.slot = None;
+        assert_eq!(decide(&o, false), recompute(Reason::Missing, true));
+        // No checkpoint: setup's backfill records the definition, nothing to compare.
+        o.checkpoint = None;
+        assert_eq!(decide(&o, true), recompute(Reason::Setup, true));
+    }
+
+    #[test]
+    fn another_server_recomputes_and_expires_every_page() {
+        let mut o = observed(Some(slot(100)), Some(150), 200);
+        o.server_change = Some((A, B));
+        o.definition_change = Some("the summary query".into());
+        assert_eq!(
+            decide(&o, false),
+            Decision::Recompute {
+                reason: Reason::ServerChanged { stored: A, now: B },
+                recreate: false,
+                every_page: true
+            }
+        );
+        // An unfinished definition recompute is resumed, and the failover since then
+        // still expires every page.
+        o.pending = Some("definition_changed".into());
+        assert_eq!(
+            decide(&o, false),
+            Decision::Recompute {
+                reason: Reason::Resumed("definition_changed".into()),
+                recreate: false,
+                every_page: true
+            }
+        );
+        o.server_change = None;
+        assert_eq!(
+            decide(&o, false),
+            recompute(Reason::Resumed("definition_changed".into()), false)
+        );
+        assert!(!Reason::Resumed("definition_changed".into()).expires_every_page());
+        assert!(Reason::Resumed("server_changed".into()).expires_every_page());
+        assert!(Reason::Resumed("missing".into()).expires_every_page());
+    }
+
+    #[test]
+    fn every_recovery_of_the_slot_expires_every_page() {
+        for r in [
+            Reason::Missing,
+            Reason::Lost,
+            Reason::SlotAhead,
+            Reason::CheckpointAhead,
+            Reason::ServerChanged { stored: A, now: B },
+        ] {
+            assert!(r.expires_every_page(), "{r:?}");
+            assert!(
+                Reason::Resumed(r.label().into()).expires_every_page(),
+                "{r:?}"
+            );
+        }
+        for r in [
+            Reason::Setup,
+            Reason::DefinitionChanged(String::new()),
+            Reason::PublicationChanged,
+        ] {
+            assert!(!r.expires_every_page(), "{r:?}");
+        }
     }
 }

@@ -36,6 +36,11 @@ pub struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    pub table: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
 }
@@ -69,6 +74,7 @@ pub struct Metrics {
     pub passes: Family<ReasonLabels, Counter>,
     pub slot_failover: Gauge,
     pub slot_state: Family<StateLabels, Gauge>,
+    pub replica_identity_weak: Family<TableLabels, Gauge>,
     /// The label `slot_state` is 1 for, so that a change can zero it.
     last_slot_state: std::sync::Mutex<String>,
     /// Commit time (unix µs) of the newest source transaction applied, for lag_seconds.
@@ -94,6 +100,9 @@ pub enum Pass {
     Truncate,
     /// A DELETE whose old row did not carry the product id (replica identity).
     DeleteWithoutProductId,
+    /// An UPDATE of a table whose replica identity does not carry the product id, so the
+    /// product the row moved away from is unknown.
+    WeakReplicaIdentity,
     /// A batch cut at `max_pending` that is a fifth or more of the catalog (`apply::bulk`).
     Bulk,
     /// A start-up invariant failed (`control::slot`; its own reason is in
@@ -102,9 +111,10 @@ pub enum Pass {
 }
 
 impl Pass {
-    pub const ALL: [Pass; 4] = [
+    pub const ALL: [Pass; 5] = [
         Pass::Truncate,
         Pass::DeleteWithoutProductId,
+        Pass::WeakReplicaIdentity,
         Pass::Bulk,
         Pass::Recovery,
     ];
@@ -113,6 +123,7 @@ impl Pass {
         match self {
             Pass::Truncate => "truncate",
             Pass::DeleteWithoutProductId => "delete_without_product_id",
+            Pass::WeakReplicaIdentity => "weak_replica_identity",
             Pass::Bulk => "bulk",
             Pass::Recovery => "recovery",
         }
@@ -123,11 +134,14 @@ impl Pass {
 /// `control::slot::Reason::label` gives for a recovery (a unit test there keeps the two
 /// in step), exported at 0 from the start so that `increase()` alerts work before the
 /// first recovery.
-pub const RECOVERY_REASONS: [&str; 5] = [
+pub const RECOVERY_REASONS: [&str; 8] = [
     "missing",
     "lost",
     "slot_ahead",
     "checkpoint_ahead",
+    "definition_changed",
+    "server_changed",
+    "publication_changed",
     "resumed",
 ];
 
@@ -176,6 +190,7 @@ impl Metrics {
             passes: Family::default(),
             slot_failover: Gauge::default(),
             slot_state: Family::default(),
+            replica_identity_weak: Family::default(),
             last_slot_state: std::sync::Mutex::new(String::new()),
             last_applied_commit: AtomicI64::new(0),
             streaming: AtomicBool::new(false),
@@ -304,7 +319,7 @@ impl Metrics {
         );
         r.register(
             "cdc_apply_passes",
-            "Passes over every product, by reason (truncate, delete_without_product_id, bulk, recovery)",
+            "Passes over every product, by reason (truncate, delete_without_product_id, weak_replica_identity, bulk, recovery)",
             m.passes.clone(),
         );
         r.register(
@@ -316,6 +331,12 @@ impl Metrics {
             "cdc_slot_state",
             "1 for the slot's state: ok, unreserved, conflicting, lost, or invalidated_<invalidation_reason> (17+)",
             m.slot_state.clone(),
+        );
+        r.register(
+            "cdc_replica_identity_weak",
+            "1 for a source table whose REPLICA IDENTITY does not carry its product id column: \
+             every UPDATE of it recomputes every product until ALTER TABLE ... REPLICA IDENTITY FULL",
+            m.replica_identity_weak.clone(),
         );
         for reason in RECOVERY_REASONS {
             let labels = ReasonLabels {
@@ -420,6 +441,16 @@ impl Metrics {
         if recreated {
             self.slot_recreated.get_or_create(&labels).inc();
         }
+    }
+
+    /// Whether `table`'s replica identity lacks its product id column (`control::guard`,
+    /// and every Relation message of the stream).
+    pub fn set_replica_identity_weak(&self, table: &str, weak: bool) {
+        self.replica_identity_weak
+            .get_or_create(&TableLabels {
+                table: table.to_string(),
+            })
+            .set(i64::from(weak));
     }
 
     pub fn set_streaming(&self, on: bool) {
@@ -607,5 +638,45 @@ mod tests {
             ..ok
         });
         assert!(m.render().contains("cdc_slot_failover -1"));
+    }
+
+    /// The shipped alerts and dashboard query only metrics the worker exports: a renamed
+    /// metric would otherwise leave an alert that never fires.
+    #[test]
+    fn the_shipped_alerts_and_dashboard_use_exported_metrics() {
+        let m = Metrics::new(&crate::config::Config::default());
+        let exported = m.render();
+        for (file, text) in [
+            (
+                "prometheus-alerts.yml",
+                include_str!("../../config/deploy/prometheus-alerts.yml"),
+            ),
+            (
+                "grafana-dashboard.json",
+                include_str!("../../config/deploy/grafana-dashboard.json"),
+            ),
+        ] {
+            // The expressions only (annotations name tables such as cdc_worker.outbox).
+            let mut names: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains("expr"))
+                .flat_map(|l| l.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')))
+                .filter(|w| w.starts_with("cdc_"))
+                .collect();
+            names.dedup();
+            assert!(names.len() > 5, "{file}: {names:?}");
+            for name in names {
+                let family = ["_total", "_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .unwrap_or(name);
+                assert!(
+                    exported.contains(&format!("# TYPE {family} ")),
+                    "{file} uses {name}, which the worker does not export"
+                );
+            }
+        }
+        assert!(include_str!("../../config/deploy/prometheus-alerts.yml")
+            .contains("cdc_replica_identity_weak"));
     }
 }

@@ -59,6 +59,49 @@ pub async fn supports_failover_slots(client: &Client) -> anyhow::Result<bool> {
     Ok(num >= FAILOVER_SLOTS_VERSION_NUM)
 }
 
+/// Which server and which history of it: `pg_control_system()`'s system identifier (a
+/// new one for every initdb; a physical standby shares its primary's) and the timeline
+/// of the WAL being written (a promotion or a point-in-time restore starts a new one).
+/// Either differing from what the checkpoint recorded means the database may have lost
+/// writes the worker already applied and revalidated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerId {
+    pub system_identifier: i64,
+    pub timeline: i32,
+}
+
+impl std::fmt::Display for ServerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "system {} timeline {}",
+            self.system_identifier, self.timeline
+        )
+    }
+}
+
+/// The server's [`ServerId`]. The timeline is the one of the WAL file being written
+/// (`pg_walfile_name` of the insert position), not `pg_control_checkpoint()`'s: after a
+/// promotion that one names the old timeline until the checkpoint the promotion requests
+/// has completed, a spread checkpoint that takes a while on a busy server. On a server in
+/// recovery (no insert position) the last checkpoint's timeline is all there is.
+pub async fn identity(client: &Client) -> anyhow::Result<ServerId> {
+    let row = client
+        .query_one(
+            "SELECT (SELECT system_identifier FROM pg_control_system()), \
+                    CASE WHEN pg_is_in_recovery() \
+                         THEN (SELECT timeline_id FROM pg_control_checkpoint()) \
+                         ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int4 \
+                    END",
+            &[],
+        )
+        .await?;
+    Ok(ServerId {
+        system_identifier: row.get(0),
+        timeline: row.get(1),
+    })
+}
+
 /// Who runs the server, as far as its settings and roles tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Provider {

@@ -50,6 +50,7 @@ impl Layout {
         let id_type = product_key_type(client, cfg, &product, key).await?;
         let query = cfg.summary_query()?;
         let store_type = check_query(client, cfg, &query, &id_type.0).await?;
+        super::reads::check(client, cfg, &query).await?;
         let col = t.summary_columns.map(quote_ident);
         let mut layout = Layout {
             summary: qualified(&t.schema, &t.summary),

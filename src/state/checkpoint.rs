@@ -8,26 +8,44 @@ use tokio_postgres::types::PgLsn;
 use tokio_postgres::Client;
 
 use crate::config::Config;
+use crate::pg::server::ServerId;
 use crate::pg::sql::quote_ident;
 
 /// Apply's checkpoint write (`$1` slot, `$2` LSN, `$3` reset, `$4` the source commit time
-/// of the newest transaction applied, if the batch had one). While streaming the
-/// checkpoint only moves forward (`greatest`), so a replayed batch can never move it back;
-/// a recompute that recovers from a broken invariant sets it to the slot's start (`$3`
-/// true; possibly lower, after a restore) and clears the recompute mark in the same
-/// transaction. `commit_time` is what `status` shows as the last applied commit; a
-/// recompute read everything committed before it began, so it counts as now then.
+/// of the newest transaction applied, if the batch had one, `$5` definition, `$6` system
+/// identifier, `$7` timeline). While streaming the checkpoint only moves forward
+/// (`greatest`), so a replayed batch can never move it back; a recompute of every product
+/// sets it to the slot's start (`$3` true; possibly lower, after a restore), clears the
+/// recompute mark and records what the rows were computed with and where ([`Stamp`]), all
+/// in the transaction of the last page. `commit_time` is what `status` shows as the last
+/// applied commit; a recompute read everything committed before it began, so it counts as
+/// now then.
 pub fn write_sql(state: &str) -> String {
     format!(
-        "INSERT INTO {state}.checkpoint AS c (slot_name, lsn, commit_time) \
-         VALUES ($1, $2, CASE WHEN $3 THEN coalesce($4::timestamptz, now()) ELSE $4 END) \
+        "INSERT INTO {state}.checkpoint AS c (slot_name, lsn, commit_time, definition, \
+         system_identifier, timeline) \
+         VALUES ($1, $2, CASE WHEN $3 THEN coalesce($4::timestamptz, now()) ELSE $4 END, \
+         CASE WHEN $3 THEN $5::jsonb END, CASE WHEN $3 THEN $6::int8 END, \
+         CASE WHEN $3 THEN $7::int4 END) \
          ON CONFLICT (slot_name) DO UPDATE SET lsn = CASE WHEN $3 THEN EXCLUDED.lsn \
          ELSE greatest(c.lsn, EXCLUDED.lsn) END, \
          recompute_reason = CASE WHEN $3 THEN NULL ELSE c.recompute_reason END, \
          commit_time = CASE WHEN $3 THEN EXCLUDED.commit_time \
          ELSE greatest(c.commit_time, EXCLUDED.commit_time) END, \
+         definition = CASE WHEN $3 THEN EXCLUDED.definition ELSE c.definition END, \
+         system_identifier = CASE WHEN $3 THEN EXCLUDED.system_identifier \
+         ELSE c.system_identifier END, \
+         timeline = CASE WHEN $3 THEN EXCLUDED.timeline ELSE c.timeline END, \
          updated_at = now()"
     )
+}
+
+/// What a recompute of every product records with its last page: the definition of a row
+/// it computed with ([`crate::shop::definition::Definition::to_json`]) and the server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stamp {
+    pub definition: serde_json::Value,
+    pub server: ServerId,
 }
 
 /// The stored checkpoint of `slot` in state schema `schema`, if any.
@@ -41,34 +59,67 @@ pub async fn read(client: &Client, schema: &str, slot: &str) -> anyhow::Result<O
 }
 
 /// The checkpoint row as the start-up decision reads it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Stored {
     /// `None` when there is no row, or only the 0/0 placeholder of a mark written before
     /// the first checkpoint.
     pub lsn: Option<Lsn>,
     /// The durable recompute mark: why every product must be recomputed before streaming.
     pub recompute_reason: Option<String>,
+    /// What the rows were computed with, when recorded ([`Stamp`]).
+    pub definition: Option<serde_json::Value>,
+    /// Where, when recorded.
+    pub server: Option<ServerId>,
 }
 
-/// Reads the checkpoint of `cfg.slot` with its mark.
+/// Reads the checkpoint of `cfg.slot` with its mark and stamp.
 pub async fn read_with_mark(client: &Client, cfg: &Config) -> anyhow::Result<Stored> {
     let state = quote_ident(&cfg.schema);
     let row = client
         .query_opt(
-            &format!("SELECT lsn, recompute_reason FROM {state}.checkpoint WHERE slot_name = $1"),
+            &format!(
+                "SELECT lsn, recompute_reason, definition, system_identifier, timeline \
+                 FROM {state}.checkpoint WHERE slot_name = $1"
+            ),
             &[&cfg.slot],
         )
         .await?;
     Ok(match row {
         Some(r) => {
             let lsn = Lsn(u64::from(r.get::<_, PgLsn>(0)));
+            let server = match (r.get(3), r.get(4)) {
+                (Some(system_identifier), Some(timeline)) => Some(ServerId {
+                    system_identifier,
+                    timeline,
+                }),
+                _ => None,
+            };
             Stored {
                 lsn: Some(lsn).filter(|l| l.0 != 0),
                 recompute_reason: r.get(1),
+                definition: r.get(2),
+                server,
             }
         }
         None => Stored::default(),
     })
+}
+
+/// Records the server of a checkpoint that has none (a state schema of an earlier
+/// version): from here on a change of server is noticed.
+pub async fn record_server(client: &Client, cfg: &Config, server: ServerId) -> anyhow::Result<()> {
+    let state = quote_ident(&cfg.schema);
+    client
+        .execute(
+            &format!(
+                "UPDATE {state}.checkpoint SET system_identifier = $2, timeline = $3 \
+                 WHERE slot_name = $1 AND system_identifier IS NULL"
+            ),
+            &[&cfg.slot, &server.system_identifier, &server.timeline],
+        )
+        .await
+        .context("recording the server with the checkpoint")?;
+    Ok(())
 }
 
 /// Writes the durable "recompute pending" mark (inserting a 0/0 checkpoint when there is

@@ -189,15 +189,16 @@ fn upgrade_ddl() -> &'static str {
 }
 
 /// A state schema set up by an earlier version lacks what this one added (the recompute
-/// mark column, `outbox_held`): the upgrade part of the DDL adds it, cheap and idempotent.
+/// mark column, `outbox_held`, the definition and server columns): the upgrade part of the DDL adds it, cheap and idempotent.
 /// The worker's role owns its state schema (setup created it). Run before anything else
 /// reads the state, so a database never set up gets the clear message.
 pub async fn ensure(client: &Client, cfg: &Config) -> anyhow::Result<()> {
     let state = schema(cfg);
     let current = client
         .query_one(
-            "SELECT to_regclass($1) IS NOT NULL, (SELECT count(*) = 2 FROM pg_attribute \
-             WHERE attrelid = to_regclass($1) AND attname IN ('recompute_reason', 'commit_time')), \
+            "SELECT to_regclass($1) IS NOT NULL, (SELECT count(*) = 5 FROM pg_attribute \
+             WHERE attrelid = to_regclass($1) AND NOT attisdropped AND attname IN \
+             ('recompute_reason', 'commit_time', 'definition', 'system_identifier', 'timeline')), \
              to_regclass($2) IS NOT NULL",
             &[
                 &format!("{state}.checkpoint"),
@@ -219,8 +220,9 @@ pub async fn ensure(client: &Client, cfg: &Config) -> anyhow::Result<()> {
     let sql = upgrade_ddl().replace("{schema}", &state);
     client.batch_execute(&sql).await.with_context(|| {
         format!(
-            "upgrading the state schema {state} (checkpoint.recompute_reason and commit_time, \
-             outbox_held: new in this version). Fix: run `cdc-worker setup` once as the state schema's owner"
+            "upgrading the state schema {state} (checkpoint.recompute_reason, commit_time, \
+             definition, system_identifier, timeline, outbox_held: new in this version). Fix: \
+             run `cdc-worker setup` once as the state schema's owner"
         )
     })?;
     tracing::info!(schema = %state, "state schema upgraded to this version");

@@ -276,8 +276,17 @@ impl LoopState {
                 }
             }
             (Route::All(why), None) => {
-                tracing::warn!(reason = %why, "recomputing every product");
+                // Once per batch: a weakened identity makes every update say it.
+                if self.batch.all.is_none() {
+                    tracing::warn!(reason = %why, "recomputing every product");
+                }
                 self.batch.mark_all(why);
+            }
+        }
+        // Every Relation message says again what identity the table's changes carry.
+        if let pgoutput::LogicalMessage::Relation(rel) = &msg {
+            if let Some(weak) = self.router.weak_identity(rel.id) {
+                metrics.set_replica_identity_weak(&rel.name, weak);
             }
         }
         Ok(())

@@ -61,6 +61,12 @@ struct Known {
     table: String,
     /// Index of the product id column, `None` for a table we do not read.
     product_col: Option<usize>,
+    /// Why an update without an old row must recompute every product: the Relation
+    /// message says the replica identity does not carry the product id column, so the
+    /// update may have moved the row away from a product it does not name. `None` when
+    /// the identity carries it (FULL, or a key that includes it: an update that changes
+    /// it then sends the old key).
+    weak_identity: Option<String>,
 }
 
 /// Keeps the relation map that pgoutput sends before the first change of each table
@@ -115,7 +121,13 @@ impl Router {
                 new,
             } => {
                 let k = self.known(*relation_id)?;
-                let r = k.ids(old.as_ref().map(|o| o.tuple()), Some(new))?;
+                let r = match (old, &k.weak_identity) {
+                    (None, Some(why)) if k.product_col.is_some() => Route::All(AllReason {
+                        pass: Pass::WeakReplicaIdentity,
+                        why: why.clone(),
+                    }),
+                    _ => k.ids(old.as_ref().map(|o| o.tuple()), Some(new))?,
+                };
                 (k, Op::Update, r)
             }
             LogicalMessage::Delete { relation_id, old } => {
@@ -191,14 +203,25 @@ impl Router {
                 "the publication carries a table the summary does not read; its changes are ignored"
             );
         }
+        let weak_identity = product_col
+            .filter(|&c| !rel.columns[c].is_key())
+            .map(|c| weak_update(&self.schema, &rel.name, &rel.columns[c].name));
         self.relations.insert(
             rel.id,
             Known {
                 table: rel.name.clone(),
                 product_col,
+                weak_identity,
             },
         );
         Ok(())
+    }
+
+    /// Whether the last Relation message of `relation_id` announced a replica identity
+    /// without the product id column (`None`: not a source table, or not known).
+    pub fn weak_identity(&self, relation_id: u32) -> Option<bool> {
+        let k = self.relations.get(&relation_id)?;
+        k.product_col.map(|_| k.weak_identity.is_some())
     }
 }
 
@@ -245,6 +268,18 @@ impl Known {
     }
 }
 
+/// Why an update of a table whose replica identity lacks the product id column makes us
+/// recompute everything: without the old row, a row moved from one product to another
+/// names only the new one, and the old one would keep the row in its summary.
+fn weak_update(schema: &str, table: &str, column: &str) -> String {
+    format!(
+        "an UPDATE on {table} carried no old row and the table's replica identity does not \
+         include {column:?}, so the row may have moved from a product it does not name; \
+         every product is recomputed instead. Fix: ALTER TABLE {} REPLICA IDENTITY FULL",
+        crate::pg::sql::qualified(schema, table)
+    )
+}
+
 /// Why a delete without a product id makes us recompute everything instead of failing:
 /// the WAL record will never contain the id, so stopping would stop forever. The fix is
 /// for the future, and the log line says it.
@@ -263,7 +298,7 @@ mod tests {
     use crate::stream::pgoutput::{decode, Column};
 
     /// A router that knows `public.ProductImage` (id, productId) as relation 7.
-    fn router() -> Router {
+    fn image_router() -> Router {
         let sources = BTreeMap::from([("ProductImage".to_string(), "productId".to_string())]);
         let mut r = Router::new("public", &sources);
         let col = |name: &str, flags| Column {
@@ -294,7 +329,7 @@ mod tests {
 
     #[test]
     fn a_full_old_row_with_a_null_product_id_belongs_to_no_product() {
-        let mut r = router();
+        let mut r = image_router();
         let msg = delete(b'O', Val::Null);
         let (route, counted) = r.route(&msg).unwrap();
         assert_eq!(route, Route::Products(None, None));
@@ -303,7 +338,7 @@ mod tests {
 
     #[test]
     fn a_key_only_old_row_without_the_product_id_recomputes_every_product() {
-        let mut r = router();
+        let mut r = image_router();
         let msg = delete(b'K', Val::Null);
         let (route, _) = r.route(&msg).unwrap();
         assert!(
@@ -314,8 +349,87 @@ mod tests {
 
     #[test]
     fn a_full_old_row_names_its_product() {
-        let mut r = router();
+        let mut r = image_router();
         let msg = delete(b'O', Val::text("p1"));
         assert_eq!(r.route(&msg).unwrap().0, Route::Products(Some("p1"), None));
+    }
+
+    fn price(identity: u8, key_flags: [u8; 3]) -> LogicalMessage {
+        let col = |flags, name: &str| Column {
+            flags,
+            name: name.into(),
+            type_oid: 25,
+            type_modifier: -1,
+        };
+        decode(&encode(&Msg::Relation(Relation {
+            id: 7,
+            namespace: "public".into(),
+            name: "Price".into(),
+            replica_identity: identity,
+            columns: vec![
+                col(key_flags[0], "id"),
+                col(key_flags[1], "productId"),
+                col(key_flags[2], "amount"),
+            ],
+        })))
+        .unwrap()
+    }
+
+    fn update(old: Option<Vec<Val>>) -> LogicalMessage {
+        decode(&encode(&Msg::Update {
+            relation_id: 7,
+            old: old.map(|o| (b'O', o)),
+            new: vec![Val::text("usd1"), Val::text("p2"), Val::text("100")],
+        }))
+        .unwrap()
+    }
+
+    fn price_router() -> Router {
+        let sources = [("Price".to_string(), "productId".to_string())].into();
+        Router::new("public", &sources)
+    }
+
+    #[test]
+    fn an_update_under_a_weak_identity_recomputes_everything_and_says_the_fix() {
+        let mut r = price_router();
+        // REPLICA IDENTITY DEFAULT: only the primary key `id` is flagged.
+        r.route(&price(b'd', [1, 0, 0])).unwrap();
+        assert_eq!(r.weak_identity(7), Some(true));
+        let msg = update(None);
+        let (route, _) = r.route(&msg).unwrap();
+        match route {
+            Route::All(all) => assert!(
+                all.why
+                    .contains("ALTER TABLE \"public\".\"Price\" REPLICA IDENTITY FULL"),
+                "{all}"
+            ),
+            other => panic!("expected every product, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_full_identity_routes_old_and_new_products() {
+        let mut r = price_router();
+        // REPLICA IDENTITY FULL flags every column.
+        r.route(&price(b'f', [1, 1, 1])).unwrap();
+        assert_eq!(r.weak_identity(7), Some(false));
+        let msg = update(Some(vec![
+            Val::text("usd1"),
+            Val::text("p1"),
+            Val::text("100"),
+        ]));
+        assert_eq!(
+            r.route(&msg).unwrap().0,
+            Route::Products(Some("p1"), Some("p2"))
+        );
+        // Weakened mid-stream: the next Relation message says so, the next update
+        // without an old row recomputes everything; restored, it routes again.
+        r.route(&price(b'd', [1, 0, 0])).unwrap();
+        assert!(matches!(r.route(&update(None)).unwrap().0, Route::All(_)));
+        r.route(&price(b'f', [1, 1, 1])).unwrap();
+        assert_eq!(
+            r.route(&update(None)).unwrap().0,
+            Route::Products(None, Some("p2"))
+        );
     }
 }

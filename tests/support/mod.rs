@@ -32,6 +32,11 @@ pub const SOURCE_SCHEMA_SQL: &str = include_str!("../../sql/source_schema.sql");
 /// Environment variable naming an existing server to test against instead of a local cluster.
 pub const DATABASE_URL_ENV: &str = "CDC_TEST_DATABASE_URL";
 
+/// The worker's log line when its session starts streaming (src/control/run.rs). Wait
+/// for this, not for "streaming" alone: the line announcing a recompute "before
+/// streaming" contains that word too, and would let a test go on before the session is up.
+pub const STREAMING: &str = "control::run: streaming";
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 fn next_id() -> u32 {
