@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use support::{
-    free_port, metric, revalidate_env, wait_until, Answer, Cluster, Delivery, Endpoint, TestDb,
-    WorkerProcess,
+    metric, revalidate_env, wait_until, Answer, Cluster, Delivery, Endpoint, TestDb, WorkerProcess,
+    METRICS_ANY_PORT,
 };
 use tokio_postgres::Client;
 
@@ -89,9 +89,10 @@ fn config_with_interval(db: &TestDb, ms: u64) -> String {
     ))
 }
 
-fn start_worker(db: &TestDb, config: &str, e: &StoreEndpoint, metrics: &str) -> WorkerProcess {
+/// A worker with a metrics listener on a port of its own ([`WorkerProcess::metrics_addr`]).
+fn start_worker(db: &TestDb, config: &str, e: &StoreEndpoint) -> WorkerProcess {
     let mut env = revalidate_env(&e.url, SECRET).to_vec();
-    env.push(("CDC_METRICS_ADDR", metrics));
+    env.push(("CDC_METRICS_ADDR", METRICS_ANY_PORT));
     WorkerProcess::start(db, &["--config", config, "run"], &env)
 }
 
@@ -141,8 +142,7 @@ async fn a_burst_on_one_store_gives_two_store_revalidations_not_fifty() {
     let (db, c) = Cluster::shared().prepared_db("hot_burst", PRODUCTS).await;
     let e = endpoint(&db).await;
     let config = config_with_interval(&db, 1000);
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let w = start_worker(&db, &config, &e, &metrics);
+    let w = start_worker(&db, &config, &e);
     w.wait_for_log(Duration::from_secs(30), "streaming").await;
 
     let products = store_products();
@@ -251,6 +251,7 @@ async fn a_burst_on_one_store_gives_two_store_revalidations_not_fifty() {
         product_latency.iter().all(|&l| l < 5000),
         "a product tag took more than 5 s: {product_latency:?}"
     );
+    let metrics = w.metrics_addr().await;
     let coalesced = metric(&metrics, "cdc_outbox_held_coalesced_total").await;
     let released = metric(&metrics, "cdc_outbox_held_released_total").await;
     eprintln!(
@@ -271,8 +272,7 @@ async fn a_change_while_the_tag_is_held_is_never_dropped() {
         .await;
     let e = endpoint(&db).await;
     let config = config_with_interval(&db, 1500);
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let w = start_worker(&db, &config, &e, &metrics);
+    let w = start_worker(&db, &config, &e);
     w.wait_for_log(Duration::from_secs(30), "streaming").await;
     let products = store_products();
     let mut want = BTreeMap::new();
@@ -361,8 +361,7 @@ async fn a_tag_held_when_the_worker_is_killed_is_delivered_after_restart() {
     let (db, c) = Cluster::shared().prepared_db("hot_kill9", PRODUCTS).await;
     let e = endpoint(&db).await;
     let config = config_with_interval(&db, 5000);
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let mut w = start_worker(&db, &config, &e, &metrics);
+    let mut w = start_worker(&db, &config, &e);
     w.wait_for_log(Duration::from_secs(30), "streaming").await;
     let products = store_products();
     let mut want = BTreeMap::new();
@@ -393,7 +392,7 @@ async fn a_tag_held_when_the_worker_is_killed_is_delivered_after_restart() {
         "delivered before the kill?"
     );
     let restarted = Instant::now();
-    let w = start_worker(&db, &config, &e, &metrics);
+    let w = start_worker(&db, &config, &e);
     wait_until(
         Duration::from_secs(30),
         "the held tag delivered by the restarted worker",
@@ -421,8 +420,7 @@ async fn run_upgrades_a_state_schema_of_an_earlier_version() {
     .unwrap();
     let e = endpoint(&db).await;
     let config = config_with_interval(&db, 1000);
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let w = start_worker(&db, &config, &e, &metrics);
+    let w = start_worker(&db, &config, &e);
     w.wait_for_log(Duration::from_secs(30), "streaming").await;
     assert!(
         w.output().contains("state schema upgraded"),

@@ -5,20 +5,20 @@ mod support;
 
 use std::time::Duration;
 
-use support::{free_port, metric_value, scrape, wait_converged, Cluster, WorkerProcess};
+use support::{metric_value, scrape, wait_converged, Cluster, WorkerProcess, METRICS_ANY_PORT};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_and_probes_on_leader_and_standby() {
     let (db, c) = Cluster::shared().prepared_db("operations", 10).await;
-    let leader_addr = format!("127.0.0.1:{}", free_port());
     let leader = WorkerProcess::start(
         &db,
         &["run"],
         &[
-            ("CDC_METRICS_ADDR", &leader_addr),
+            ("CDC_METRICS_ADDR", METRICS_ANY_PORT),
             ("CDC_LOG_FORMAT", "json"),
         ],
     );
+    let leader_addr = leader.metrics_addr().await;
     leader
         .wait_for_log(Duration::from_secs(20), "streaming")
         .await;
@@ -75,8 +75,8 @@ async fn metrics_and_probes_on_leader_and_standby() {
     )
     .await;
 
-    let standby_addr = format!("127.0.0.1:{}", free_port());
-    let standby = WorkerProcess::start(&db, &["run"], &[("CDC_METRICS_ADDR", &standby_addr)]);
+    let standby = WorkerProcess::start(&db, &["run"], &[("CDC_METRICS_ADDR", METRICS_ANY_PORT)]);
+    let standby_addr = standby.metrics_addr().await;
     standby
         .wait_for_log(Duration::from_secs(20), "waiting as standby")
         .await;

@@ -23,8 +23,22 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_postgres::NoTls;
 
 mod endpoint;
+mod ports;
+mod recovered;
+mod skip;
+mod stale;
 #[allow(unused_imports)] // each test binary uses a different part
 pub use endpoint::{revalidate_env, Answer, Delivery, Endpoint, CLOSED_PORT_URL};
+#[allow(unused_imports)]
+pub use ports::{
+    free_port, kill_group, listener, spawn_on_free_port, wait_listening, Listener, CLOSED_PORT,
+};
+#[allow(unused_imports)]
+pub use recovered::{assert_recovered, product_tags, ExpectedTags};
+#[allow(unused_imports)]
+pub use skip::{skip, skip_allowed, ALLOW_SKIP_ENV, SKIP_LOG_ENV, SKIP_PREFIX};
+#[allow(unused_imports)]
+pub use stale::pid_in_name;
 
 /// The reference source schema (the shop's tables) loaded into every test database.
 pub const SOURCE_SCHEMA_SQL: &str = include_str!("../../sql/source_schema.sql");
@@ -139,13 +153,58 @@ impl Cluster {
             // Once per test binary, so a matrix run's output says which server each suite ran on.
             if c.is_local() {
                 eprintln!("test cluster: {} on port {}", c.server_version, c.port);
+                c.drop_stale();
             }
             c
         })
     }
 
+    /// Drops what test processes that are gone left behind (see `stale.rs`): their
+    /// databases, slots and roles on this cluster, and their private clusters (stopped,
+    /// then deleted). Called once per test process when the shared local cluster is first
+    /// used; what a test process still running made is never touched.
+    fn drop_stale(&self) {
+        let admin_url = self.admin_url("postgres");
+        let dropped = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime")
+                .block_on(stale::drop_stale_objects(&admin_url))
+        })
+        .join()
+        .expect("dropping stale test objects");
+        match dropped {
+            Ok(d) if d.is_empty() => {}
+            Ok(d) => eprintln!(
+                "dropped {} stale object(s) of earlier test runs: {}",
+                d.len(),
+                d.join(", ")
+            ),
+            Err(e) => panic!("dropping stale test objects: {}", describe(&e)),
+        }
+        let Some(dir) = &self.script_dir else { return };
+        let private_root = PathBuf::from(format!("{}-private", dir.display()));
+        for stale_dir in stale::stale_private_dirs(&private_root) {
+            // The script stops it with the binaries that started it; nothing to stop is fine.
+            let _ = Command::new("bash")
+                .arg(cluster_script())
+                .arg("stop")
+                .env("CDC_TEST_PG_DIR", &stale_dir)
+                .stdin(Stdio::null())
+                .output();
+            let _ = fs::remove_dir_all(&stale_dir);
+            let _ = fs::remove_file(format!("{}.lock", stale_dir.display()));
+            eprintln!(
+                "removed the private cluster {} of an earlier test run",
+                stale_dir.display()
+            );
+        }
+    }
+
     /// A private local cluster that a test may stop, crash and restart. Stopped and deleted
-    /// on drop (kept if the test panicked, for its log). Always local, even when
+    /// on drop (kept if the test panicked, for its log, until the next test run's first
+    /// use of the shared cluster removes it). Always local, even when
     /// `CDC_TEST_DATABASE_URL` is set.
     pub fn private(name: &str) -> Cluster {
         Cluster::local(Some(Self::private_dir(name)), true)
@@ -836,7 +895,40 @@ impl WorkerProcess {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+
+    /// The address its metrics listener bound, as it logged it (`serving /metrics ...
+    /// addr=127.0.0.1:PORT`, text or JSON logs): start the worker with
+    /// `CDC_METRICS_ADDR=127.0.0.1:0` ([`METRICS_ANY_PORT`]) so no two listeners race for
+    /// a port. Waits up to 30 s for the line.
+    pub async fn metrics_addr(&self) -> String {
+        self.wait_for_log(Duration::from_secs(30), "serving /metrics")
+            .await;
+        let log = self.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("serving /metrics"))
+            .expect("the line just seen");
+        let addr = line
+            .split_once("addr=")
+            .or_else(|| line.split_once("\"addr\":\""))
+            .map(|(_, rest)| {
+                rest.split(|ch: char| ch.is_whitespace() || ch == '"')
+                    .next()
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
+        assert!(
+            addr.parse::<std::net::SocketAddr>()
+                .is_ok_and(|a| a.port() != 0),
+            "no bound address in {line:?}"
+        );
+        addr.to_string()
+    }
 }
+
+/// `CDC_METRICS_ADDR` for a worker whose listener picks its own port; read it back with
+/// [`WorkerProcess::metrics_addr`].
+pub const METRICS_ANY_PORT: &str = "127.0.0.1:0";
 
 impl Drop for WorkerProcess {
     fn drop(&mut self) {
@@ -916,14 +1008,6 @@ impl WorkerProcess {
     pub fn output(&self) -> String {
         self.log()
     }
-}
-
-/// A TCP port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding an ephemeral port")
 }
 
 // ---- Source data and the summary it should produce ------------------------------------
@@ -1039,6 +1123,60 @@ pub async fn slot_confirmed(c: &tokio_postgres::Client, slot: &str) -> Option<u6
     .map(|r| r.get::<_, i64>(0) as u64)
 }
 
+/// A logical slot a test creates outside its own database (e.g. in `postgres`), where
+/// dropping the test database would not drop it: dropped when this guard is, also when
+/// the test panics, so it never holds WAL for later runs.
+pub struct SlotGuard {
+    admin_url: String,
+    pub name: String,
+}
+
+impl SlotGuard {
+    /// Creates the pgoutput slot `name` in database `db` of `cluster`.
+    pub async fn create(cluster: &Cluster, db: &str, name: &str) -> SlotGuard {
+        cluster
+            .admin_client(db)
+            .await
+            .execute(
+                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[&name],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("creating slot {name} in {db}: {}", describe(&e)));
+        SlotGuard {
+            admin_url: cluster.admin_url("postgres"),
+            name: name.to_string(),
+        }
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        let (url, name) = (self.admin_url.clone(), self.name.clone());
+        // A runtime of its own on a thread of its own: drop may run inside the test's.
+        let res = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime")
+                .block_on(async {
+                    let (c, conn) = tokio_postgres::connect(&url, NoTls).await?;
+                    tokio::spawn(conn);
+                    c.execute(
+                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                         WHERE slot_name = $1",
+                        &[&name],
+                    )
+                    .await
+                })
+        })
+        .join();
+        if !matches!(res, Ok(Ok(_))) {
+            eprintln!("could not drop slot {}: {res:?}", self.name);
+        }
+    }
+}
+
 /// How many replication slots are named `slot` (of any database): 0 or 1.
 pub async fn slot_count(c: &tokio_postgres::Client, slot: &str) -> i64 {
     c.query_one(
@@ -1060,12 +1198,18 @@ pub async fn outbox_tags(c: &tokio_postgres::Client) -> Vec<String> {
         .collect()
 }
 
-/// How many tags wait in the worker's outbox (`cdc_worker.outbox`).
-pub async fn outbox_len(c: &tokio_postgres::Client) -> i64 {
-    c.query_one("SELECT count(*) FROM cdc_worker.outbox", &[])
-        .await
-        .unwrap()
-        .get(0)
+/// How many outbox rows some endpoint has not been served yet: rows above the lowest
+/// delivery cursor (`cdc_worker.outbox_cursor`). Delivered rows stay in the outbox until
+/// every endpoint has them and the next trim runs, so the table's size says nothing.
+pub async fn outbox_pending(c: &tokio_postgres::Client) -> i64 {
+    c.query_one(
+        "SELECT count(*) FROM cdc_worker.outbox WHERE id > \
+         coalesce((SELECT min(delivered_id) FROM cdc_worker.outbox_cursor), 0)",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
 }
 
 /// How many rows the summary table (`"ProductSummary"`) has.
@@ -1188,6 +1332,13 @@ impl Proxy {
     /// Open connections stop passing anything, and stay open.
     pub fn freeze(&self) {
         self.frozen.send_replace(true);
+    }
+
+    /// The network is back: frozen connections are closed (their peers see the end at
+    /// last), new ones pass again.
+    pub fn thaw(&self) {
+        self.frozen.send_replace(false);
+        self.cut();
     }
 
     /// New connections go to `port`; open ones are cut.
