@@ -642,18 +642,46 @@ async fn verify_full_checks_the_certificate_on_both_connections() {
     .await;
     drop(w);
 
-    // Against the public roots instead of the test CA, the certificate is refused.
+    // Against the public roots instead of the test CA, the certificate is refused: by
+    // `setup` and `run` (whose query connection comes first)...
     let untrusted = format!(
         "{}?sslmode=verify-full",
         db.url.replacen("@127.0.0.1:", "@localhost:", 1)
     );
-    let out = WorkerProcess::run_to_end(&db, &["setup"], &[("DATABASE_URL", &untrusted)]);
-    assert!(!out.success, "{}", out.output);
+    for cmd in ["setup", "run"] {
+        let out = WorkerProcess::run_to_end(&db, &[cmd], &[("DATABASE_URL", &untrusted)]);
+        assert_eq!(out.code, Some(2), "{cmd}:\n{}", out.output);
+        assert!(
+            out.output.to_lowercase().contains("certificate"),
+            "{cmd}: the error should name the certificate:\n{}",
+            out.output
+        );
+    }
+    // ...and by the replication connection itself, with `run`'s settings (authenticated,
+    // not started: IDENTIFY_SYSTEM needs the TLS session).
+    let identify = |url: String| {
+        let slot = db.slot();
+        async move {
+            let database = cdc_worker::pg::connect::Database::parse(&url).unwrap();
+            let mut repl = pgwire_replication::ReplicationClient::connect_gated(
+                database.replication(&slot, &slot),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            repl.identify_system().await.map_err(|e| e.to_string())
+        }
+    };
+    let err = identify(untrusted)
+        .await
+        .expect_err("an untrusted certificate accepted");
     assert!(
-        out.output.to_lowercase().contains("certificate"),
-        "the error should name the certificate:\n{}",
-        out.output
+        err.to_lowercase().contains("certificate"),
+        "the replication connection's error should name the certificate: {err}"
     );
+    // The same connection with the test CA is accepted.
+    identify(good)
+        .await
+        .expect("the replication connection verifies the test CA");
 }
 
 /// A batch of more products than `batch.max_products` is applied in several transactions;
