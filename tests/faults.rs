@@ -479,3 +479,145 @@ async fn one_endpoint_down_neither_blocks_nor_repeats_the_other() {
         assert_eq!(n, 1, "product:p{i} sent {n} times to the healthy endpoint");
     }
 }
+
+/// The TCP settings of one of a process's connections, read from the socket itself.
+#[derive(Debug)]
+struct SocketOptions {
+    local_port: u16,
+    keepalive: bool,
+    idle_secs: i32,
+    interval_secs: i32,
+    probes: i32,
+    user_timeout_ms: i32,
+}
+
+/// The options of every IPv4 TCP connection process `pid` has to `peer_port`: each of its
+/// socket descriptors is copied into this process (pidfd_getfd, Linux 5.6+; needs the
+/// right to ptrace it, as its parent or root) and asked with getsockopt.
+fn socket_options(pid: u32, peer_port: u16) -> Vec<SocketOptions> {
+    let mut out = Vec::new();
+    // SAFETY: raw syscalls on descriptors this function opens and closes itself; the
+    // structures passed are sized as the kernel expects.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) as i32;
+        assert!(
+            pidfd >= 0,
+            "pidfd_open({pid}): {}",
+            std::io::Error::last_os_error()
+        );
+        for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+        {
+            let is_socket = std::fs::read_link(entry.path())
+                .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"));
+            let Some(target) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if !is_socket {
+                continue;
+            }
+            let fd = libc::syscall(libc::SYS_pidfd_getfd, pidfd, target, 0) as i32;
+            if fd < 0 {
+                continue;
+            }
+            let port_of =
+                |f: unsafe extern "C" fn(i32, *mut libc::sockaddr, *mut libc::socklen_t) -> i32| {
+                    let mut a: libc::sockaddr_in = std::mem::zeroed();
+                    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                    let ok = f(fd, &mut a as *mut _ as *mut libc::sockaddr, &mut len) == 0
+                        && a.sin_family == libc::AF_INET as libc::sa_family_t;
+                    ok.then(|| u16::from_be(a.sin_port))
+                };
+            let int = |level: i32, name: i32| {
+                let mut v: i32 = -1;
+                let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
+                libc::getsockopt(fd, level, name, &mut v as *mut i32 as *mut _, &mut len);
+                v
+            };
+            if port_of(libc::getpeername) == Some(peer_port) {
+                out.push(SocketOptions {
+                    local_port: port_of(libc::getsockname).unwrap_or(0),
+                    keepalive: int(libc::SOL_SOCKET, libc::SO_KEEPALIVE) == 1,
+                    idle_secs: int(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
+                    interval_secs: int(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
+                    probes: int(libc::IPPROTO_TCP, libc::TCP_KEEPCNT),
+                    user_timeout_ms: int(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT),
+                });
+            }
+            libc::close(fd);
+        }
+        libc::close(pidfd);
+    }
+    out
+}
+
+/// A network cut without RST must end a query connection in an error, not in an await as
+/// long as the kernel's defaults (hours): every query connection of the worker has TCP
+/// keepalives (10 s idle, 5 s apart, 3 probes) and a 30 s TCP_USER_TIMEOUT, as its
+/// sockets say. (The replication stream has the 3-heartbeat silence check instead:
+/// `a_stream_silent_for_three_heartbeats_ends_the_session`.)
+#[tokio::test(flavor = "multi_thread")]
+async fn query_connections_use_tcp_keepalives_and_a_user_timeout() {
+    let cluster = Cluster::shared();
+    let (db, c) = cluster.prepared_db("fault_keepalive", 5).await;
+    let w = WorkerProcess::start(&db, &["run"], &[]);
+    w.wait_for_log(Duration::from_secs(20), "streaming").await;
+    // The worker's connections as the server sees them: (client port, name, kind).
+    let connections = || async {
+        c.query(
+            "SELECT client_port, application_name, backend_type FROM pg_stat_activity \
+             WHERE datname = $1 AND application_name LIKE 'cdc-worker/%' AND client_port > 0",
+            &[&db.name],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, i32>(0) as u16,
+                r.get::<_, String>(1),
+                r.get::<_, String>(2),
+            )
+        })
+        .collect::<Vec<_>>()
+    };
+    // The heartbeat's connection opens with its first beat.
+    wait_until(
+        Duration::from_secs(30),
+        "the heartbeat's connection",
+        || async {
+            connections()
+                .await
+                .iter()
+                .any(|(_, name, _)| name == "cdc-worker/heartbeat")
+        },
+    )
+    .await;
+    let sockets = socket_options(w.pid(), cluster.port);
+    let mut queries = 0;
+    for (port, name, kind) in connections().await {
+        let Some(o) = sockets.iter().find(|o| o.local_port == port) else {
+            continue;
+        };
+        eprintln!("{name} ({kind}): {o:?}");
+        if kind == "walsender" {
+            continue;
+        }
+        queries += 1;
+        assert!(
+            o.keepalive
+                && (o.idle_secs, o.interval_secs, o.probes) == (10, 5, 3)
+                && o.user_timeout_ms == 30_000,
+            "{name}: {o:?}"
+        );
+    }
+    assert!(
+        queries >= 2,
+        "the apply and heartbeat connections were not found among {sockets:?}"
+    );
+}
