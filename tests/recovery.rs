@@ -35,6 +35,17 @@ async fn change_every_price(c: &Client) {
         .unwrap();
 }
 
+/// Moves the slot to the server's current WAL position, as another consumer or
+/// `pg_replication_slot_advance` by hand would: what lies between was never applied.
+async fn advance_slot_to_now(c: &Client, slot: &str) {
+    c.execute(
+        "SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())",
+        &[&slot],
+    )
+    .await
+    .unwrap();
+}
+
 async fn mark_and_checkpoint(c: &Client, slot: &str) -> (Option<String>, u64) {
     let row = c
         .query_one(
@@ -235,12 +246,7 @@ async fn recover_lost_slot_false_stops_instead_of_recreating() {
 
     // A slot that exists but was advanced: recomputed without a new slot.
     change_every_price(&c).await;
-    c.execute(
-        "SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())",
-        &[&db.slot()],
-    )
-    .await
-    .unwrap();
+    advance_slot_to_now(&c, &db.slot()).await;
     let _w = run_until_recovered(&db, &c, &config, "the advanced slot", "slot_ahead").await;
 }
 
@@ -353,12 +359,7 @@ async fn a_crash_during_setups_backfill_is_finished_later() {
 async fn a_slot_advanced_past_the_checkpoint_is_detected_and_recomputed() {
     let (db, c, config) = set_up("slot_advanced", 40).await;
     change_every_price(&c).await;
-    c.execute(
-        "SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())",
-        &[&db.slot()],
-    )
-    .await
-    .unwrap();
+    advance_slot_to_now(&c, &db.slot()).await;
     let (_, checkpoint) = mark_and_checkpoint(&c, &db.slot()).await;
     let advanced = slot_confirmed(&c, &db.slot()).await.expect("the slot");
     let from = wal_now(&c).await;
@@ -605,12 +606,7 @@ async fn a_recompute_waits_for_commits_before_the_slots_start() {
     let h = HeldCommits::new("settled", 5).await;
     h.db.setup(&[], &[]);
     let held = h.hold(HELD_UPDATE).await;
-    h.c.execute(
-        "SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())",
-        &[&h.db.slot()],
-    )
-    .await
-    .unwrap();
+    advance_slot_to_now(&h.c, &h.db.slot()).await;
     let w = WorkerProcess::start(&h.db, &["run"], &[]);
     w.wait_for_log(Duration::from_secs(20), "reason=\"slot_ahead\"")
         .await;

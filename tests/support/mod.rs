@@ -165,15 +165,9 @@ impl Cluster {
     /// used; what a test process still running made is never touched.
     fn drop_stale(&self) {
         let admin_url = self.admin_url("postgres");
-        let dropped = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime")
-                .block_on(stale::drop_stale_objects(&admin_url))
-        })
-        .join()
-        .expect("dropping stale test objects");
+        let dropped =
+            on_own_runtime(move || async move { stale::drop_stale_objects(&admin_url).await })
+                .expect("dropping stale test objects");
         match dropped {
             Ok(d) if d.is_empty() => {}
             Ok(d) => eprintln!(
@@ -680,28 +674,36 @@ impl Drop for TestDb {
         }
         let admin_url = self.admin_url.clone();
         let name = self.name.clone();
-        // A runtime of its own on a thread of its own: drop may run inside the test's runtime.
-        let res = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime")
-                .block_on(async {
-                    tokio::time::timeout(
-                        Duration::from_secs(30),
-                        TestDb::drop_now(&admin_url, &name),
-                    )
-                    .await
-                })
-        })
-        .join();
+        let res = on_own_runtime(move || async move {
+            tokio::time::timeout(Duration::from_secs(30), TestDb::drop_now(&admin_url, &name)).await
+        });
         match res {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => eprintln!("could not drop test database {}: {e}", self.name),
-            Ok(Err(_)) => eprintln!("timed out dropping test database {}", self.name),
-            Err(_) => eprintln!("panic while dropping test database {}", self.name),
+            Some(Ok(Ok(()))) => {}
+            Some(Ok(Err(e))) => eprintln!("could not drop test database {}: {e}", self.name),
+            Some(Err(_)) => eprintln!("timed out dropping test database {}", self.name),
+            None => eprintln!("panic while dropping test database {}", self.name),
         }
     }
+}
+
+/// Runs `f()` to its end on a tokio runtime of its own, on a thread of its own: for drops
+/// and one-time set-up that may run inside a test's runtime, where blocking on another
+/// future would panic. None if it panicked.
+fn on_own_runtime<F, Fut, T>(f: F) -> Option<T>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T>,
+    T: Send + 'static,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+            .block_on(f())
+    })
+    .join()
+    .ok()
 }
 
 /// Polls `f` every 50 ms until it returns true; panics mentioning `what` after `timeout`.
@@ -1153,25 +1155,17 @@ impl SlotGuard {
 impl Drop for SlotGuard {
     fn drop(&mut self) {
         let (url, name) = (self.admin_url.clone(), self.name.clone());
-        // A runtime of its own on a thread of its own: drop may run inside the test's.
-        let res = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime")
-                .block_on(async {
-                    let (c, conn) = tokio_postgres::connect(&url, NoTls).await?;
-                    tokio::spawn(conn);
-                    c.execute(
-                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                         WHERE slot_name = $1",
-                        &[&name],
-                    )
-                    .await
-                })
-        })
-        .join();
-        if !matches!(res, Ok(Ok(_))) {
+        let res = on_own_runtime(move || async move {
+            let (c, conn) = tokio_postgres::connect(&url, NoTls).await?;
+            tokio::spawn(conn);
+            c.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE slot_name = $1",
+                &[&name],
+            )
+            .await
+        });
+        if !matches!(res, Some(Ok(_))) {
             eprintln!("could not drop slot {}: {res:?}", self.name);
         }
     }
