@@ -616,9 +616,13 @@ async fn a_recompute_waits_for_commits_before_the_slots_start() {
 }
 
 /// `setup` while a commit is in the WAL but not yet visible (held by a synchronous standby
-/// that does not answer): the slot's start may lie past that commit, so it is never
-/// streamed, and setup's backfill alone must show it. Setup waits for it; once it is
-/// visible, the summary shows it with no worker running.
+/// that does not answer): a commit before the slot's start is never streamed, so setup's
+/// backfill alone must show it. Setup waits for it; once it is visible, the summary shows
+/// it with no worker running. (What makes setup wait here is Postgres itself: creating
+/// the slot waits for transactions still running, and a held commit still counts as one.
+/// The worker's own wait for commits before a slot's start, `wait_settled`, is what
+/// `a_recompute_waits_for_commits_before_the_slots_start` proves: it fails without it,
+/// this test does not.)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_commit_held_during_setups_backfill_is_waited_for() {
     let h = HeldCommits::new("setup_held", 5).await;
