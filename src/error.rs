@@ -31,6 +31,8 @@ pub fn is_transient(err: &anyhow::Error) -> bool {
         }
         if let Some(e) = cause.downcast_ref::<tokio_postgres::Error>() {
             return match e.code() {
+                // A server certificate we do not trust: `run` would retry it forever.
+                None if untrusted_certificate(e) => false,
                 // No SQLSTATE: the connection broke, or timed out.
                 None => true,
                 Some(code) => is_transient_sqlstate(code.code()),
@@ -48,6 +50,30 @@ pub fn is_transient(err: &anyhow::Error) -> bool {
         if cause.downcast_ref::<std::io::Error>().is_some() {
             return true;
         }
+    }
+    false
+}
+
+/// Whether a TLS handshake failed because the server's certificate is not trusted
+/// (unknown issuer, another host name, expired): no retry fixes that. The rustls error
+/// sits in an io::Error's payload, which `source()` skips, hence `get_ref`.
+fn untrusted_certificate(e: &(dyn std::error::Error + 'static)) -> bool {
+    let is_cert = |e: &(dyn std::error::Error + 'static)| {
+        matches!(
+            e.downcast_ref::<rustls::Error>(),
+            Some(rustls::Error::InvalidCertificate(_))
+        )
+    };
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        let payload = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|p| p as &(dyn std::error::Error + 'static));
+        if is_cert(err) || payload.is_some_and(is_cert) {
+            return true;
+        }
+        cur = err.source();
     }
     false
 }
@@ -115,5 +141,17 @@ mod tests {
             "TLS handshake failed: invalid peer certificate: UnknownIssuer"
         )));
         assert!(!is_transient(&cut("server does not support TLS")));
+    }
+
+    /// tokio-postgres reports a refused certificate as an io::Error carrying the rustls
+    /// error; `run` used to retry that forever.
+    #[test]
+    fn an_untrusted_certificate_is_found_inside_the_io_error() {
+        let refused = std::io::Error::other(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer,
+        ));
+        assert!(untrusted_certificate(&refused));
+        let cut = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "tls handshake eof");
+        assert!(!untrusted_certificate(&cut));
     }
 }

@@ -11,6 +11,9 @@ pub const SLOT_DROPPED: &str = "slot-dropped";
 pub const SLOT_RECREATED: &str = "slot-recreated";
 /// Recovery or backfill: after each page of the recompute of every product.
 pub const RECOMPUTE_PAGE: &str = "recompute-page";
+/// Apply: a part of a batch larger than `batch.max_products` committed, not the last (the
+/// checkpoint has not moved yet).
+pub const APPLY_PART: &str = "apply-part";
 
 /// Aborts the process here when `FAILPOINTS` configures `name`; otherwise does nothing.
 pub fn crash_point(name: &'static str) {

@@ -36,5 +36,3 @@ pub mod redact;
 pub mod shop;
 pub mod state;
 pub mod stream;
-#[cfg(test)]
-mod testing;

@@ -2,7 +2,8 @@
 //! `nextjs/scripts/browser-check.mjs` through playwright-core) opens a store page of a
 //! real `next start`, a price is changed in the source database, and the page is
 //! reloaded until the new price is on screen, through the worker and /api/revalidate:
-//! within 1 s. Screenshots land in `target/browser-test/`.
+//! asserted within 5 s (the stale-read bound), the time measured printed (the goal is
+//! 1 s). Screenshots land in `target/browser-test/`.
 
 mod nextjs_support;
 mod support;
@@ -48,10 +49,18 @@ async fn a_price_change_reaches_the_screen() {
     let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-test");
     let db_url = db.url.clone();
     let base = next.base.clone();
+    // The browser's profile and Chromium's temporary files go here (TMPDIR), and are
+    // removed with it even when the script or the browser is killed.
+    let tmp = tempfile::Builder::new()
+        .prefix("browser-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
     let out = tokio::task::spawn_blocking({
         let out_dir = out_dir.clone();
+        let tmp = tmp.path().to_path_buf();
         move || {
             Command::new("node")
+                .env("TMPDIR", tmp)
                 .arg("scripts/browser-check.mjs")
                 .current_dir(nextjs_dir())
                 .env("BASE_URL", base)

@@ -9,8 +9,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::{
-    free_port, metrics_text, revalidate_env, wait_until, Answer, Cluster, Endpoint, TestDb,
-    WorkerProcess,
+    metrics_text, revalidate_env, wait_until, Answer, Cluster, Endpoint, TestDb, WorkerProcess,
+    CLOSED_PORT, METRICS_ANY_PORT,
 };
 use tokio_postgres::Client;
 
@@ -94,13 +94,12 @@ async fn tags_parked_after_give_up_are_redelivered_by_revalidate_failed() {
     let e = Endpoint::start(Answer::Status(404)).await;
     let (db, c) = Cluster::shared().prepared_db("delivery_parked", 3).await;
     let config = config_giving_up_after(&db, 2);
-    let metrics_addr = format!("127.0.0.1:{}", free_port());
     let env = revalidate_env(&e.url, SECRET);
     let mut run_env = env.to_vec();
-    run_env.push(("CDC_METRICS_ADDR", &metrics_addr));
+    run_env.push(("CDC_METRICS_ADDR", METRICS_ANY_PORT));
     let w = WorkerProcess::start(&db, &["--config", &config, "run"], &run_env);
-    w.wait_for_log(Duration::from_secs(20), support::STREAMING)
-        .await;
+    let metrics_addr = w.metrics_addr().await;
+    w.wait_for_log(Duration::from_secs(20), support::STREAMING).await;
     c.batch_execute("UPDATE \"Price\" SET amount = 7 WHERE \"productId\" = 'p1'")
         .await
         .unwrap();
@@ -214,22 +213,21 @@ async fn a_redirect_is_not_followed_and_not_counted_delivered() {
 #[tokio::test(flavor = "multi_thread")]
 async fn credentials_in_a_revalidate_url_appear_nowhere() {
     let (db, c) = Cluster::shared().prepared_db("delivery_secrets", 3).await;
-    let closed = free_port();
-    let url = format!("http://user:s3cretpass@127.0.0.1:{closed}/api/revalidate?token=t0psecret");
+    let url =
+        format!("http://user:s3cretpass@127.0.0.1:{CLOSED_PORT}/api/revalidate?token=t0psecret");
     let config = config_giving_up_after(&db, 2);
-    let metrics_addr = format!("127.0.0.1:{}", free_port());
     let w = WorkerProcess::start(
         &db,
         &["--config", &config, "run"],
         &[
             ("CDC_REVALIDATE_URLS", &url),
             ("CDC_REVALIDATE_SECRET", SECRET),
-            ("CDC_METRICS_ADDR", &metrics_addr),
+            ("CDC_METRICS_ADDR", METRICS_ANY_PORT),
             ("CDC_LOG", "debug"),
         ],
     );
-    w.wait_for_log(Duration::from_secs(20), support::STREAMING)
-        .await;
+    let metrics_addr = w.metrics_addr().await;
+    w.wait_for_log(Duration::from_secs(20), support::STREAMING).await;
     c.batch_execute("UPDATE \"Price\" SET amount = 9 WHERE \"productId\" = 'p1'")
         .await
         .unwrap();

@@ -106,7 +106,7 @@ async fn failover(name: &str, products: i32, failover_slot: bool) -> Outcome {
 
     // Changes the worker never sees from the old primary: its connections go nowhere,
     // then the primary takes writes, ships them to the standby and stops.
-    proxy.retarget(support::free_port());
+    proxy.retarget(support::CLOSED_PORT);
     c.batch_execute(
         "UPDATE \"Product\" SET title = 'missed before failover' WHERE id = 'p1';
          DELETE FROM \"ProductImage\" WHERE \"productId\" = 'p2';
@@ -207,7 +207,7 @@ async fn failover_to_a_standby_without_the_slot_recreates_it_and_recomputes() {
 async fn failover_slot_survives_promotion_without_being_recreated() {
     let probe = Cluster::shared();
     if server_version_num(probe).await < 170000 {
-        eprintln!("skipped: failover slots need PostgreSQL 17+");
+        support::skip("failover_slot", "failover slots need PostgreSQL 17+");
         return;
     }
     let out = failover("fo_synced", 200, true).await;

@@ -51,7 +51,10 @@ async fn test_db_has_logical_wal_and_the_source_schema() {
 async fn local_cluster_has_the_promised_settings() {
     let cluster = Cluster::shared();
     if !cluster.is_local() {
-        eprintln!("skipped: external server");
+        support::skip(
+            "external_server",
+            "the server of CDC_TEST_DATABASE_URL is not a local cluster",
+        );
         return;
     }
     let c = cluster.admin_client("postgres").await;
@@ -178,7 +181,10 @@ fn tls_connector(root_pem: &Path) -> tokio_postgres_rustls::MakeRustlsConnect {
 async fn tls_with_sslmode_require() {
     let cluster = Cluster::shared();
     let Some(cert) = &cluster.ssl_cert else {
-        eprintln!("skipped: external server, certificate unknown");
+        support::skip(
+            "external_server",
+            "the certificate of the server of CDC_TEST_DATABASE_URL is not known here",
+        );
         return;
     };
     let db = cluster.create_db("tls").await;
@@ -218,7 +224,7 @@ async fn tls_with_sslmode_require() {
             );
             assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "t");
         }
-        Err(e) => eprintln!("psql check skipped: {e}"),
+        Err(e) => support::skip("psql", &format!("psql cannot run: {e}")),
     }
 }
 
@@ -369,7 +375,10 @@ async fn wait_until_panics_with_what_on_timeout() {
 async fn shared_cluster_runs_the_version_of_its_binaries_in_a_directory_of_its_own() {
     let cluster = Cluster::shared();
     if !cluster.is_local() {
-        eprintln!("skipped: external server");
+        support::skip(
+            "external_server",
+            "the server of CDC_TEST_DATABASE_URL is not a local cluster",
+        );
         return;
     }
     let c = cluster.admin_client("postgres").await;
@@ -439,4 +448,48 @@ async fn standby_replays_the_primary_and_takes_writes_once_promoted() {
     assert_eq!(count_products(&s).await, 2);
     // The TestDb lives on the (stopped) primary: keep its drop from waiting for it.
     std::mem::forget(db);
+}
+
+#[test]
+fn the_pid_is_found_in_every_name_the_harness_makes() {
+    let db = "t_fault_kill9_4242_17_3f0a";
+    assert_eq!(support::pid_in_name(db), Some(4242));
+    for name in [
+        format!("{db}_worker"),
+        format!("{db}_slot"),
+        format!("w_{db}"),
+    ] {
+        assert_eq!(support::pid_in_name(&name), Some(4242), "{name}");
+    }
+    // Digits in the test's hint are not taken for the pid.
+    assert_eq!(support::pid_in_name("t_epoch1_2_3_77_5_ab"), Some(77));
+    assert_eq!(support::pid_in_name("cdc_worker"), None);
+    assert_eq!(support::pid_in_name("t_no_numbers"), None);
+}
+
+#[test]
+fn a_port_is_ours_only_while_a_process_of_ours_listens_there() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let me = std::process::id();
+    assert_eq!(support::listener(port, me), support::Listener::Ours);
+    // PID 1 is not us: the listener is someone else's for it.
+    assert_eq!(support::listener(port, 1), support::Listener::Other(me));
+    drop(l);
+    assert_eq!(support::listener(port, me), support::Listener::Nobody);
+    // A child that exits before it listens is reported, not waited for.
+    use std::os::unix::process::CommandExt;
+    let mut child = Command::new("sh")
+        .args(["-c", "exit 3"])
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let err = support::wait_listening(&mut child, port, Duration::from_secs(10)).unwrap_err();
+    assert!(err.contains("exited"), "{err}");
+}
+
+#[test]
+#[should_panic(expected = "A skip fails unless it is allowed")]
+fn a_skip_that_is_not_allowed_fails() {
+    support::skip("not_allowed_anywhere", "this test asks to be skipped");
 }

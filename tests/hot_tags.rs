@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use support::{
-    free_port, metric, revalidate_env, wait_until, Answer, Cluster, Delivery, Endpoint, TestDb,
-    WorkerProcess,
+    metric, revalidate_env, wait_until, Answer, Cluster, Delivery, Endpoint, TestDb, WorkerProcess,
+    METRICS_ANY_PORT,
 };
 use tokio_postgres::Client;
 
@@ -89,9 +89,10 @@ fn config_with_interval(db: &TestDb, ms: u64) -> String {
     ))
 }
 
-fn start_worker(db: &TestDb, config: &str, e: &StoreEndpoint, metrics: &str) -> WorkerProcess {
+/// A worker with a metrics listener on a port of its own ([`WorkerProcess::metrics_addr`]).
+fn start_worker(db: &TestDb, config: &str, e: &StoreEndpoint) -> WorkerProcess {
     let mut env = revalidate_env(&e.url, SECRET).to_vec();
-    env.push(("CDC_METRICS_ADDR", metrics));
+    env.push(("CDC_METRICS_ADDR", METRICS_ANY_PORT));
     WorkerProcess::start(db, &["--config", config, "run"], &env)
 }
 
@@ -141,10 +142,8 @@ async fn a_burst_on_one_store_gives_two_store_revalidations_not_fifty() {
     let (db, c) = Cluster::shared().prepared_db("hot_burst", PRODUCTS).await;
     let e = endpoint(&db).await;
     let config = config_with_interval(&db, 1000);
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let w = start_worker(&db, &config, &e, &metrics);
-    w.wait_for_log(Duration::from_secs(30), support::STREAMING)
-        .await;
+    let w = start_worker(&db, &config, &e);
+    w.wait_for_log(Duration::from_secs(30), support::STREAMING).await;
 
     let products = store_products();
     assert_eq!(products.len(), 50);
@@ -252,6 +251,7 @@ async fn a_burst_on_one_store_gives_two_store_revalidations_not_fifty() {
         product_latency.iter().all(|&l| l < 5000),
         "a product tag took more than 5 s: {product_latency:?}"
     );
+    let metrics = w.metrics_addr().await;
     let coalesced = metric(&metrics, "cdc_outbox_held_coalesced_total").await;
     let released = metric(&metrics, "cdc_outbox_held_released_total").await;
     eprintln!(
@@ -264,31 +264,32 @@ async fn a_burst_on_one_store_gives_two_store_revalidations_not_fifty() {
 /// A change that commits while its store tag is held (coalesced, nothing new written) is
 /// covered: the held tag is released after that commit, and the page it refreshes shows
 /// the change. Three rounds, each: a change (sent at once: the tag is idle), a change
-/// right after (held), then changes while it is held.
+/// right after (held), then changes while it is held. The 3 s interval leaves a loaded
+/// machine time to apply the second change while the tag is still held; a round where it
+/// did not is a skip (`hot_tags_round`), which fails unless allowed.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_change_while_the_tag_is_held_is_never_dropped() {
     let (db, c) = Cluster::shared()
         .prepared_db("hot_never_dropped", PRODUCTS)
         .await;
     let e = endpoint(&db).await;
-    let config = config_with_interval(&db, 1500);
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let w = start_worker(&db, &config, &e, &metrics);
-    w.wait_for_log(Duration::from_secs(30), support::STREAMING)
-        .await;
+    const INTERVAL_MS: u64 = 3000;
+    let config = config_with_interval(&db, INTERVAL_MS);
+    let w = start_worker(&db, &config, &e);
+    w.wait_for_log(Duration::from_secs(30), support::STREAMING).await;
     let products = store_products();
     let mut want = BTreeMap::new();
     let mut rounds_held = 0;
-    for round in 0..3 {
+    for round_no in 0..3 {
         // Let the tag go idle: its last release an interval ago.
         wait_until(Duration::from_secs(10), "no store tag held", || async {
             held_due_in_ms(&c).await.is_none()
         })
         .await;
-        tokio::time::sleep(Duration::from_millis(1600)).await;
+        tokio::time::sleep(Duration::from_millis(INTERVAL_MS + 100)).await;
         let before = store_deliveries(&e).len();
         // Sent at once (leading edge).
-        let p = &products[round * 10];
+        let p = &products[round_no * 10];
         want.insert(p.clone(), stock_change(&c, p).await);
         wait_until(
             Duration::from_secs(20),
@@ -297,7 +298,7 @@ async fn a_change_while_the_tag_is_held_is_never_dropped() {
         )
         .await;
         // Right after: held until an interval after that release.
-        let p = &products[round * 10 + 1];
+        let p = &products[round_no * 10 + 1];
         let v = stock_change(&c, p).await;
         want.insert(p.clone(), v);
         wait_until(Duration::from_secs(20), "the summary shows it", || async {
@@ -305,16 +306,19 @@ async fn a_change_while_the_tag_is_held_is_never_dropped() {
         })
         .await;
         let Some(due) = held_due_in_ms(&c).await else {
-            eprintln!("round {round}: the interval passed before the second change was applied (slow machine); no hold to test");
+            support::skip(
+                "hot_tags_round",
+                &format!("round {round_no}: the interval passed before the second change was applied (slow machine); no hold to test"),
+            );
             continue;
         };
-        eprintln!("round {round}: store tag held, due in {due:.0} ms");
+        eprintln!("round {round_no}: store tag held, due in {due:.0} ms");
         // Changes while it is held: nothing new is written to outbox_held, yet each must
         // be covered by the held tag's release.
         let mut last_commit = Instant::now();
         let mut while_held = 0;
         for k in 2..6 {
-            let p = &products[round * 10 + k];
+            let p = &products[round_no * 10 + k];
             let v = stock_change(&c, p).await;
             last_commit = Instant::now();
             want.insert(p.clone(), v);
@@ -339,15 +343,37 @@ async fn a_change_while_the_tag_is_held_is_never_dropped() {
             covering.at >= last_commit - Duration::from_millis(1),
             "covered before the last change committed?"
         );
-        let sent = store_deliveries(&e).len() - before;
+        // This round's store revalidations up to the covering one: the first change's,
+        // then one for all the held ones. A loaded machine may stretch the round over
+        // more intervals; each interval passed allows one more, never one per change.
+        let round: Vec<StoreDelivery> = store_deliveries(&e)[before..]
+            .iter()
+            .filter(|d| d.at <= covering.at)
+            .cloned()
+            .collect();
+        let sent = round.len();
+        let span = covering.at - round[0].at;
+        let allowed = 1 + span.as_millis().div_ceil(INTERVAL_MS as u128).max(1) as usize;
         eprintln!(
-            "round {round}: {while_held} changes applied while held; covered {} ms after the last; {sent} store revalidations this round",
-            ms(covering.at.saturating_duration_since(last_commit))
+            "round {round_no}: {while_held} changes applied while held; covered {} ms after the last; \
+             {sent} store revalidations over {} ms (at most {allowed})",
+            ms(covering.at.saturating_duration_since(last_commit)),
+            ms(span)
         );
-        if while_held > 0 {
-            rounds_held += 1;
-            assert_eq!(sent, 2, "the first change, then one for all the held ones");
+        if while_held == 0 {
+            support::skip(
+                "hot_tags_round",
+                &format!("round {round_no}: the hold ended before a change was applied while it lasted (slow machine)"),
+            );
+            continue;
         }
+        rounds_held += 1;
+        assert!(
+            (2..=allowed).contains(&sent),
+            "{sent} store revalidations in {} ms at a {INTERVAL_MS} ms interval: the first \
+             change's, then at most one per interval for the held ones ({allowed})",
+            ms(span)
+        );
     }
     assert!(
         rounds_held > 0,
@@ -363,10 +389,8 @@ async fn a_tag_held_when_the_worker_is_killed_is_delivered_after_restart() {
     let (db, c) = Cluster::shared().prepared_db("hot_kill9", PRODUCTS).await;
     let e = endpoint(&db).await;
     let config = config_with_interval(&db, 5000);
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let mut w = start_worker(&db, &config, &e, &metrics);
-    w.wait_for_log(Duration::from_secs(30), support::STREAMING)
-        .await;
+    let mut w = start_worker(&db, &config, &e);
+    w.wait_for_log(Duration::from_secs(30), support::STREAMING).await;
     let products = store_products();
     let mut want = BTreeMap::new();
     want.insert(products[0].clone(), stock_change(&c, &products[0]).await);
@@ -396,7 +420,7 @@ async fn a_tag_held_when_the_worker_is_killed_is_delivered_after_restart() {
         "delivered before the kill?"
     );
     let restarted = Instant::now();
-    let w = start_worker(&db, &config, &e, &metrics);
+    let w = start_worker(&db, &config, &e);
     wait_until(
         Duration::from_secs(30),
         "the held tag delivered by the restarted worker",
@@ -424,10 +448,8 @@ async fn run_upgrades_a_state_schema_of_an_earlier_version() {
     .unwrap();
     let e = endpoint(&db).await;
     let config = config_with_interval(&db, 1000);
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let w = start_worker(&db, &config, &e, &metrics);
-    w.wait_for_log(Duration::from_secs(30), support::STREAMING)
-        .await;
+    let w = start_worker(&db, &config, &e);
+    w.wait_for_log(Duration::from_secs(30), support::STREAMING).await;
     assert!(
         w.output().contains("state schema upgraded"),
         "{}",

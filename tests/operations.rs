@@ -7,8 +7,8 @@ mod support;
 use std::time::Duration;
 
 use support::{
-    drift, free_port, metric_value, scrape, seed, wait_converged, Cluster, ForeignSlot, TestDb,
-    WorkerProcess,
+    drift, metric_value, scrape, seed, wait_converged, Cluster, SlotGuard, TestDb, WorkerProcess,
+    CLOSED_PORT_URL, METRICS_ANY_PORT,
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -16,18 +16,18 @@ async fn metrics_and_probes_on_leader_and_standby() {
     let (db, c) = Cluster::shared().prepared_db("operations", 10).await;
     // A heartbeat a second: empty batches (heartbeats, idle keepalives) come often.
     let config = db.config_file("[batch]\nheartbeat_secs = 1\n");
-    let nowhere = format!("http://127.0.0.1:{}/api/revalidate", free_port());
-    let leader_addr = format!("127.0.0.1:{}", free_port());
+    let nowhere = CLOSED_PORT_URL;
     let leader = WorkerProcess::start(
         &db,
         &["--config", &config, "run"],
         &[
-            ("CDC_METRICS_ADDR", &leader_addr),
+            ("CDC_METRICS_ADDR", METRICS_ANY_PORT),
             ("CDC_LOG_FORMAT", "json"),
-            ("CDC_REVALIDATE_URLS", &nowhere),
+            ("CDC_REVALIDATE_URLS", nowhere),
             ("CDC_REVALIDATE_SECRET", "s3cret"),
         ],
     );
+    let leader_addr = leader.metrics_addr().await;
     leader
         .wait_for_log(Duration::from_secs(20), support::STREAMING)
         .await;
@@ -146,8 +146,8 @@ async fn metrics_and_probes_on_leader_and_standby() {
     )
     .await;
 
-    let standby_addr = format!("127.0.0.1:{}", free_port());
-    let standby = WorkerProcess::start(&db, &["run"], &[("CDC_METRICS_ADDR", &standby_addr)]);
+    let standby = WorkerProcess::start(&db, &["run"], &[("CDC_METRICS_ADDR", METRICS_ANY_PORT)]);
+    let standby_addr = standby.metrics_addr().await;
     standby
         .wait_for_log(Duration::from_secs(20), "waiting as standby")
         .await;
@@ -296,9 +296,9 @@ async fn status_and_teardown_on_a_running_installation() {
     assert!(v["problems"].to_string().contains("leader lock"), "{v:#}");
 
     // A worker delivering to an endpoint that does not answer: tags wait in the outbox.
-    let nowhere = format!("http://127.0.0.1:{}/api/revalidate", free_port());
+    let nowhere = CLOSED_PORT_URL;
     let env = [
-        ("CDC_REVALIDATE_URLS", nowhere.as_str()),
+        ("CDC_REVALIDATE_URLS", nowhere),
         ("CDC_REVALIDATE_SECRET", "s3cret"),
     ];
     let mut w = WorkerProcess::start(&db, &["run"], &env);
@@ -508,9 +508,9 @@ async fn teardown_asks_keeps_what_is_not_ours_and_runs_again() {
     c.execute("SELECT pg_drop_replication_slot($1)", &[&db.slot()])
         .await
         .unwrap();
-    let foreign = ForeignSlot::create(Cluster::shared(), &db.slot()).await;
+    let foreign = SlotGuard::create(Cluster::shared(), "postgres", &db.slot()).await;
     let out = WorkerProcess::run_to_end(&db, &["teardown", "--yes"], &[]);
-    let foreign_left = foreign.survived().await;
+    let foreign_left = foreign.is_there().await;
     assert_eq!(out.code, Some(0), "{}", out.output);
     assert!(
         out.output.contains("belongs to database postgres"),

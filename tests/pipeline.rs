@@ -4,6 +4,8 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::{
@@ -256,6 +258,8 @@ async fn truncate_schema_change_toast_and_big_transactions() {
 async fn kill_9_during_a_burst_loses_nothing() {
     let (db, c, mut w) = started("kill9", 500).await;
     let writer_db = db.client().await;
+    let written = Arc::new(AtomicUsize::new(0));
+    let count = written.clone();
     let burst = tokio::spawn(async move {
         for i in 0..3000 {
             let p = format!("p{}", 1 + (i * 7) % 500);
@@ -266,25 +270,29 @@ async fn kill_9_during_a_burst_loses_nothing() {
                 )
                 .await
                 .unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
         }
     });
-    // Watch the invariant while the burst runs, and kill the worker in the middle of it.
-    let mut killed = false;
-    let started_at = Instant::now();
+    // Watch the invariant while the burst runs, and kill the worker in the middle of it:
+    // after 1000 of its 3000 commits, however fast the machine.
+    let mut killed_at = None;
     while !burst.is_finished() {
         let (confirmed, checkpoint) = slot_and_checkpoint(&c, &db.slot()).await;
         assert!(
             confirmed <= checkpoint,
             "slot confirmed {confirmed:X} passed the stored checkpoint {checkpoint:X}"
         );
-        if !killed && started_at.elapsed() > Duration::from_millis(700) {
+        let n = written.load(Ordering::SeqCst);
+        if killed_at.is_none() && n >= 1000 {
             w.kill9();
-            killed = true;
+            killed_at = Some(n);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     burst.await.unwrap();
-    assert!(killed, "the burst ended before the kill");
+    let killed_at = killed_at.expect("the burst ended before 1000 commits were seen");
+    eprintln!("killed after {killed_at} of 3000 commits");
+    assert!(killed_at < 3000, "the burst ended before the kill");
     let _w2 = WorkerProcess::start(&db, &["run"], &[]);
     wait_converged(&c, "summary equals source after kill -9 and restart").await;
     let (confirmed, checkpoint) = slot_and_checkpoint(&c, &db.slot()).await;
@@ -317,24 +325,130 @@ async fn idle_published_tables_do_not_pile_up_wal() {
     .await;
 }
 
+/// SIGTERM in the middle of a backlog (2000 transactions committed while the worker was
+/// down, in batches of at most 20 products): the worker finishes what it has in hand and
+/// exits 0. The checkpoint it leaves is the end of the last transaction it applied, the
+/// slot confirms exactly that, and the products of that transaction and of every earlier
+/// one are recomputed, those of later ones not (but the one it was reading, recomputed
+/// anyway). The next start goes on from there.
 #[tokio::test(flavor = "multi_thread")]
-async fn sigterm_finishes_the_batch_and_exits_0() {
-    let (db, c, mut w) = started("sigterm", 20).await;
-    c.batch_execute("UPDATE \"Price\" SET amount = amount + 1")
+async fn sigterm_in_a_backlog_finishes_the_batch_and_exits_0() {
+    const PRODUCTS: usize = 400;
+    const COMMITS: usize = 2000;
+    let (db, c) = Cluster::shared()
+        .seeded_db("sigterm", PRODUCTS as i32)
+        .await;
+    let config = db.config_file("[batch]\nmax_pending = 20\n");
+    db.setup(&["--config", &config], &[]);
+    let wal_now = || async {
+        let lsn: i64 = c
+            .query_one("SELECT (pg_current_wal_lsn() - '0/0')::int8", &[])
+            .await
+            .unwrap()
+            .get(0);
+        lsn as u64
+    };
+    // Commit k (1-based) sets product p{(k-1) % 400 + 1}'s l1 quantity to k; `after[k]` is
+    // the WAL position right after it committed (`after[0]`: before the first), so commit
+    // k's record lies in (after[k-1], after[k]].
+    let mut after = vec![wal_now().await];
+    for k in 1..=COMMITS {
+        let p = format!("p{}", (k - 1) % PRODUCTS + 1);
+        c.execute(
+            "UPDATE \"Inventory\" SET quantity = $2 WHERE \"productId\" = $1 AND \"locationId\" = 'l1'",
+            &[&p, &(k as i32)],
+        )
         .await
         .unwrap();
-    wait_converged(&c, "price update").await;
-    let t = Instant::now();
+        after.push(wal_now().await);
+    }
+    let mut w = WorkerProcess::start(&db, &["--config", &config, "run"], &[]);
+    // The first batch with a checkpoint applied: the backlog is being worked through.
+    wait_until(Duration::from_secs(30), "a first batch applied", || async {
+        w.output()
+            .lines()
+            .any(|l| l.contains("applied batch") && !l.contains("lsn=None"))
+    })
+    .await;
     w.sigterm();
-    let status = w.wait_exit(Duration::from_secs(10));
-    assert!(status.success(), "exit status {status:?}:\n{}", w.output());
+    let status = w.wait_exit(Duration::from_secs(30));
+    let log = w.output();
     assert!(
-        t.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        t.elapsed()
+        status.success(),
+        "exit status {status:?}:\n{}",
+        w.log_tail(20)
     );
+    assert!(log.contains("stopped cleanly"), "{}", w.log_tail(20));
+
     let (confirmed, checkpoint) = slot_and_checkpoint(&c, &db.slot()).await;
-    assert!(confirmed <= checkpoint);
+    // The commit whose record holds the checkpoint: after[m-1] < checkpoint <= after[m].
+    let m = after.partition_point(|&a| a < checkpoint);
+    eprintln!(
+        "SIGTERM after commit {m} of {COMMITS}: checkpoint {checkpoint:X}, slot {confirmed:X}"
+    );
+    assert!(
+        m < COMMITS,
+        "the backlog was applied to its end before the SIGTERM"
+    );
+    assert!(
+        m > 0,
+        "the checkpoint {checkpoint:X} is below the first commit"
+    );
+    let last_applied = log
+        .lines()
+        .rfind(|l| l.contains("applied batch") && !l.contains("lsn=None"))
+        .and_then(|l| l.split("lsn=Some(\"").nth(1))
+        .and_then(|rest| rest.split('"').next())
+        .expect("an applied batch with its LSN in the log")
+        .to_string();
+    assert_eq!(
+        lsn_text(checkpoint),
+        last_applied,
+        "the checkpoint is the last applied batch's commit"
+    );
+    assert_eq!(
+        confirmed, checkpoint,
+        "the slot confirms the last applied commit"
+    );
+    // A product is recomputed from the source as it is now (the whole backlog committed),
+    // so it shows its final value once a commit of it was applied, and the seeded 14
+    // before.
+    let product = |k: usize| format!("p{}", (k - 1) % PRODUCTS + 1);
+    let last_commit = |p: &str| (1..=COMMITS).rev().find(|&k| product(k) == p).unwrap();
+    let applied: std::collections::HashSet<String> = (1..=m).map(product).collect();
+    let shown = c
+        .query(
+            "SELECT \"productId\", \"inventoryAvailable\" FROM \"ProductSummary\"",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(shown.len(), PRODUCTS);
+    for r in shown {
+        let (p, v): (String, i32) = (r.get(0), r.get(1));
+        let done = last_commit(&p) as i32 + 4;
+        let ok = if applied.contains(&p) {
+            v == done
+        } else if m < COMMITS && p == product(m + 1) {
+            // The transaction being read when the stream stopped is recomputed too.
+            v == done || v == 14
+        } else {
+            v == 14
+        };
+        assert!(
+            ok,
+            "{p} shows {v} with the checkpoint at commit {m}: applied through commit {m}, \
+             and only those, should show"
+        );
+    }
+
+    let _w = WorkerProcess::start(&db, &["--config", &config, "run"], &[]);
+    wait_converged(&c, "the rest of the backlog after the restart").await;
+}
+
+/// An LSN as Postgres and the worker print it (`16/B374D848`).
+fn lsn_text(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
 }
 
 /// What an admin does once (README, "Privileges"): a role with its grants, and the
@@ -554,8 +668,10 @@ mod chrono_free {
 async fn verify_full_checks_the_certificate_on_both_connections() {
     let cluster = Cluster::shared();
     let Some(cert) = cluster.ssl_cert.clone() else {
-        // An external server given by CDC_TEST_DATABASE_URL: its CA is not known here.
-        eprintln!("no local cluster certificate; verify-full is tested on the local cluster only");
+        support::skip(
+            "external_server",
+            "the CA of the server of CDC_TEST_DATABASE_URL is not known here",
+        );
         return;
     };
     let (db, c, _w) = started("verify_full", 5).await;
@@ -589,38 +705,107 @@ async fn verify_full_checks_the_certificate_on_both_connections() {
     .await;
     drop(w);
 
-    // Against the public roots instead of the test CA, the certificate is refused.
+    // Against the public roots instead of the test CA, the certificate is refused: by
+    // `setup` and `run` (whose query connection comes first)...
     let untrusted = format!(
         "{}?sslmode=verify-full",
         db.url.replacen("@127.0.0.1:", "@localhost:", 1)
     );
-    let out = WorkerProcess::run_to_end(&db, &["setup"], &[("DATABASE_URL", &untrusted)]);
-    assert!(!out.success, "{}", out.output);
+    for cmd in ["setup", "run"] {
+        let out = WorkerProcess::run_to_end(&db, &[cmd], &[("DATABASE_URL", &untrusted)]);
+        assert_eq!(out.code, Some(2), "{cmd}:\n{}", out.output);
+        assert!(
+            out.output.to_lowercase().contains("certificate"),
+            "{cmd}: the error should name the certificate:\n{}",
+            out.output
+        );
+    }
+    // ...and by the replication connection itself, with `run`'s settings (authenticated,
+    // not started: IDENTIFY_SYSTEM needs the TLS session).
+    let identify = |url: String| {
+        let slot = db.slot();
+        async move {
+            let database = cdc_worker::pg::connect::Database::parse(&url).unwrap();
+            let mut repl = pgwire_replication::ReplicationClient::connect_gated(
+                database.replication(&slot, &slot),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            repl.identify_system().await.map_err(|e| e.to_string())
+        }
+    };
+    let err = identify(untrusted)
+        .await
+        .expect_err("an untrusted certificate accepted");
     assert!(
-        out.output.to_lowercase().contains("certificate"),
-        "the error should name the certificate:\n{}",
-        out.output
+        err.to_lowercase().contains("certificate"),
+        "the replication connection's error should name the certificate: {err}"
     );
+    // The same connection with the test CA is accepted.
+    identify(good)
+        .await
+        .expect("the replication connection verifies the test CA");
 }
 
 /// A batch of more products than `batch.max_products` is applied in several transactions;
-/// the checkpoint moves with the last one.
+/// the checkpoint moves with the last one. A crash after the first part (failpoint
+/// `apply-part`) leaves exactly one part applied and the checkpoint before the
+/// transaction, so the next start streams it again and applies it, in 8 parts of 50.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_larger_than_max_products_is_applied_in_parts() {
     let (db, c) = Cluster::shared().seeded_db("parts", 400).await;
     let config = db.config_file("[batch]\nmax_products = 50\n");
     db.setup(&["--config", &config], &[]);
-    let w = WorkerProcess::start(&db, &["--config", &config, "run"], &[]);
+    let mut crashed = WorkerProcess::start(
+        &db,
+        &["--config", &config, "run"],
+        &[("FAILPOINTS", "apply-part=return")],
+    );
+    crashed
+        .wait_for_log(Duration::from_secs(20), "streaming")
+        .await;
     c.batch_execute("UPDATE \"Inventory\" SET reserved = 0")
         .await
         .unwrap();
+    let status = crashed.wait_exit(Duration::from_secs(60));
+    assert!(
+        !status.success() && crashed.output().contains("failpoint=\"apply-part\""),
+        "the worker should abort after the first part ({status:?}):\n{}",
+        crashed.log_tail(20)
+    );
+    let applied: i64 = c
+        .query_one(
+            "SELECT count(*) FROM \"ProductSummary\" WHERE \"inventoryAvailable\" = 20",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(applied, 50, "one part of 50 products committed");
+
+    let w = WorkerProcess::start(&db, &["--config", &config, "run"], &[]);
     wait_converged(&c, "400 products applied in parts of 50").await;
-    let parts = w
-        .output()
+    wait_until(Duration::from_secs(10), "the batch's last part", || async {
+        w.output().contains("part=8 parts=8")
+    })
+    .await;
+    let log = w.output();
+    let parts: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("applied part of a batch"))
+        .collect();
+    eprintln!("{} parts applied after the restart", parts.len());
+    assert!(
+        parts.len() == 8 && parts.iter().all(|l| l.contains("parts=8 products=50")),
+        "one batch of 400 products in 8 parts of 50:\n{}",
+        parts.join("\n")
+    );
+    // Streamed again from the checkpoint: the crash had not moved it past the transaction.
+    let batches = log
         .lines()
         .filter(|l| l.contains("applied batch") && l.contains("products=400"))
         .count();
-    assert_eq!(parts, 1, "one batch of 400 products:\n{}", w.log_tail(20));
+    assert_eq!(batches, 1, "one batch of 400 products:\n{}", w.log_tail(20));
     let (confirmed, checkpoint) = slot_and_checkpoint(&c, &db.slot()).await;
     assert!(confirmed <= checkpoint);
 }

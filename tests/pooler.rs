@@ -10,18 +10,18 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use support::{free_port, slot_count, wait_until, Cluster, WorkerProcess};
+use support::{kill_group, slot_count, spawn_on_free_port, wait_until, Cluster, WorkerProcess};
 
 struct PgBouncer {
     child: Child,
     port: u16,
+    _dir: tempfile::TempDir,
 }
 
 impl Drop for PgBouncer {
     fn drop(&mut self) {
         // runuser forks pgbouncer rather than exec'ing it: end the whole process group.
-        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
-        let _ = self.child.wait();
+        kill_group(&mut self.child);
     }
 }
 
@@ -32,52 +32,62 @@ fn pgbouncer(cluster: &Cluster, user: &str, password: &str) -> PgBouncer {
         .into_iter()
         .find(|p| Path::new(p).exists())
         .expect("pgbouncer is not installed (Debian: apt-get install pgbouncer)");
-    let dir =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("pgbouncer-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let port = free_port();
+    // Removed with the PgBouncer.
+    let tmp = tempfile::Builder::new()
+        .prefix("pgbouncer-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let dir = tmp.path().to_path_buf();
     std::fs::write(
         dir.join("users.txt"),
         format!("\"{user}\" \"{password}\"\n"),
     )
     .unwrap();
-    std::fs::write(
-        dir.join("pgbouncer.ini"),
-        format!(
-            "[databases]\n* = host=127.0.0.1 port={}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
-             listen_port = {port}\nunix_socket_dir =\nauth_type = plain\nauth_file = {}\n\
-             pool_mode = transaction\nlogfile = {}\nignore_startup_parameters = extra_float_digits\n",
-            cluster.port,
-            dir.join("users.txt").display(),
-            dir.join("pgbouncer.log").display(),
-        ),
-    )
-    .unwrap();
     let is_root = unsafe { libc::geteuid() } == 0;
-    if is_root {
-        let status = Command::new("chown")
-            .args(["-R", "postgres"])
-            .arg(&dir)
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    let mut cmd = if is_root {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--", bin]);
-        c
-    } else {
-        Command::new(bin)
+    let spawn = |port: u16| {
+        std::fs::write(
+            dir.join("pgbouncer.ini"),
+            format!(
+                "[databases]\n* = host=127.0.0.1 port={}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
+                 listen_port = {port}\nunix_socket_dir =\nauth_type = plain\nauth_file = {}\n\
+                 pool_mode = transaction\nlogfile = {}\nignore_startup_parameters = extra_float_digits\n",
+                cluster.port,
+                dir.join("users.txt").display(),
+                dir.join("pgbouncer.log").display(),
+            ),
+        )
+        .unwrap();
+        if is_root {
+            let status = Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(&dir)
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        let mut cmd = if is_root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--", bin]);
+            c
+        } else {
+            Command::new(bin)
+        };
+        cmd.process_group(0)
+            .arg(dir.join("pgbouncer.ini"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting pgbouncer")
     };
-    let child = cmd
-        .process_group(0)
-        .arg(dir.join("pgbouncer.ini"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting pgbouncer");
-    PgBouncer { child, port }
+    let (child, port) = spawn_on_free_port("pgbouncer", Duration::from_secs(20), spawn, |_| {
+        std::fs::read_to_string(dir.join("pgbouncer.log")).unwrap_or_default()
+    });
+    PgBouncer {
+        child,
+        port,
+        _dir: tmp,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -7,7 +7,9 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use support::{
     json_report, outbox_tags, revalidate_env, wait_until, Cluster, TestDb, WorkerProcess,
@@ -194,8 +196,11 @@ async fn a_snake_case_shop_with_bigint_ids() {
     })
     .await;
 
-    // kill -9 in the middle of a burst, then a restart converges.
+    // kill -9 in the middle of a burst (after 500 of its 1500 commits, the burst still
+    // running), then a restart converges.
     let writer = db.client().await;
+    let written = Arc::new(AtomicUsize::new(0));
+    let count = written.clone();
     let burst = tokio::spawn(async move {
         for i in 0..1500i64 {
             writer
@@ -205,13 +210,22 @@ async fn a_snake_case_shop_with_bigint_ids() {
                 )
                 .await
                 .unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
         }
     });
-    let t = Instant::now();
-    while !burst.is_finished() && t.elapsed() < Duration::from_millis(500) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(
+        Duration::from_secs(60),
+        "500 commits of the burst",
+        || async { written.load(Ordering::SeqCst) >= 500 },
+    )
+    .await;
     w.kill9();
+    let at = written.load(Ordering::SeqCst);
+    assert!(
+        !burst.is_finished() && at < 1500,
+        "the burst ended before the kill ({at} commits)"
+    );
+    eprintln!("killed after {at} of 1500 commits");
     burst.await.unwrap();
     let _w = WorkerProcess::start(&db, &["--config", SNAKE_CONFIG, "run"], &TAGS_ENV);
     wait_until(

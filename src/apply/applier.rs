@@ -244,6 +244,15 @@ impl Applier {
             let xids = if i == 0 { xids } else { &[] };
             let lsn = if i + 1 == parts { lsn } else { None };
             let (applied, part_seen) = self.apply_part(part, xids, lsn, commit_time).await?;
+            tracing::debug!(
+                part = i + 1,
+                parts,
+                products = part.len(),
+                "applied part of a batch"
+            );
+            if lsn.is_none() {
+                crate::failpoints::crash_point(crate::failpoints::APPLY_PART);
+            }
             total.add(applied);
             seen = seen.or(part_seen);
         }

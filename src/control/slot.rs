@@ -263,8 +263,8 @@ pub async fn prepare(cfg: &Config, applier: &mut Applier, mode: Mode) -> anyhow:
     let show = |l: Option<Lsn>| l.map(|l| l.to_string()).unwrap_or_else(|| "none".into());
     if recreate && reason != Reason::Setup && !cfg.recover_lost_slot {
         return Err(definite(format!(
-            "{} (slot {}). Fix: set recover_lost_slot = true (the default) to let the worker \
-             recreate the slot and recompute every product, or run `cdc-worker setup`",
+            "{} (slot {}). Fix: set recover_lost_slot = true (the default) for one start of \
+             `run` or `setup`, to let the worker recreate the slot and recompute every product",
             reason.explain(),
             cfg.slot
         )));

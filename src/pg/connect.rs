@@ -519,9 +519,12 @@ j6L4grw/+dVah8Wcl+ZWl4+oQzfE6hJB69RBSSijMrc=
 ";
 
     /// A fresh directory under the system temp dir (with a space, as paths may have),
-    /// removed when the test ends.
-    fn temp_dir(name: &str) -> crate::testing::TempDir {
-        crate::testing::TempDir::new(name)
+    /// removed when the returned guard is dropped.
+    fn temp_dir(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("cdcw-{name} "))
+            .tempdir()
+            .unwrap()
     }
 
     fn url_with_root(path: &Path, mode: &str) -> String {
@@ -533,7 +536,8 @@ j6L4grw/+dVah8Wcl+ZWl4+oQzfE6hJB69RBSSijMrc=
 
     #[test]
     fn verify_full_with_root_cert() {
-        let dir = temp_dir("ca");
+        let tmp = temp_dir("ca");
+        let dir = tmp.path();
         std::fs::write(dir.join("ca.pem"), TEST_CA_PEM).unwrap();
         let db = Database::parse(&url_with_root(&dir.join("ca.pem"), "verify-full")).unwrap();
         assert_eq!(db.ssl, SslMode::VerifyFull);
@@ -555,7 +559,8 @@ j6L4grw/+dVah8Wcl+ZWl4+oQzfE6hJB69RBSSijMrc=
     /// first connection (`expect` on an empty root store).
     #[test]
     fn root_cert_without_a_certificate_is_a_configuration_error() {
-        let dir = temp_dir("noca");
+        let tmp = temp_dir("noca");
+        let dir = tmp.path();
         for (file, content) in [
             ("empty.pem", ""),
             (
@@ -584,8 +589,9 @@ j6L4grw/+dVah8Wcl+ZWl4+oQzfE6hJB69RBSSijMrc=
     /// start-up check and then fall back to the public roots at connect time.
     #[test]
     fn unreadable_root_cert_is_a_configuration_error_not_a_fallback() {
-        let dir = temp_dir("dirca");
-        let err = Database::parse(&url_with_root(&dir, "verify-full"))
+        let tmp = temp_dir("dirca");
+        let dir = tmp.path();
+        let err = Database::parse(&url_with_root(dir, "verify-full"))
             .err()
             .expect("a directory as sslrootcert was accepted")
             .to_string();

@@ -4,11 +4,13 @@
 //! `crate::support`).
 #![allow(dead_code)] // each test binary uses a different part
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::support::{free_port, wait_until, Cluster, TestDb};
+use crate::support::{kill_group, spawn_on_free_port, wait_listening, wait_until, Cluster, TestDb};
 
 pub const SECRET: &str = "e2e-secret";
 
@@ -33,22 +35,33 @@ pub fn nextjs_dir() -> PathBuf {
 }
 
 /// `npm ci && npm run build` unless a build is already there (the Makefile builds first).
+/// Once per test process, under a file lock (`target/tmp/nextjs-build.lock`): test
+/// binaries may run at once, and two `npm ci` in one directory break each other.
 pub fn ensure_built() {
-    let dir = nextjs_dir();
-    if dir.join(".next/BUILD_ID").exists() && dir.join("node_modules").exists() {
-        return;
-    }
-    for args in [
-        &["ci", "--no-audit", "--no-fund"][..],
-        &["run", "build"][..],
-    ] {
-        let status = Command::new("npm")
-            .args(args)
-            .current_dir(&dir)
-            .status()
-            .expect("npm is installed");
-        assert!(status.success(), "npm {args:?} failed in {}", dir.display());
-    }
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let lock_path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("nextjs-build.lock");
+        let lock = std::fs::File::create(&lock_path)
+            .unwrap_or_else(|e| panic!("create {}: {e}", lock_path.display()));
+        // SAFETY: flock(2) on a descriptor we own; released when `lock` is closed.
+        let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+        assert_eq!(rc, 0, "flock {}", lock_path.display());
+        let dir = nextjs_dir();
+        if dir.join(".next/BUILD_ID").exists() && dir.join("node_modules").exists() {
+            return;
+        }
+        for args in [
+            &["ci", "--no-audit", "--no-fund"][..],
+            &["run", "build"][..],
+        ] {
+            let status = Command::new("npm")
+                .args(args)
+                .current_dir(&dir)
+                .status()
+                .expect("npm is installed");
+            assert!(status.success(), "npm {args:?} failed in {}", dir.display());
+        }
+    });
 }
 
 /// A `next start` of the storefront; its whole process group is killed on drop.
@@ -62,11 +75,7 @@ impl Drop for NextServer {
     fn drop(&mut self) {
         // `next start` runs the server in a child process: kill the whole group, or that
         // child outlives the test.
-        // SAFETY: kill(2) on the process group of our own, not yet reaped, child.
-        unsafe {
-            libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL);
-        }
-        let _ = self.child.wait();
+        kill_group(&mut self.child);
         if std::thread::panicking() {
             let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
             eprintln!("--- next start {} log:\n{log}\n---", self.base);
@@ -75,30 +84,40 @@ impl Drop for NextServer {
 }
 
 /// Starts `next start` on a free port with the database, the signing secret and `extra`
-/// environment (e.g. `REDIS_URL`). Does not wait for it: see [`NextServer::wait_ready`].
+/// environment (e.g. `REDIS_URL`), and returns once it listens there (on another port if
+/// the first was taken: [`spawn_on_free_port`]). See [`NextServer::wait_ready`] for when it
+/// answers.
 pub fn start_next(database_url: &str, extra: &[(&str, &str)]) -> NextServer {
-    let port = free_port();
-    let log_path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("next-{port}.log"));
-    let log = std::fs::File::create(&log_path).unwrap();
     use std::os::unix::process::CommandExt;
-    let mut cmd = Command::new("npx");
-    cmd.process_group(0)
-        .args(["next", "start", "-p", &port.to_string(), "-H", "127.0.0.1"])
-        .current_dir(nextjs_dir())
-        .env("DATABASE_URL", database_url)
-        .env("CDC_REVALIDATE_SECRET", SECRET)
-        // The shared cache is on only where a test asks for it.
-        .env_remove("REDIS_URL")
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log));
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
-    let child = cmd.spawn().expect("starting next");
+    let log_path =
+        |port: u16| Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("next-{port}.log"));
+    let spawn = |port: u16| {
+        let log = std::fs::File::create(log_path(port)).unwrap();
+        let mut cmd = Command::new("npx");
+        // Its own process group: `next start` runs the server in a child process, and the
+        // port's owner is checked (and killed) by group.
+        cmd.process_group(0)
+            .args(["next", "start", "-p", &port.to_string(), "-H", "127.0.0.1"])
+            .current_dir(nextjs_dir())
+            .env("DATABASE_URL", database_url)
+            .env("CDC_REVALIDATE_SECRET", SECRET)
+            // The shared cache is on only where a test asks for it.
+            .env_remove("REDIS_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log));
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        cmd.spawn().expect("starting next")
+    };
+    let (child, port) = spawn_on_free_port("next start", Duration::from_secs(90), spawn, |port| {
+        std::fs::read_to_string(log_path(port)).unwrap_or_default()
+    });
     NextServer {
         child,
         base: format!("http://127.0.0.1:{port}"),
-        log_path,
+        log_path: log_path(port),
     }
 }
 
@@ -171,54 +190,26 @@ pub async fn time_until_field(
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
-    dir: PathBuf,
+    dir: tempfile::TempDir,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
-        let port = free_port();
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("redis-{port}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut r = RedisServer {
-            child: None,
+        let dir = tempfile::Builder::new()
+            .prefix("redis-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .expect("a directory for redis-server");
+        let path = dir.path().to_path_buf();
+        let (child, port) = spawn_on_free_port(
+            "redis-server",
+            Duration::from_secs(10),
+            |port| spawn_redis(&path, port),
+            |_| std::fs::read_to_string(path.join("redis.log")).unwrap_or_default(),
+        );
+        RedisServer {
+            child: Some(child),
             port,
             dir,
-        };
-        r.spawn();
-        r
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::File::create(self.dir.join("redis.log")).unwrap();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-            ])
-            .arg(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run redis-server ({e}); install it: apt-get install redis-server")
-            });
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not listen on {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -229,21 +220,52 @@ impl RedisServer {
     /// SIGKILL: Redis gone without warning.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            kill_group(&mut c);
         }
     }
 
-    /// Starts it again on the same port (empty: no persistence).
+    /// Starts it again on the same port (empty: no persistence); panics if another
+    /// process took the port meanwhile.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        let mut child = spawn_redis(self.dir.path(), self.port);
+        if let Err(why) = wait_listening(&mut child, self.port, Duration::from_secs(10)) {
+            kill_group(&mut child);
+            panic!("redis-server restarted on {}: {why}", self.port);
+        }
+        self.child = Some(child);
     }
+}
+
+/// `redis-server` on `port` with its files in `dir`, in a process group of its own.
+fn spawn_redis(dir: &Path, port: u16) -> Child {
+    use std::os::unix::process::CommandExt;
+    let log = std::fs::File::create(dir.join("redis.log")).unwrap();
+    Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+        ])
+        .arg(dir)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run redis-server ({e}); install it: apt-get install redis-server")
+        })
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -182,7 +182,7 @@ fn tags_of(body: &str) -> Vec<String> {
         .collect()
 }
 
-/// A revalidation URL nothing answers (port 9, discard): the worker enqueues its tags in the
+/// A revalidation URL nothing answers ([`super::CLOSED_PORT`], 9): the worker enqueues its tags in the
 /// outbox and keeps retrying them.
 pub const CLOSED_PORT_URL: &str = "http://127.0.0.1:9/api/revalidate";
 

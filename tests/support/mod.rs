@@ -23,8 +23,22 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_postgres::NoTls;
 
 mod endpoint;
+mod ports;
+mod recovered;
+mod skip;
+mod stale;
 #[allow(unused_imports)] // each test binary uses a different part
 pub use endpoint::{revalidate_env, Answer, Delivery, Endpoint, CLOSED_PORT_URL};
+#[allow(unused_imports)]
+pub use ports::{
+    free_port, kill_group, listener, spawn_on_free_port, wait_listening, Listener, CLOSED_PORT,
+};
+#[allow(unused_imports)]
+pub use recovered::{assert_recovered, product_tags, ExpectedTags};
+#[allow(unused_imports)]
+pub use skip::{skip, skip_allowed, ALLOW_SKIP_ENV, SKIP_LOG_ENV, SKIP_PREFIX};
+#[allow(unused_imports)]
+pub use stale::pid_in_name;
 
 /// The reference source schema (the shop's tables) loaded into every test database.
 pub const SOURCE_SCHEMA_SQL: &str = include_str!("../../sql/source_schema.sql");
@@ -144,13 +158,52 @@ impl Cluster {
             // Once per test binary, so a matrix run's output says which server each suite ran on.
             if c.is_local() {
                 eprintln!("test cluster: {} on port {}", c.server_version, c.port);
+                c.drop_stale();
             }
             c
         })
     }
 
+    /// Drops what test processes that are gone left behind (see `stale.rs`): their
+    /// databases, slots and roles on this cluster, and their private clusters (stopped,
+    /// then deleted). Called once per test process when the shared local cluster is first
+    /// used; what a test process still running made is never touched.
+    fn drop_stale(&self) {
+        let admin_url = self.admin_url("postgres");
+        let dropped =
+            on_own_runtime(move || async move { stale::drop_stale_objects(&admin_url).await })
+                .expect("dropping stale test objects");
+        match dropped {
+            Ok(d) if d.is_empty() => {}
+            Ok(d) => eprintln!(
+                "dropped {} stale object(s) of earlier test runs: {}",
+                d.len(),
+                d.join(", ")
+            ),
+            Err(e) => panic!("dropping stale test objects: {}", describe(&e)),
+        }
+        let Some(dir) = &self.script_dir else { return };
+        let private_root = PathBuf::from(format!("{}-private", dir.display()));
+        for stale_dir in stale::stale_private_dirs(&private_root) {
+            // The script stops it with the binaries that started it; nothing to stop is fine.
+            let _ = Command::new("bash")
+                .arg(cluster_script())
+                .arg("stop")
+                .env("CDC_TEST_PG_DIR", &stale_dir)
+                .stdin(Stdio::null())
+                .output();
+            let _ = fs::remove_dir_all(&stale_dir);
+            let _ = fs::remove_file(format!("{}.lock", stale_dir.display()));
+            eprintln!(
+                "removed the private cluster {} of an earlier test run",
+                stale_dir.display()
+            );
+        }
+    }
+
     /// A private local cluster that a test may stop, crash and restart. Stopped and deleted
-    /// on drop (kept if the test panicked, for its log). Always local, even when
+    /// on drop (kept if the test panicked, for its log, until the next test run's first
+    /// use of the shared cluster removes it). Always local, even when
     /// `CDC_TEST_DATABASE_URL` is set.
     pub fn private(name: &str) -> Cluster {
         Cluster::local(Some(Self::private_dir(name)), true)
@@ -631,28 +684,36 @@ impl Drop for TestDb {
         }
         let admin_url = self.admin_url.clone();
         let name = self.name.clone();
-        // A runtime of its own on a thread of its own: drop may run inside the test's runtime.
-        let res = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime")
-                .block_on(async {
-                    tokio::time::timeout(
-                        Duration::from_secs(30),
-                        TestDb::drop_now(&admin_url, &name),
-                    )
-                    .await
-                })
-        })
-        .join();
+        let res = on_own_runtime(move || async move {
+            tokio::time::timeout(Duration::from_secs(30), TestDb::drop_now(&admin_url, &name)).await
+        });
         match res {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => eprintln!("could not drop test database {}: {e}", self.name),
-            Ok(Err(_)) => eprintln!("timed out dropping test database {}", self.name),
-            Err(_) => eprintln!("panic while dropping test database {}", self.name),
+            Some(Ok(Ok(()))) => {}
+            Some(Ok(Err(e))) => eprintln!("could not drop test database {}: {e}", self.name),
+            Some(Err(_)) => eprintln!("timed out dropping test database {}", self.name),
+            None => eprintln!("panic while dropping test database {}", self.name),
         }
     }
+}
+
+/// Runs `f()` to its end on a tokio runtime of its own, on a thread of its own: for drops
+/// and one-time set-up that may run inside a test's runtime, where blocking on another
+/// future would panic. None if it panicked.
+fn on_own_runtime<F, Fut, T>(f: F) -> Option<T>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T>,
+    T: Send + 'static,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+            .block_on(f())
+    })
+    .join()
+    .ok()
 }
 
 /// Polls `f` every 50 ms until it returns true; panics mentioning `what` after `timeout`.
@@ -846,7 +907,40 @@ impl WorkerProcess {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+
+    /// The address its metrics listener bound, as it logged it (`serving /metrics ...
+    /// addr=127.0.0.1:PORT`, text or JSON logs): start the worker with
+    /// `CDC_METRICS_ADDR=127.0.0.1:0` ([`METRICS_ANY_PORT`]) so no two listeners race for
+    /// a port. Waits up to 30 s for the line.
+    pub async fn metrics_addr(&self) -> String {
+        self.wait_for_log(Duration::from_secs(30), "serving /metrics")
+            .await;
+        let log = self.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("serving /metrics"))
+            .expect("the line just seen");
+        let addr = line
+            .split_once("addr=")
+            .or_else(|| line.split_once("\"addr\":\""))
+            .map(|(_, rest)| {
+                rest.split(|ch: char| ch.is_whitespace() || ch == '"')
+                    .next()
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
+        assert!(
+            addr.parse::<std::net::SocketAddr>()
+                .is_ok_and(|a| a.port() != 0),
+            "no bound address in {line:?}"
+        );
+        addr.to_string()
+    }
 }
+
+/// `CDC_METRICS_ADDR` for a worker whose listener picks its own port; read it back with
+/// [`WorkerProcess::metrics_addr`].
+pub const METRICS_ANY_PORT: &str = "127.0.0.1:0";
 
 impl Drop for WorkerProcess {
     fn drop(&mut self) {
@@ -926,14 +1020,6 @@ impl WorkerProcess {
     pub fn output(&self) -> String {
         self.log()
     }
-}
-
-/// A TCP port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding an ephemeral port")
 }
 
 // ---- Source data and the summary it should produce ------------------------------------
@@ -1074,6 +1160,70 @@ pub async fn slot_confirmed(c: &tokio_postgres::Client, slot: &str) -> Option<u6
     .map(|r| r.get::<_, i64>(0) as u64)
 }
 
+/// A logical slot a test creates outside its own database (e.g. in `postgres`), where
+/// dropping the test database would not drop it: dropped when this guard is, also when
+/// the test panics, so it never holds WAL for later runs.
+pub struct SlotGuard {
+    admin_url: String,
+    db: String,
+    pub name: String,
+}
+
+impl SlotGuard {
+    /// Creates the pgoutput slot `name` in database `db` of `cluster`.
+    pub async fn create(cluster: &Cluster, db: &str, name: &str) -> SlotGuard {
+        cluster
+            .admin_client(db)
+            .await
+            .execute(
+                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[&name],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("creating slot {name} in {db}: {}", describe(&e)));
+        SlotGuard {
+            admin_url: cluster.admin_url("postgres"),
+            db: db.to_string(),
+            name: name.to_string(),
+        }
+    }
+}
+
+impl SlotGuard {
+    /// Whether the slot is still there, in the database it was created in (a worker must
+    /// never drop or use a slot of its name that another database owns).
+    pub async fn is_there(&self) -> bool {
+        let (c, conn) = tokio_postgres::connect(&self.admin_url, NoTls).await.unwrap();
+        tokio::spawn(conn);
+        c.query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND database = $2)",
+            &[&self.name, &self.db],
+        )
+        .await
+        .unwrap()
+        .get(0)
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        let (url, name) = (self.admin_url.clone(), self.name.clone());
+        let res = on_own_runtime(move || async move {
+            let (c, conn) = tokio_postgres::connect(&url, NoTls).await?;
+            tokio::spawn(conn);
+            c.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE slot_name = $1",
+                &[&name],
+            )
+            .await
+        });
+        if !matches!(res, Some(Ok(_))) {
+            eprintln!("could not drop slot {}: {res:?}", self.name);
+        }
+    }
+}
+
 /// How many replication slots are named `slot` (of any database): 0 or 1.
 pub async fn slot_count(c: &tokio_postgres::Client, slot: &str) -> i64 {
     c.query_one(
@@ -1095,12 +1245,18 @@ pub async fn outbox_tags(c: &tokio_postgres::Client) -> Vec<String> {
         .collect()
 }
 
-/// How many tags wait in the worker's outbox (`cdc_worker.outbox`).
-pub async fn outbox_len(c: &tokio_postgres::Client) -> i64 {
-    c.query_one("SELECT count(*) FROM cdc_worker.outbox", &[])
-        .await
-        .unwrap()
-        .get(0)
+/// How many outbox rows some endpoint has not been served yet: rows above the lowest
+/// delivery cursor (`cdc_worker.outbox_cursor`). Delivered rows stay in the outbox until
+/// every endpoint has them and the next trim runs, so the table's size says nothing.
+pub async fn outbox_pending(c: &tokio_postgres::Client) -> i64 {
+    c.query_one(
+        "SELECT count(*) FROM cdc_worker.outbox WHERE id > \
+         coalesce((SELECT min(delivered_id) FROM cdc_worker.outbox_cursor), 0)",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
 }
 
 /// How many rows the summary table (`"ProductSummary"`) has.
@@ -1158,53 +1314,6 @@ pub async fn metric(addr: &str, name: &str) -> f64 {
     let text = metrics_text(addr).await;
     metric_value(&text, &format!("{name} "))
         .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
-}
-
-// ---- Someone else's slot of our name ------------------------------------------------------
-
-/// A pgoutput slot named like a worker's, in database `postgres`: a slot of that name
-/// that is someone else's, which the worker must never drop or use.
-pub struct ForeignSlot {
-    client: tokio_postgres::Client,
-    slot: String,
-}
-
-impl ForeignSlot {
-    pub async fn create(cluster: &Cluster, slot: &str) -> ForeignSlot {
-        let client = cluster.admin_client("postgres").await;
-        client
-            .execute(
-                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-                &[&slot],
-            )
-            .await
-            .unwrap();
-        ForeignSlot {
-            client,
-            slot: slot.to_string(),
-        }
-    }
-
-    /// Whether it is still there, untouched (in database `postgres`); then drops it.
-    pub async fn survived(self) -> bool {
-        let there: bool = self
-            .client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_replication_slots \
-                 WHERE slot_name = $1 AND database = 'postgres')",
-                &[&self.slot],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if there {
-            self.client
-                .execute("SELECT pg_drop_replication_slot($1)", &[&self.slot])
-                .await
-                .unwrap();
-        }
-        there
-    }
 }
 
 // ---- A TCP proxy between the worker and Postgres ----------------------------------------
@@ -1270,6 +1379,13 @@ impl Proxy {
     /// Open connections stop passing anything, and stay open.
     pub fn freeze(&self) {
         self.frozen.send_replace(true);
+    }
+
+    /// The network is back: frozen connections are closed (their peers see the end at
+    /// last), new ones pass again.
+    pub fn thaw(&self) {
+        self.frozen.send_replace(false);
+        self.cut();
     }
 
     /// New connections go to `port`; open ones are cut.
