@@ -29,7 +29,7 @@ async fn metrics_and_probes_on_leader_and_standby() {
     );
     let leader_addr = leader.metrics_addr().await;
     leader
-        .wait_for_log(Duration::from_secs(20), support::STREAMING)
+        .wait_for_log(Duration::from_secs(20), support::STREAMING_JSON)
         .await;
     c.batch_execute("UPDATE \"Inventory\" SET quantity = 99 WHERE id = 'inv1-1'")
         .await

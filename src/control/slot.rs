@@ -638,6 +638,18 @@ mod tests {
             Reason::Lost,
             Reason::SlotAhead,
             Reason::CheckpointAhead,
+            Reason::DefinitionChanged("the summary query".into()),
+            Reason::ServerChanged {
+                stored: crate::pg::server::ServerId {
+                    system_identifier: 1,
+                    timeline: 1,
+                },
+                now: crate::pg::server::ServerId {
+                    system_identifier: 1,
+                    timeline: 2,
+                },
+            },
+            Reason::PublicationChanged,
             Reason::Resumed("lost".into()),
         ];
         for r in &reasons {

@@ -666,7 +666,7 @@ mod tests {
             names.dedup();
             assert!(names.len() > 5, "{file}: {names:?}");
             for name in names {
-                let family = ["_total", "_bucket", "_sum", "_count"]
+                let family = ["_total", "_bucket", "_sum", "_count", "_info"]
                     .iter()
                     .find_map(|s| name.strip_suffix(s))
                     .unwrap_or(name);

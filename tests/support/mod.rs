@@ -50,6 +50,8 @@ pub const DATABASE_URL_ENV: &str = "CDC_TEST_DATABASE_URL";
 /// for this, not for "streaming" alone: the line announcing a recompute "before
 /// streaming" contains that word too, and would let a test go on before the session is up.
 pub const STREAMING: &str = "control::run: streaming";
+/// The same line with `CDC_LOG_FORMAT=json`.
+pub const STREAMING_JSON: &str = r#""message":"streaming","slot""#;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
