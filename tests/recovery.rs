@@ -175,7 +175,8 @@ async fn assert_recovery_reported(
     );
     assert_eq!(
         sample("cdc_slot_recreated_total"),
-        recreated.then_some(1.0),
+        // Exported at 0 from the start (so increase() alerts see the first one).
+        Some(if recreated { 1.0 } else { 0.0 }),
         "{metrics}"
     );
 }
