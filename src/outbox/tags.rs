@@ -132,19 +132,7 @@ impl TagTemplates {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shop::summary::{Change, SummaryRow};
-
-    fn row(id: &str, store: &str, inv: i32) -> SummaryRow {
-        SummaryRow {
-            product_id: id.into(),
-            store_id: store.into(),
-            title: "T".into(),
-            price: 100,
-            active: true,
-            inventory_available: inv,
-            primary_image_url: None,
-        }
-    }
+    use crate::shop::summary::{test_row as row, Change, SummaryRow};
 
     fn templates() -> TagTemplates {
         TagTemplates {

@@ -121,21 +121,24 @@ pub fn diff<'a>(desired: &'a [SummaryRow], current: &'a [SummaryRow]) -> Vec<Cha
     changes
 }
 
+/// A summary row for unit tests: product `id` in `store` with `inv` available.
+#[cfg(test)]
+pub fn test_row(id: &str, store: &str, inv: i32) -> SummaryRow {
+    SummaryRow {
+        product_id: id.into(),
+        store_id: store.into(),
+        title: "T".into(),
+        price: 100,
+        active: true,
+        inventory_available: inv,
+        primary_image_url: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_row as row;
     use super::*;
-
-    fn row(id: &str, store: &str, inv: i32) -> SummaryRow {
-        SummaryRow {
-            product_id: id.into(),
-            store_id: store.into(),
-            title: "T".into(),
-            price: 100,
-            active: true,
-            inventory_available: inv,
-            primary_image_url: None,
-        }
-    }
 
     #[test]
     fn diff_finds_insert_update_delete_and_skips_equal() {
