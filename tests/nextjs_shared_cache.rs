@@ -182,7 +182,7 @@ async fn without_the_shared_cache_the_instance_not_told_stays_stale() {
         );
     }
     let endpoint_a = a.url("/api/revalidate");
-    let _worker = WorkerProcess::start(
+    let worker = WorkerProcess::start(
         &db,
         &["run"],
         &[
@@ -190,7 +190,11 @@ async fn without_the_shared_cache_the_instance_not_told_stays_stale() {
             ("CDC_REVALIDATE_SECRET", SECRET),
         ],
     );
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Measured from a commit the worker streams, not from one made while it starts (on
+    // a loaded machine that alone can take seconds).
+    worker
+        .wait_for_log(Duration::from_secs(30), "streaming")
+        .await;
     let t = Instant::now();
     c.batch_execute("UPDATE \"Price\" SET amount = 1499 WHERE id = 'u1'")
         .await

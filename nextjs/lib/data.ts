@@ -1,15 +1,16 @@
 import { cacheLife, cacheTag } from "next/cache";
 import { db } from "./db";
-import { inventoryTag, productTag, storeProductsTag } from "./revalidate";
+import { inventoryTag, productTag, storeProductsTag } from "@cdc-worker/next";
 
 /**
  * All storefront reads. They touch ONLY the denormalized "ProductSummary" table (kept
  * fresh by cdc-worker) — never Product/Inventory/Price/ProductImage.
  *
  * Each function is a `'use cache'` function: its result is cached per argument and
- * tagged, so it is served from cache until cdc-worker (POST /api/revalidate) or the
- * app itself (lib/revalidate.ts) expires one of its tags. `cacheLife("days")` is only
- * a safety net (background refresh after a day); freshness comes from the tags.
+ * tagged (the tag builders of @cdc-worker/next, the strings the worker sends), so it is
+ * served from cache until cdc-worker (POST /api/revalidate) or the app itself
+ * (`revalidateProduct()`) expires one of its tags. `cacheLife("days")` is only a safety
+ * net (background refresh after a day); freshness comes from the tags.
  */
 
 export type ProductSummary = {

@@ -15,11 +15,43 @@ pub fn nextjs_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("nextjs")
 }
 
-/// `npm ci && npm run build` unless a build is already there (the Makefile builds first).
+/// `packages/next`, the `@cdc-worker/next` package the storefront installs a copy of.
+pub fn package_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("packages/next")
+}
+
+/// Newest modification time of the files under `dir`, `node_modules` left out.
+fn newest_change(dir: &Path) -> std::time::SystemTime {
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let Ok(meta) = entry.metadata() else { continue };
+        let at = if meta.is_dir() {
+            if entry.file_name() == "node_modules" {
+                continue;
+            }
+            newest_change(&path)
+        } else {
+            meta.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH)
+        };
+        newest = newest.max(at);
+    }
+    newest
+}
+
+/// `npm ci && npm run build` unless a build is already there (the Makefile builds first)
+/// that is newer than every file of the package: `npm ci` installs a copy of
+/// `packages/next`, so a package changed since would otherwise be tested in its old form.
 pub fn ensure_built() {
+    // The tests of one binary run on parallel threads: one build at a time.
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     let dir = nextjs_dir();
-    if dir.join(".next/BUILD_ID").exists() && dir.join("node_modules").exists() {
-        return;
+    let built = std::fs::metadata(dir.join(".next/BUILD_ID")).and_then(|m| m.modified());
+    if let Ok(built) = built {
+        if dir.join("node_modules").exists() && newest_change(&package_dir()) <= built {
+            return;
+        }
     }
     for args in [
         &["ci", "--no-audit", "--no-fund"][..],

@@ -1,19 +1,22 @@
 // @ts-check
 /**
  * The Redis side of the shared cache (on when REDIS_URL is set): one client per server
- * process, the tag-invalidation records every instance reads, and the entry encoding.
+ * process, the tag records every instance reads, and the entry encoding.
  *
- * Used by both cache handlers (cache/use-cache-handler.js for `'use cache'`,
- * cache/isr-cache-handler.js for the route/ISR cache) and by lib/revalidate.ts, which
- * records the worker's tags before /api/revalidate answers 200. Next.js loads the
- * handlers outside the app bundle while the route handler is bundled, so this module may
- * be evaluated more than once in one process: its state lives on globalThis, so there is
- * still one client and one connection per process.
+ * Used by both cache handlers (use-cache-handler.js for `'use cache'`, cache-handler.js
+ * for the route/ISR cache) and by the route handler, which records the worker's tags
+ * before it answers 200. Next.js loads the handlers outside the app bundle while the
+ * route handler is bundled, so this module may be evaluated more than once in one
+ * process: its state lives on globalThis, so there is still one client per process.
  *
- * Keys (PREFIX defaults to "cdc-storefront:"):
+ * Keys (PREFIX defaults to "cdc-next:"):
  *   PREFIX tag:<tag>              "<stale ms>:<expired ms>" of the tag's last revalidation
  *   PREFIX uc:<build>:<key>       a `'use cache'` entry (JSON, value base64)
  *   PREFIX isr:<build>:<key>      a route/ISR cache entry (JSON)
+ *
+ * Clocks: an entry is expired when a tag was revalidated at or after the entry's
+ * creation, comparing the clock of the instance that revalidated with that of the one
+ * that rendered. Keep instances' clocks synchronized (NTP).
  *
  * Every entry gets a TTL of at most MAX_TTL; every tag record lives MAX_TTL + 1 day. So
  * a tag record always outlives every entry created before it: an entry can never be
@@ -23,25 +26,28 @@
  *
  * Failure policy: a read that fails or takes longer than REDIS_CACHE_TIMEOUT_MS is a
  * cache miss (the page renders from the database); a failed entry write is dropped; a
- * failed tag write is an error that /api/revalidate turns into a 503, so cdc-worker
+ * failed tag write is an error that the route handler turns into a 503, so cdc-worker
  * keeps the tag and retries it instead of an instance acknowledging an invalidation no
  * other instance will ever see.
+ *
+ * `redis` is an optional peer dependency: it is imported only once REDIS_URL is set.
  */
-const fs = require("node:fs");
-const path = require("node:path");
-const { createClient } = require("redis");
+import fs from "node:fs";
+import path from "node:path";
 
-const STATE = Symbol.for("cdc-storefront.shared-cache");
+const STATE = Symbol.for("@cdc-worker/next.shared-cache");
 
 const DAY_S = 24 * 60 * 60;
 
-/** Longest life of a cached entry, seconds: the longest `expire` the app uses ("days": 7 days). */
-const MAX_TTL_S = positiveInt(process.env.REDIS_CACHE_MAX_TTL_SECONDS, 7 * DAY_S);
+/** Longest life of a cached entry, seconds: the longest `expire` an app usually uses ("days": 7 days). */
+export const MAX_TTL_S = positiveInt(process.env.REDIS_CACHE_MAX_TTL_SECONDS, 7 * DAY_S);
 /** Tag records outlive every entry created before them (see above). */
-const TAG_TTL_S = MAX_TTL_S + DAY_S;
+export const TAG_TTL_S = MAX_TTL_S + DAY_S;
 /** A Redis call slower than this is treated as a failure (a miss for reads). */
 const TIMEOUT_MS = positiveInt(process.env.REDIS_CACHE_TIMEOUT_MS, 500);
-const PREFIX = process.env.REDIS_CACHE_PREFIX ?? "cdc-storefront:";
+const PREFIX = process.env.REDIS_CACHE_PREFIX ?? "cdc-next:";
+/** One connection attempt, and how long the first callers of a process wait for it. */
+const CONNECT_TIMEOUT_MS = 2000;
 
 function positiveInt(/** @type {string | undefined} */ s, /** @type {number} */ fallback) {
   const n = Number(s);
@@ -49,7 +55,7 @@ function positiveInt(/** @type {string | undefined} */ s, /** @type {number} */ 
 }
 
 /** Whether the shared cache is on for this process. */
-function enabled() {
+export function enabled() {
   return Boolean(process.env.REDIS_URL);
 }
 
@@ -66,29 +72,59 @@ function buildId() {
 }
 
 /**
- * @typedef {{ client: import("redis").RedisClientType, build: string, lastError: number }} State
- * @returns {State}
+ * @typedef {import("redis").RedisClientType} Client
+ * @typedef {{
+ *   client: Client | null,
+ *   firstConnect: Promise<void>,
+ *   build: string,
+ *   lastError: number,
+ * }} State
  */
+
+/** @returns {State} */
 function state() {
   const g = /** @type {Record<symbol, State | undefined>} */ (/** @type {unknown} */ (globalThis));
   let s = g[STATE];
   if (!s) {
-    const client = /** @type {import("redis").RedisClientType} */ (
+    s = /** @type {State} */ ({
+      client: null,
+      firstConnect: Promise.resolve(),
+      build: buildId(),
+      lastError: 0,
+    });
+    // The first callers of a process wait for the first connection (loading the client
+    // included), at most as long as a connection attempt may take; after that nobody
+    // waits (Redis down: a miss at once).
+    s.firstConnect = Promise.race([connect(s), new Promise((r) => setTimeout(r, CONNECT_TIMEOUT_MS).unref())]).then(() => {});
+    g[STATE] = s;
+  }
+  return s;
+}
+
+/** @param {State} st */
+async function connect(st) {
+  try {
+    // Not a static import: `redis` is optional, and a bundler must leave it to Node.
+    const { createClient } = await import(/* webpackIgnore: true */ /* turbopackIgnore: true */ "redis").catch((err) => {
+      throw err?.code === "ERR_MODULE_NOT_FOUND"
+        ? new Error("REDIS_URL is set but the redis package is not installed (npm install redis)")
+        : err;
+    });
+    const client = /** @type {Client} */ (
       createClient({
         url: process.env.REDIS_URL,
         // While Redis is down, fail commands at once instead of queueing them until it
         // is back: a page must render now, from the database.
         disableOfflineQueue: true,
         socket: {
-          connectTimeout: 2000,
+          connectTimeout: CONNECT_TIMEOUT_MS,
           // Keep trying in the background, at most every 500 ms, so the cache comes back
           // by itself soon after Redis does.
           reconnectStrategy: (retries) => Math.min(50 * 2 ** retries, 500),
         },
       })
     );
-    const st = /** @type {State} */ ({ client, build: buildId(), lastError: 0 });
-    client.on("error", (err) => {
+    client.on("error", (/** @type {any} */ err) => {
       // Without a listener the client would throw; log at most every 10 s per process.
       const now = Date.now();
       if (now - st.lastError > 10_000) {
@@ -96,19 +132,29 @@ function state() {
         console.warn(`shared cache: Redis error (pages render uncached until it is back): ${err?.message ?? err}`);
       }
     });
-    client.connect().catch(() => {
-      // Reported by the error listener; the client keeps reconnecting.
-    });
-    s = st;
-    g[STATE] = s;
+    st.client = client;
+    await client.connect();
+  } catch (err) {
+    const now = Date.now();
+    if (now - st.lastError > 10_000) {
+      st.lastError = now;
+      console.warn(`shared cache: cannot connect to Redis (pages render uncached until it is back): ${/** @type {any} */ (err)?.message ?? err}`);
+    }
   }
-  return s;
+}
+
+/** Closes this process's client, for tests (a server keeps it until it exits). */
+export async function close() {
+  const s = state();
+  await s.firstConnect;
+  s.client?.destroy();
 }
 
 /** The client when it is connected, else null (callers then skip the cache). */
-function ready() {
+export async function ready() {
   const s = state();
-  return s.client.isReady ? s.client : null;
+  await s.firstConnect;
+  return s.client?.isReady ? s.client : null;
 }
 
 /**
@@ -116,7 +162,7 @@ function ready() {
  * @param {Promise<T>} p
  * @returns {Promise<T>}
  */
-function withTimeout(p) {
+export function withTimeout(p) {
   /** @type {NodeJS.Timeout | undefined} */
   let timer;
   const timeout = new Promise((_, reject) => {
@@ -127,20 +173,20 @@ function withTimeout(p) {
 }
 
 const tagKey = (/** @type {string} */ tag) => `${PREFIX}tag:${tag}`;
-const entryKey = (/** @type {string} */ kind, /** @type {string} */ key) => `${PREFIX}${kind}:${state().build}:${key}`;
+export const entryKey = (/** @type {string} */ kind, /** @type {string} */ key) => `${PREFIX}${kind}:${state().build}:${key}`;
 
 /**
  * Records that `tags` were revalidated now, for every instance. Without `durations` (or
- * with `expire: 0`, what cdc-worker's route uses) entries carrying them are expired at
+ * with `expire: 0`, what the route handler uses) entries carrying them are expired at
  * once; with `expire: N` they are stale now and expire in N seconds.
  * Throws when Redis cannot record it.
  *
  * @param {string[]} tags
  * @param {{ expire?: number }} [durations]
  */
-async function recordTags(tags, durations) {
+export async function recordTags(tags, durations) {
   if (tags.length === 0) return;
-  const client = ready();
+  const client = await ready();
   if (!client) throw new Error("the shared cache (Redis) is unreachable");
   const now = Date.now();
   const expired = durations?.expire !== undefined ? now + durations.expire * 1000 : now;
@@ -153,16 +199,16 @@ async function recordTags(tags, durations) {
 }
 
 /**
- * How `tags` stand against an entry created at `timestamp`: "expired" (must not be
- * served), "stale" (serve once, refresh in the background) or "fresh". Throws on a
- * Redis failure (callers treat that as a miss).
+ * How `tags` stand against an entry created at `timestamp`:
+ * "expired" (must not be served), "stale" (serve once, refresh in the background) or
+ * "fresh". Throws on a Redis failure (callers treat that as a miss).
  *
- * @param {import("redis").RedisClientType} client
+ * @param {Client} client
  * @param {string[]} tags
  * @param {number} timestamp
  * @returns {Promise<"expired" | "stale" | "fresh">}
  */
-async function tagState(client, tags, timestamp) {
+export async function tagState(client, tags, timestamp) {
   if (tags.length === 0) return "fresh";
   const values = await withTimeout(client.mGet(tags.map(tagKey)));
   const now = Date.now();
@@ -179,7 +225,7 @@ async function tagState(client, tags, timestamp) {
 }
 
 /** Entry TTL in seconds from an `expire` in seconds (Infinity or missing: the maximum). */
-function entryTtl(/** @type {number | undefined | false} */ expire) {
+export function entryTtl(/** @type {number | undefined | false} */ expire) {
   if (typeof expire !== "number" || !Number.isFinite(expire)) return MAX_TTL_S;
   return Math.max(1, Math.min(MAX_TTL_S, Math.ceil(expire)));
 }
@@ -191,7 +237,7 @@ function entryTtl(/** @type {number | undefined | false} */ expire) {
  * @param {unknown} v
  * @returns {unknown}
  */
-function encode(v) {
+export function encode(v) {
   if (v instanceof Uint8Array) return { $b: Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString("base64") };
   if (v instanceof Map) return { $m: [...v].map(([k, x]) => [k, encode(x)]) };
   if (Array.isArray(v)) return v.map(encode);
@@ -208,7 +254,7 @@ function encode(v) {
  * @param {unknown} v
  * @returns {any}
  */
-function decode(v) {
+export function decode(v) {
   if (Array.isArray(v)) return v.map(decode);
   if (v && typeof v === "object") {
     const o = /** @type {Record<string, unknown>} */ (v);
@@ -223,17 +269,3 @@ function decode(v) {
   }
   return v;
 }
-
-module.exports = {
-  enabled,
-  ready,
-  withTimeout,
-  recordTags,
-  tagState,
-  entryKey,
-  entryTtl,
-  encode,
-  decode,
-  MAX_TTL_S,
-  TAG_TTL_S,
-};

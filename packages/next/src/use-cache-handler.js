@@ -11,11 +11,12 @@
  * revalidated tag (here: one per product) on every request.
  *
  * Redis down or slow: get() is a miss and set() is skipped, so pages render from the
- * database; see cache/redis.js for why tag writes fail loudly instead.
+ * database; see shared-cache.js for why tag writes fail loudly instead.
  */
-const shared = require("./redis");
+import * as shared from "./shared-cache.js";
 
-/** @typedef {import("next/cache").CacheEntry} CacheEntry */
+// Connect when Next.js loads the handler (at server start), not at the first request.
+if (shared.enabled()) void shared.ready();
 
 /**
  * @param {Uint8Array} bytes
@@ -37,12 +38,12 @@ function streamOf(bytes) {
  */
 const pendingSets = new Map();
 
-/** @type {import("next/cache").CacheHandler} */
+/** @type {import("next/cache.js").CacheHandler} */
 const handler = {
   async get(cacheKey, softTags) {
     const pending = pendingSets.get(cacheKey);
     if (pending) await pending;
-    const client = shared.ready();
+    const client = await shared.ready();
     if (!client) return undefined;
     try {
       const raw = await shared.withTimeout(client.get(shared.entryKey("uc", cacheKey)));
@@ -76,7 +77,7 @@ const handler = {
       const entry = await pendingEntry;
       // Consume the stream exactly once, whether or not Redis is there to store it.
       const bytes = Buffer.from(await new Response(entry.value).arrayBuffer());
-      const client = shared.ready();
+      const client = await shared.ready();
       if (!client) return;
       const data = JSON.stringify({
         value: bytes.toString("base64"),
@@ -112,4 +113,4 @@ const handler = {
   },
 };
 
-module.exports = handler;
+export default handler;

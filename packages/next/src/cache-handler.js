@@ -2,18 +2,17 @@
 /**
  * `cacheHandler` (the route/ISR cache: prerendered page shells, route handler responses,
  * `fetch` data) when REDIS_URL is set, backed by the same Redis as the `'use cache'`
- * handler (cache/use-cache-handler.js), with the same tag records: a tag revalidated on
- * one instance is expired on all.
- *
- * The storefront's data reads are `'use cache'` functions, so what lands here is mostly
- * the static shells of its Partial Prerendering routes; sharing them keeps every
- * instance on one copy and lets revalidatePath()/revalidateTag() reach them everywhere.
+ * handler (use-cache-handler.js), with the same tag records: a tag revalidated on one
+ * instance is expired on all.
  *
  * get() checks the tags of the entry (the `x-next-cache-tags` header of a page or route
  * response, `ctx.tags`/`ctx.softTags` of a fetch) against the shared tag records itself:
  * Next.js's own tag manifest only knows this process's revalidations.
  */
-const shared = require("./redis");
+import * as shared from "./shared-cache.js";
+
+// Connect when Next.js loads the handler (at server start), not at the first request.
+if (shared.enabled()) void shared.ready();
 
 const TAGS_HEADER = "x-next-cache-tags";
 
@@ -38,7 +37,7 @@ class IsrCacheHandler {
    * @param {any} ctx
    */
   async get(key, ctx) {
-    const client = shared.ready();
+    const client = await shared.ready();
     if (!client) return null;
     try {
       const raw = await shared.withTimeout(client.get(shared.entryKey("isr", key)));
@@ -59,7 +58,7 @@ class IsrCacheHandler {
    * @param {any} ctx
    */
   async set(key, data, ctx) {
-    const client = shared.ready();
+    const client = await shared.ready();
     if (!client) return;
     try {
       const k = shared.entryKey("isr", key);
@@ -90,4 +89,4 @@ class IsrCacheHandler {
   resetRequestCache() {}
 }
 
-module.exports = IsrCacheHandler;
+export default IsrCacheHandler;
