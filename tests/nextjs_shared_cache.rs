@@ -218,3 +218,109 @@ async fn without_the_shared_cache_the_instance_not_told_stays_stale() {
     );
     assert_eq!(b_price.as_deref(), Some("1299"), "B was never told");
 }
+
+/// The preload that runs a process's clocks (`Date`, `performance.timeOrigin`) off by
+/// `CLOCK_SKEW_MS`; the package's own clock tests use it too.
+fn skewed_clock() -> String {
+    nextjs_support::package_dir()
+        .join("test/fixtures/skewed-clock.cjs")
+        .display()
+        .to_string()
+}
+
+/// Two instances, two clocks (issue 18 item 8): B's clock runs 30 s ahead of A's and of
+/// Redis's. B caches the product page, the worker tells A only, and B must still show
+/// the change: an entry is judged on Redis's clock, so B's clock cannot make the page it
+/// rendered before the revalidation look newer than it. (Stamped on B's own clock, the
+/// entry would count as rendered 30 s after the revalidation and be served for a week.)
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_whose_clock_runs_ahead_serves_no_stale_page() {
+    ensure_built();
+    let db = shop("clock_skew").await;
+    let c = db.client().await;
+    let redis = RedisServer::start();
+    let redis_url = redis.url();
+    let preload = format!("--require {}", skewed_clock());
+    let a = start_next(&db.url, &[("REDIS_URL", &redis_url)]);
+    let b = start_next(
+        &db.url,
+        &[
+            ("REDIS_URL", &redis_url),
+            ("NODE_OPTIONS", &preload),
+            ("CLOCK_SKEW_MS", "30000"),
+        ],
+    );
+    let http = reqwest::Client::new();
+    a.wait_ready(&http, "/").await;
+    b.wait_ready(&http, "/").await;
+
+    // B really runs ahead: a request signed 4 min 50 s ago is within the route's 5 min
+    // window on A's clock and outside it on B's.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let body = r#"{"tags":["clock-probe"]}"#;
+    let signed = cdc_worker::outbox::deliver::signature(SECRET, now_ms - 290_000, body);
+    for (server, want) in [(&a, 200), (&b, 401)] {
+        let resp = http
+            .post(server.url("/api/revalidate"))
+            .header("x-cdc-signature", &signed)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), want, "{}", server.base);
+    }
+
+    // B renders and caches the product page.
+    let b_product = b.url("/products/p1");
+    assert_eq!(
+        field(&get(&http, &b_product).await, "p1", "price").as_deref(),
+        Some("1299")
+    );
+
+    let endpoint_a = a.url("/api/revalidate");
+    let worker = WorkerProcess::start(
+        &db,
+        &["run"],
+        &[
+            ("CDC_REVALIDATE_URLS", endpoint_a.as_str()),
+            ("CDC_REVALIDATE_SECRET", SECRET),
+        ],
+    );
+    worker
+        .wait_for_log(Duration::from_secs(30), "streaming")
+        .await;
+    let t = Instant::now();
+    c.batch_execute("UPDATE \"Price\" SET amount = 1499 WHERE id = 'u1'")
+        .await
+        .unwrap();
+    let seen = time_until_field(
+        &http,
+        &b_product,
+        "p1",
+        "price",
+        "1499",
+        t,
+        Duration::from_secs(5),
+    )
+    .await;
+    eprintln!("clock skew: B (30 s ahead, told nothing) shows the new price after {seen:?}");
+    seen.expect("B, whose clock runs 30 s ahead, shows the change within 5 s");
+
+    // And B's new page is cached, not thrown away on every read: a summary change behind
+    // the worker's back stays invisible on it. (One read first: a page whose render began
+    // within a Redis round trip of the revalidation counts as older than it, on purpose,
+    // and is rendered once more; on a loaded machine that round trip is long.)
+    get(&http, &b_product).await;
+    c.batch_execute("UPDATE \"ProductSummary\" SET title = 'Sneaky' WHERE \"productId\" = 'p1'")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        field(&get(&http, &b_product).await, "p1", "title").as_deref(),
+        Some("Alpha"),
+        "B serves its cached page"
+    );
+}

@@ -1,7 +1,7 @@
 // @ts-check
 /**
  * The Redis side of the shared cache (on when REDIS_URL is set): one client per server
- * process, the tag records every instance reads, and the entry encoding.
+ * process, the tag records every instance reads, one clock, and the entry encoding.
  *
  * Used by both cache handlers (use-cache-handler.js for `'use cache'`, cache-handler.js
  * for the route/ISR cache) and by the route handler, which records the worker's tags
@@ -14,9 +14,15 @@
  *   PREFIX uc:<build>:<key>       a `'use cache'` entry (JSON, value base64)
  *   PREFIX isr:<build>:<key>      a route/ISR cache entry (JSON)
  *
- * Clocks: an entry is expired when a tag was revalidated at or after the entry's
- * creation, comparing the clock of the instance that revalidated with that of the one
- * that rendered. Keep instances' clocks synchronized (NTP).
+ * One clock. An entry is expired when one of its tags was revalidated at or after the
+ * entry's render started. Those two times are taken by different instances (one renders,
+ * another receives the revalidation), so both are on Redis's clock: a tag record is
+ * stamped by `TIME` inside the script that writes it, and an entry's render start, taken
+ * by Next.js on this process's clock, is moved onto Redis's clock with an offset measured
+ * by a `TIME` round trip. The offset is bounded by the round trip, and each conversion
+ * rounds toward "older" (an entry then looks rendered a little earlier than it was, so
+ * the error can only cost a render, never serve a stale entry). Instances' own clocks
+ * may then be off by any amount; only Redis's clock must not be stepped backwards.
  *
  * Every entry gets a TTL of at most MAX_TTL; every tag record lives MAX_TTL + 1 day. So
  * a tag record always outlives every entry created before it: an entry can never be
@@ -48,6 +54,8 @@ const TIMEOUT_MS = positiveInt(process.env.REDIS_CACHE_TIMEOUT_MS, 500);
 const PREFIX = process.env.REDIS_CACHE_PREFIX ?? "cdc-next:";
 /** One connection attempt, and how long the first callers of a process wait for it. */
 const CONNECT_TIMEOUT_MS = 2000;
+/** How long a measured clock offset is used before it is measured again. */
+const CLOCK_SAMPLE_MS = 10_000;
 
 function positiveInt(/** @type {string | undefined} */ s, /** @type {number} */ fallback) {
   const n = Number(s);
@@ -57,6 +65,15 @@ function positiveInt(/** @type {string | undefined} */ s, /** @type {number} */ 
 /** Whether the shared cache is on for this process. */
 export function enabled() {
   return Boolean(process.env.REDIS_URL);
+}
+
+/**
+ * This process's clock as Next.js reads it: entry timestamps (`'use cache'` render
+ * starts) and Next.js's own age checks use `performance.timeOrigin + performance.now()`,
+ * not `Date.now()`, and the two can differ once the wall clock has been adjusted.
+ */
+export function localNow() {
+  return performance.timeOrigin + performance.now();
 }
 
 /**
@@ -72,12 +89,18 @@ function buildId() {
 }
 
 /**
+ * A measured offset between this process's clock and Redis's: TIME answered `redis`,
+ * sent at local `sent`, answered at local `received`.
+ *
+ * @typedef {{ redis: number, sent: number, received: number }} ClockSample
  * @typedef {import("redis").RedisClientType} Client
  * @typedef {{
  *   client: Client | null,
  *   firstConnect: Promise<void>,
  *   build: string,
  *   lastError: number,
+ *   clock: ClockSample | null,
+ *   sampling: Promise<ClockSample> | null,
  * }} State
  */
 
@@ -91,6 +114,8 @@ function state() {
       firstConnect: Promise.resolve(),
       build: buildId(),
       lastError: 0,
+      clock: null,
+      sampling: null,
     });
     // The first callers of a process wait for the first connection (loading the client
     // included), at most as long as a connection attempt may take; after that nobody
@@ -131,6 +156,10 @@ async function connect(st) {
         st.lastError = now;
         console.warn(`shared cache: Redis error (pages render uncached until it is back): ${err?.message ?? err}`);
       }
+    });
+    // A Redis restarted (or failed over) may run another clock: measure it again.
+    client.on("ready", () => {
+      st.clock = null;
     });
     st.client = client;
     await client.connect();
@@ -176,30 +205,112 @@ const tagKey = (/** @type {string} */ tag) => `${PREFIX}tag:${tag}`;
 export const entryKey = (/** @type {string} */ kind, /** @type {string} */ key) => `${PREFIX}${kind}:${state().build}:${key}`;
 
 /**
- * Records that `tags` were revalidated now, for every instance. Without `durations` (or
- * with `expire: 0`, what the route handler uses) entries carrying them are expired at
- * once; with `expire: N` they are stale now and expire in N seconds.
+ * The clock offset to Redis, measured at most CLOCK_SAMPLE_MS ago (one TIME round trip
+ * when older). Throws on a Redis failure.
+ *
+ * @param {Client} client
+ * @returns {Promise<ClockSample>}
+ */
+async function clock(client) {
+  const s = state();
+  if (s.clock && localNow() - s.clock.received < CLOCK_SAMPLE_MS) return s.clock;
+  s.sampling ??= (async () => {
+    try {
+      const sent = localNow();
+      const [secs, micros] = await withTimeout(client.time());
+      const received = localNow();
+      const sample = { redis: Number(secs) * 1000 + Number(micros) / 1000, sent, received };
+      s.clock = sample;
+      return sample;
+    } finally {
+      s.sampling = null;
+    }
+  })();
+  return s.sampling;
+}
+
+/**
+ * Converts a time of this process's clock (`localNow()`) to Redis's clock, rounded down
+ * by up to the round trip of the measurement: the Redis time that TIME answered was read
+ * at the latest when the answer arrived. Throws on a Redis failure.
+ *
+ * @param {Client} client
+ * @param {number} local
+ */
+export async function toRedisTime(client, local) {
+  const c = await clock(client);
+  return local + (c.redis - c.received);
+}
+
+/**
+ * Redis's time now, rounded up by up to the round trip of the measurement (the opposite
+ * of toRedisTime): for "has this tag's expiry arrived", where late is the unsafe side.
+ *
+ * @param {Client} client
+ */
+async function redisNow(client) {
+  const c = await clock(client);
+  return localNow() + (c.redis - c.sent);
+}
+
+/**
+ * Converts a time of Redis's clock back to this process's clock, for Next.js's own
+ * comparisons (entry age, the tags a server action revalidated during its request);
+ * rounded down like toRedisTime, since TIME was read at the earliest when it was sent.
+ *
+ * @param {Client} client
+ * @param {number} redis
+ */
+export async function toLocalTime(client, redis) {
+  const c = await clock(client);
+  return redis - (c.redis - c.sent);
+}
+
+/**
+ * Stamps every tag with Redis's TIME in one script: "expired at T" (or "stale at T,
+ * expired at T + expire") for the records, and the time is Redis's whichever instance
+ * records it. Returns the Redis time used, in ms.
+ */
+const RECORD_TAGS = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local expired = now
+if ARGV[1] ~= '' then expired = now + tonumber(ARGV[1]) end
+local stale = 0
+if ARGV[2] == '1' then stale = now end
+local value = string.format('%.3f:%.3f', stale, expired)
+for _, key in ipairs(KEYS) do
+  redis.call('SET', key, value, 'EX', ARGV[3])
+end
+return string.format('%.3f', now)
+`;
+
+/**
+ * Records that `tags` were revalidated now (Redis's clock), for every instance. Without
+ * `durations` (or with `expire: 0`, what the route handler uses) entries carrying them are
+ * expired at once; with `expire: N` they are stale now and expire in N seconds.
  * Throws when Redis cannot record it.
  *
  * @param {string[]} tags
  * @param {{ expire?: number }} [durations]
+ * @returns {Promise<number>} the Redis time of the record, ms
  */
 export async function recordTags(tags, durations) {
-  if (tags.length === 0) return;
+  if (tags.length === 0) return NaN;
   const client = await ready();
   if (!client) throw new Error("the shared cache (Redis) is unreachable");
-  const now = Date.now();
-  const expired = durations?.expire !== undefined ? now + durations.expire * 1000 : now;
-  const stale = durations ? now : 0;
-  const multi = client.multi();
-  for (const tag of new Set(tags)) {
-    multi.set(tagKey(tag), `${stale}:${expired}`, { expiration: { type: "EX", value: TAG_TTL_S } });
-  }
-  await withTimeout(multi.exec());
+  const expireMs = durations?.expire !== undefined ? String(durations.expire * 1000) : "";
+  const now = await withTimeout(
+    client.eval(RECORD_TAGS, {
+      keys: [...new Set(tags)].map(tagKey),
+      arguments: [expireMs, durations ? "1" : "0", String(TAG_TTL_S)],
+    })
+  );
+  return Number(now);
 }
 
 /**
- * How `tags` stand against an entry created at `timestamp`:
+ * How `tags` stand against an entry whose render started at `timestamp` (Redis's clock):
  * "expired" (must not be served), "stale" (serve once, refresh in the background) or
  * "fresh". Throws on a Redis failure (callers treat that as a miss).
  *
@@ -211,13 +322,13 @@ export async function recordTags(tags, durations) {
 export async function tagState(client, tags, timestamp) {
   if (tags.length === 0) return "fresh";
   const values = await withTimeout(client.mGet(tags.map(tagKey)));
-  const now = Date.now();
+  const now = await redisNow(client);
   let result = /** @type {"expired" | "stale" | "fresh"} */ ("fresh");
   for (const v of values) {
     if (v == null) continue;
     const [stale, expired] = String(v).split(":").map(Number);
-    // `>=`: an entry created in the same millisecond as the revalidation may have read
-    // the old data.
+    // `>=`: an entry whose render started in the same instant as the revalidation may
+    // have read the old data.
     if (expired >= timestamp && expired <= now) return "expired";
     if (stale >= timestamp) result = "stale";
   }

@@ -10,6 +10,12 @@
  * per-instance tag manifest synced in refreshTags() would have to download every
  * revalidated tag (here: one per product) on every request.
  *
+ * Timestamps: Next.js stamps a `'use cache'` entry with the start of its render (before
+ * the function reads anything), on this process's clock. set() stores that instant on
+ * Redis's clock and get() hands it back on this process's clock (shared-cache.js), so an
+ * instance whose clock runs ahead cannot make an entry look newer than a revalidation
+ * another instance recorded.
+ *
  * Redis down or slow: get() is a miss and set() is skipped, so pages render from the
  * database; see shared-cache.js for why tag writes fail loudly instead.
  */
@@ -58,7 +64,7 @@ const handler = {
         value: streamOf(Buffer.from(data.value, "base64")),
         tags,
         stale: data.stale,
-        timestamp: data.timestamp,
+        timestamp: await shared.toLocalTime(client, data.timestamp),
         expire: data.expire,
         // A negative revalidate serves this once and refreshes in the background.
         revalidate: verdict === "stale" ? -1 : data.revalidate,
@@ -83,7 +89,7 @@ const handler = {
         value: bytes.toString("base64"),
         tags: entry.tags,
         stale: entry.stale,
-        timestamp: entry.timestamp,
+        timestamp: await shared.toRedisTime(client, entry.timestamp),
         expire: entry.expire,
         revalidate: entry.revalidate,
       });

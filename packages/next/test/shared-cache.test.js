@@ -1,9 +1,17 @@
 // The Redis cache handlers against a real redis-server: entries round-trip, a tag
-// revalidated after an entry's render started expires it, soft tags and stale profiles,
-// and Redis going away.
+// revalidated after an entry's render started expires it (on every instance), a render
+// that read the data before a revalidation and stored after it is not served, and an
+// instance whose clock is off (another process with a skewed clock) changes none of that.
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import path from "node:path";
 import { after, describe, test } from "node:test";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
 import { connected, startRedis } from "./fixtures/redis.js";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const run = promisify(execFile);
 
 const redis = await startRedis();
 process.env.REDIS_URL = redis.url;
@@ -33,6 +41,16 @@ async function text(stream) {
 
 let n = 0;
 const unique = (what) => `${what}-${++n}-${process.pid}`;
+
+/** Runs fixtures/instance.mjs in another process whose clock is `skewMs` off this one's. */
+async function otherInstance(skewMs, ...args) {
+  const { stdout } = await run(
+    process.execPath,
+    ["--require", path.join(here, "fixtures/skewed-clock.cjs"), path.join(here, "fixtures/instance.mjs"), ...args],
+    { env: { ...process.env, CLOCK_SKEW_MS: String(skewMs) } }
+  );
+  return JSON.parse(stdout.trim().split("\n").pop());
+}
 
 describe("'use cache' handler", () => {
   test("an entry comes back with its value, tags and render start", async () => {
@@ -100,6 +118,27 @@ describe("ISR handler", () => {
     assert.deepEqual(got.value.segmentData, page.segmentData);
   });
 
+  test("a render that read the data before a revalidation and stored after it is not served", async () => {
+    const isr = new IsrCacheHandler({});
+    const [key, tag] = [unique("/product"), unique("t")];
+    // Next.js asks the cache, misses, renders (reading the old data)...
+    assert.equal(await isr.get(key, {}), null);
+    await new Promise((r) => setTimeout(r, 5));
+    // ...the data changes and the tag is revalidated while the render runs...
+    await shared.recordTags([tag], { expire: 0 });
+    await new Promise((r) => setTimeout(r, 5));
+    // ...and the render's result, with the old data, is stored afterwards.
+    await isr.set(key, { kind: "APP_PAGE", html: "old", headers: { "x-next-cache-tags": tag }, status: 200 }, {
+      cacheControl: { revalidate: false },
+    });
+    assert.equal(await isr.get(key, {}), null, "the entry must count from the start of its render");
+    // The next render starts after the revalidation: that one is served.
+    await isr.set(key, { kind: "APP_PAGE", html: "new", headers: { "x-next-cache-tags": tag }, status: 200 }, {
+      cacheControl: { revalidate: false },
+    });
+    assert.equal((await isr.get(key, {}))?.value.html, "new");
+  });
+
   test("fetch entries are checked against the fetch's tags", async () => {
     const isr = new IsrCacheHandler({});
     const [key, tag] = [unique("fetch"), unique("t")];
@@ -109,6 +148,51 @@ describe("ISR handler", () => {
     assert.ok(await isr.get(key, ctx));
     await shared.recordTags([tag], { expire: 0 });
     assert.equal(await isr.get(key, ctx), null);
+  });
+});
+
+describe("one clock for every instance", () => {
+  test("an instance whose clock runs 30 s ahead cannot make an entry it rendered outlive a revalidation", async () => {
+    const [key, tag] = [unique("k"), unique("t")];
+    await otherInstance(30_000, "set-uc", key, tag);
+    await new Promise((r) => setTimeout(r, 5));
+    await shared.recordTags([tag], { expire: 0 }); // this instance, on time
+    assert.equal(await useCache.get(key, []), undefined, "rendered before the revalidation: expired");
+  });
+
+  test("a revalidation recorded by an instance whose clock runs 30 s behind expires what was rendered before it", async () => {
+    const [key, tag] = [unique("k"), unique("t")];
+    await useCache.set(key, Promise.resolve(entry([tag])));
+    await new Promise((r) => setTimeout(r, 5));
+    await otherInstance(-30_000, "record", tag);
+    assert.equal(await useCache.get(key, []), undefined);
+  });
+
+  test("a revalidation recorded by an instance whose clock runs 30 s ahead expires what was rendered before it at once", async () => {
+    const [key, tag] = [unique("k"), unique("t")];
+    await useCache.set(key, Promise.resolve(entry([tag])));
+    await new Promise((r) => setTimeout(r, 5));
+    await otherInstance(30_000, "record", tag);
+    assert.equal(await useCache.get(key, []), undefined, "not only once this clock reaches the other's");
+  });
+
+  test("an ISR page rendered on an instance 30 s ahead is expired by a revalidation here", async () => {
+    const [key, tag] = [unique("/page"), unique("t")];
+    await otherInstance(30_000, "set-isr", key, tag);
+    const isr = new IsrCacheHandler({});
+    assert.ok(await isr.get(key, {}), "stored");
+    await shared.recordTags([tag], { expire: 0 });
+    assert.equal(await isr.get(key, {}), null);
+  });
+
+  test("entries rendered after a revalidation stay fresh, whatever the clocks", async () => {
+    const [k1, k2, tag] = [unique("k"), unique("k"), unique("t")];
+    await otherInstance(30_000, "record", tag);
+    await new Promise((r) => setTimeout(r, 5));
+    await useCache.set(k1, Promise.resolve(entry([tag])));
+    assert.ok(await useCache.get(k1, []), "rendered here after an instance ahead revalidated");
+    await otherInstance(-30_000, "set-uc", k2, tag);
+    assert.deepEqual(await otherInstance(0, "get-uc", k2), { hit: true }, "rendered by an instance behind, after the revalidation");
   });
 });
 
