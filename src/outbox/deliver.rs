@@ -9,7 +9,7 @@
 //! Endpoints are stored, logged and labelled by their redacted URL ([`redact_url`]):
 //! credentials in a revalidation URL never reach a log, a metric or a state table.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -49,9 +49,32 @@ pub enum Outcome {
     },
 }
 
-/// POSTs one signed batch of tags.
-pub async fn post(http: &reqwest::Client, url: &str, secret: &str, tags: &[String]) -> Outcome {
-    let body = serde_json::json!({ "tags": tags, "source": "cdc-worker" }).to_string();
+/// The body of a request: `{"tags": [...], "source": "cdc-worker", "committed_at": {...}}`.
+/// `committed_at` maps a tag to the commit time (unix ms) of the newest source change it
+/// revalidates, for the tags that come from streamed changes (none for `cdc-worker
+/// revalidate`): the app can then show how long the pipeline took from that commit to its
+/// summary row and to the revalidation. Receivers ignore fields they do not know.
+pub fn body(tags: &[String], committed: &BTreeMap<String, SystemTime>) -> String {
+    let committed: serde_json::Map<String, serde_json::Value> = committed
+        .iter()
+        .filter_map(|(tag, t)| {
+            let ms = t.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_millis() as u64;
+            Some((tag.clone(), ms.into()))
+        })
+        .collect();
+    serde_json::json!({ "tags": tags, "source": "cdc-worker", "committed_at": committed })
+        .to_string()
+}
+
+/// POSTs one signed batch of tags (`committed`: see [`body`]).
+pub async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    secret: &str,
+    tags: &[String],
+    committed: &BTreeMap<String, SystemTime>,
+) -> Outcome {
+    let body = body(tags, committed);
     let now_ms = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
@@ -195,7 +218,10 @@ struct Endpoint {
 struct Pending {
     last_id: i64,
     tags: Vec<String>,
+    /// Every row's commit time, for the latency metric.
     commit_times: Vec<SystemTime>,
+    /// Per tag, the newest commit time among its rows (sent with the tags).
+    committed: BTreeMap<String, SystemTime>,
 }
 
 impl Endpoint {
@@ -277,6 +303,7 @@ impl Endpoint {
             last_id: cursor,
             tags: Vec::new(),
             commit_times: Vec::new(),
+            committed: BTreeMap::new(),
         };
         for row in &rows {
             let tag: String = row.get(1);
@@ -285,11 +312,13 @@ impl Endpoint {
                     break;
                 }
                 seen.insert(tag.clone());
-                pending.tags.push(tag);
+                pending.tags.push(tag.clone());
             }
             pending.last_id = row.get(0);
             if let Some(t) = row.get::<_, Option<SystemTime>>(2) {
                 pending.commit_times.push(t);
+                let newest = pending.committed.entry(tag).or_insert(t);
+                *newest = (*newest).max(t);
             }
         }
         Ok((pending.last_id > cursor).then_some(pending))
@@ -308,7 +337,14 @@ impl Endpoint {
         let mut attempt = 0;
         let first_failure = Instant::now();
         loop {
-            let (status, why) = match post(&self.http, &self.url, &self.secret, &pending.tags).await
+            let (status, why) = match post(
+                &self.http,
+                &self.url,
+                &self.secret,
+                &pending.tags,
+                &pending.committed,
+            )
+            .await
             {
                 Outcome::Delivered => {
                     self.metrics.record_request(&self.key, "ok");
@@ -365,6 +401,24 @@ mod tests {
             signature("s3cret", 1_700_000_000_000, r#"{"tags":["a"]}"#),
             "t=1700000000000,v1=8e0af4502aead9e5944c54e6365b3813f6fd3af01aad97b5bcc8f80ac9d32cd7"
         );
+    }
+
+    #[test]
+    fn the_body_carries_each_tag_s_newest_commit_time() {
+        let at = |ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+        let tags = vec!["product:p1".to_string(), "store:s1:products".to_string()];
+        let committed = BTreeMap::from([("product:p1".to_string(), at(1_700_000_000_123))]);
+        let v: serde_json::Value = serde_json::from_str(&body(&tags, &committed)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "tags": ["product:p1", "store:s1:products"],
+                "source": "cdc-worker",
+                "committed_at": { "product:p1": 1_700_000_000_123u64 },
+            })
+        );
+        let none: serde_json::Value = serde_json::from_str(&body(&tags, &BTreeMap::new())).unwrap();
+        assert_eq!(none["committed_at"], serde_json::json!({}));
     }
 
     #[test]

@@ -55,3 +55,23 @@ export function revalidateProduct(productId: string, storeId?: string): string[]
 
 /** Expires `store:{storeId}:products`. Returns the tags expired. */
 export function revalidateStore(storeId: string): string[];
+
+/** A revalidation this process received (see lastRevalidation). */
+export interface Revalidation {
+  /**
+   * Commit time (unix ms, the database's clock) of the newest source change the tag
+   * covers, as cdc-worker sent it; null for tags sent without one (`cdc-worker revalidate`).
+   */
+  committedAt: number | null;
+  /** When the route handler accepted it (unix ms, this server's clock). */
+  revalidatedAt: number;
+}
+
+/**
+ * The last revalidation of `tag` that this process's route handler accepted, or undefined:
+ * for a page that shows how long the pipeline took (commit to summary row: the row's
+ * `updatedAt` minus `committedAt`; commit to revalidation: `revalidatedAt` minus
+ * `committedAt`). In memory, newest 10 000 tags; with several instances only the one the
+ * worker told knows.
+ */
+export function lastRevalidation(tag: string): Revalidation | undefined;

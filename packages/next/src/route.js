@@ -5,7 +5,8 @@
  *   // app/api/revalidate/route.ts
  *   export const POST = createRevalidateHandler({ secret: process.env.CDC_REVALIDATE_SECRET });
  *
- *   body:   JSON object with "tags": string[] (other fields ignored)
+ *   body:   JSON object with "tags": string[], optionally "committed_at": {tag: unix ms}
+ *           (lastRevalidation()); other fields ignored
  *   header: x-cdc-signature: t=<unix ms>,v1=<lowercase hex HMAC-SHA256(secret, "<t>.<raw body>")>
  *
  *   200 {"revalidated": n}   n = number of distinct tags expired
@@ -16,6 +17,7 @@
  *   503 the shared cache (REDIS_URL) could not record the tags: the worker retries
  */
 import { expireTags } from "./revalidate.js";
+import { noteRevalidations } from "./revalidations.js";
 import { SIGNATURE_HEADER, SIGNATURE_TOLERANCE_MS, verifySignature } from "./signature.js";
 
 /** Next.js ignores longer tags (NEXT_CACHE_TAG_MAX_LENGTH). */
@@ -124,6 +126,7 @@ export function createRevalidateHandler(options) {
       // the worker keeps the tags and retries.
       return json(503, { error: `tags not recorded: ${e instanceof Error ? e.message : String(e)}` });
     }
+    noteRevalidations(unique, /** @type {{ committed_at?: unknown }} */ (body).committed_at);
     return json(200, { revalidated: unique.length });
   };
 }

@@ -7,6 +7,7 @@ import {
   expireTag,
   expireTags,
   inventoryTag,
+  lastRevalidation,
   MAX_BODY_BYTES,
   MAX_TAG_LENGTH,
   productTag,
@@ -19,6 +20,7 @@ import {
   storeProductsTag,
   verifySignature,
   type RevalidateHandlerOptions,
+  type Revalidation,
   type SignatureCheck,
 } from "@cdc-worker/next";
 import * as signature from "@cdc-worker/next/signature";
@@ -34,6 +36,8 @@ const i: `inventory:${string}` = inventoryTag("p1");
 const s: `store:${string}:products` = storeProductsTag("s1");
 const tags: string[] = [...revalidateProduct("p1", "s1"), ...revalidateStore("s1"), p, i, s];
 expireTag("product:p1");
+const last: Revalidation | undefined = lastRevalidation(p);
+const delay: number | null = last && last.committedAt !== null ? last.revalidatedAt - last.committedAt : null;
 const done: Promise<void> = expireTags(tags);
 
 const header: string = sign("secret", "{}");
@@ -50,4 +54,4 @@ const config: NextConfig = withSharedCache({ cacheComponents: true });
 const handler: CacheHandler = useCacheHandler;
 const isr = new IsrCacheHandler({});
 
-void [done, name, hex, numbers, config, handler, isr, signature.sign("k", "b")];
+void [done, delay, name, hex, numbers, config, handler, isr, signature.sign("k", "b")];
