@@ -10,7 +10,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use nextjs_support::{ensure_built, field, get, start_next, time_until_field, RedisServer, SECRET};
+use nextjs_support::{
+    ensure_built, field, get, start_next, time_until_field, worker_telling, RedisServer, SECRET,
+};
 use support::{wait_until, Cluster, TestDb, WorkerProcess};
 
 async fn shop(hint: &str) -> TestDb {
@@ -69,15 +71,7 @@ async fn revalidation_at_one_instance_refreshes_the_other_within_1s() {
         assert_eq!(field(&html, "p2", "title").as_deref(), Some("Beta"));
     }
 
-    let endpoint_a = a.url("/api/revalidate");
-    let env = [
-        ("CDC_REVALIDATE_URLS", endpoint_a.as_str()),
-        ("CDC_REVALIDATE_SECRET", SECRET),
-    ];
-    let mut worker = WorkerProcess::start(&db, &["run"], &env);
-    worker
-        .wait_for_log(Duration::from_secs(30), "streaming")
-        .await;
+    let mut worker = worker_telling(&db, &a).await;
 
     // Measured: commit, then B's product page and B's store page (each polled while the
     // other is, so neither waits for the other), through the worker and instance A only.
@@ -181,20 +175,7 @@ async fn without_the_shared_cache_the_instance_not_told_stays_stale() {
             Some("1299")
         );
     }
-    let endpoint_a = a.url("/api/revalidate");
-    let worker = WorkerProcess::start(
-        &db,
-        &["run"],
-        &[
-            ("CDC_REVALIDATE_URLS", endpoint_a.as_str()),
-            ("CDC_REVALIDATE_SECRET", SECRET),
-        ],
-    );
-    // Measured from a commit the worker streams, not from one made while it starts (on
-    // a loaded machine that alone can take seconds).
-    worker
-        .wait_for_log(Duration::from_secs(30), "streaming")
-        .await;
+    let _worker = worker_telling(&db, &a).await;
     let t = Instant::now();
     c.batch_execute("UPDATE \"Price\" SET amount = 1499 WHERE id = 'u1'")
         .await
@@ -280,18 +261,7 @@ async fn an_instance_whose_clock_runs_ahead_serves_no_stale_page() {
         Some("1299")
     );
 
-    let endpoint_a = a.url("/api/revalidate");
-    let worker = WorkerProcess::start(
-        &db,
-        &["run"],
-        &[
-            ("CDC_REVALIDATE_URLS", endpoint_a.as_str()),
-            ("CDC_REVALIDATE_SECRET", SECRET),
-        ],
-    );
-    worker
-        .wait_for_log(Duration::from_secs(30), "streaming")
-        .await;
+    let _worker = worker_telling(&db, &a).await;
     let t = Instant::now();
     c.batch_execute("UPDATE \"Price\" SET amount = 1499 WHERE id = 'u1'")
         .await

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{free_port, wait_until};
+use crate::support::{free_port, wait_until, TestDb, WorkerProcess};
 
 pub const SECRET: &str = "e2e-secret";
 
@@ -137,6 +137,24 @@ impl NextServer {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
+}
+
+/// `cdc-worker run` delivering its tags to `next`'s /api/revalidate only, once it streams
+/// (a commit made while it is still starting would time the start, not the pipeline).
+pub async fn worker_telling(db: &TestDb, next: &NextServer) -> WorkerProcess {
+    let endpoint = next.url("/api/revalidate");
+    let worker = WorkerProcess::start(
+        db,
+        &["run"],
+        &[
+            ("CDC_REVALIDATE_URLS", endpoint.as_str()),
+            ("CDC_REVALIDATE_SECRET", SECRET),
+        ],
+    );
+    worker
+        .wait_for_log(Duration::from_secs(30), "streaming")
+        .await;
+    worker
 }
 
 /// GET that must answer 2xx; returns the body.
