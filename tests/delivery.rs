@@ -99,7 +99,8 @@ async fn tags_parked_after_give_up_are_redelivered_by_revalidate_failed() {
     run_env.push(("CDC_METRICS_ADDR", METRICS_ANY_PORT));
     let w = WorkerProcess::start(&db, &["--config", &config, "run"], &run_env);
     let metrics_addr = w.metrics_addr().await;
-    w.wait_for_log(Duration::from_secs(20), support::STREAMING).await;
+    w.wait_for_log(Duration::from_secs(20), support::STREAMING)
+        .await;
     c.batch_execute("UPDATE \"Price\" SET amount = 7 WHERE \"productId\" = 'p1'")
         .await
         .unwrap();
@@ -227,7 +228,8 @@ async fn credentials_in_a_revalidate_url_appear_nowhere() {
         ],
     );
     let metrics_addr = w.metrics_addr().await;
-    w.wait_for_log(Duration::from_secs(20), support::STREAMING).await;
+    w.wait_for_log(Duration::from_secs(20), support::STREAMING)
+        .await;
     c.batch_execute("UPDATE \"Price\" SET amount = 9 WHERE \"productId\" = 'p1'")
         .await
         .unwrap();

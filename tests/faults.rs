@@ -332,7 +332,8 @@ async fn a_stream_silent_for_three_heartbeats_ends_the_session() {
     let p = Proxy::start(cluster.port).await;
     let via_proxy = p.url(&db.url, cluster.port);
     let w = start_with(&db, &r, Some(&via_proxy), &["--config", &config]);
-    w.wait_for_log(Duration::from_secs(20), support::STREAMING).await;
+    w.wait_for_log(Duration::from_secs(20), support::STREAMING)
+        .await;
     let t = Instant::now();
     p.freeze();
     // The 3 s of silence, at most 10 s for the look at the server, and the time to notice
@@ -344,10 +345,21 @@ async fn a_stream_silent_for_three_heartbeats_ends_the_session() {
     .await;
     eprintln!("silent stream ended the session after {:?}", t.elapsed());
     let log = w.output();
-    assert!(log.contains("the replication connection is dead"), "{}", w.log_tail(20));
-    assert!(!log.contains("waiting for a long decode"), "{}", w.log_tail(20));
-    w.wait_for_log(Duration::from_secs(10), "replication session ended; reconnecting")
-        .await;
+    assert!(
+        log.contains("the replication connection is dead"),
+        "{}",
+        w.log_tail(20)
+    );
+    assert!(
+        !log.contains("waiting for a long decode"),
+        "{}",
+        w.log_tail(20)
+    );
+    w.wait_for_log(
+        Duration::from_secs(10),
+        "replication session ended; reconnecting",
+    )
+    .await;
     // The network comes back: the frozen connections are closed, new ones pass.
     p.thaw();
     let expected = ExpectedTags::new();
@@ -641,7 +653,8 @@ async fn query_connections_use_tcp_keepalives_and_a_user_timeout() {
     let cluster = Cluster::shared();
     let (db, c) = cluster.prepared_db("fault_keepalive", 5).await;
     let w = WorkerProcess::start(&db, &["run"], &[]);
-    w.wait_for_log(Duration::from_secs(20), support::STREAMING).await;
+    w.wait_for_log(Duration::from_secs(20), support::STREAMING)
+        .await;
     // The worker's connections as the server sees them: (client port, name, kind).
     let connections = || async {
         c.query(

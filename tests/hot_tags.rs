@@ -143,7 +143,8 @@ async fn a_burst_on_one_store_gives_two_store_revalidations_not_fifty() {
     let e = endpoint(&db).await;
     let config = config_with_interval(&db, 1000);
     let w = start_worker(&db, &config, &e);
-    w.wait_for_log(Duration::from_secs(30), support::STREAMING).await;
+    w.wait_for_log(Duration::from_secs(30), support::STREAMING)
+        .await;
 
     let products = store_products();
     assert_eq!(products.len(), 50);
@@ -276,7 +277,8 @@ async fn a_change_while_the_tag_is_held_is_never_dropped() {
     const INTERVAL_MS: u64 = 3000;
     let config = config_with_interval(&db, INTERVAL_MS);
     let w = start_worker(&db, &config, &e);
-    w.wait_for_log(Duration::from_secs(30), support::STREAMING).await;
+    w.wait_for_log(Duration::from_secs(30), support::STREAMING)
+        .await;
     let products = store_products();
     let mut want = BTreeMap::new();
     let mut rounds_held = 0;
@@ -390,7 +392,8 @@ async fn a_tag_held_when_the_worker_is_killed_is_delivered_after_restart() {
     let e = endpoint(&db).await;
     let config = config_with_interval(&db, 5000);
     let mut w = start_worker(&db, &config, &e);
-    w.wait_for_log(Duration::from_secs(30), support::STREAMING).await;
+    w.wait_for_log(Duration::from_secs(30), support::STREAMING)
+        .await;
     let products = store_products();
     let mut want = BTreeMap::new();
     want.insert(products[0].clone(), stock_change(&c, &products[0]).await);
@@ -449,7 +452,8 @@ async fn run_upgrades_a_state_schema_of_an_earlier_version() {
     let e = endpoint(&db).await;
     let config = config_with_interval(&db, 1000);
     let w = start_worker(&db, &config, &e);
-    w.wait_for_log(Duration::from_secs(30), support::STREAMING).await;
+    w.wait_for_log(Duration::from_secs(30), support::STREAMING)
+        .await;
     assert!(
         w.output().contains("state schema upgraded"),
         "{}",

@@ -1195,7 +1195,9 @@ impl SlotGuard {
     /// Whether the slot is still there, in the database it was created in (a worker must
     /// never drop or use a slot of its name that another database owns).
     pub async fn is_there(&self) -> bool {
-        let (c, conn) = tokio_postgres::connect(&self.admin_url, NoTls).await.unwrap();
+        let (c, conn) = tokio_postgres::connect(&self.admin_url, NoTls)
+            .await
+            .unwrap();
         tokio::spawn(conn);
         c.query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND database = $2)",
