@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make demo: a throw-away local Postgres (wal_level=logical) with sample data and a little
 # live traffic, the worker keeping ProductSummary fresh, and the example storefront being
-# revalidated. Ctrl-C stops everything. DEMO_STOREFRONT=0 skips the Next.js part.
+# revalidated. Ctrl-C stops everything. DEMO_STOREFRONT=0 skips the Next.js part; DEMO_PG_PORT,
+# DEMO_WEB_PORT, DEMO_METRICS_ADDR and DEMO_DIR move it off its defaults.
 set -euo pipefail
 set -m # background jobs get their own process groups (see cleanup)
 cd "$(dirname "$0")/.."
@@ -9,7 +10,7 @@ ROOT=$PWD
 PORT=${DEMO_PG_PORT:-55433}
 WEB_PORT=${DEMO_WEB_PORT:-3000}
 METRICS=${DEMO_METRICS_ADDR:-127.0.0.1:9187}
-DIR=/tmp/cdc-worker-demo
+DIR=${DEMO_DIR:-/tmp/cdc-worker-demo}
 SECRET=demo-secret
 PGBIN=${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}
 [ -x "$PGBIN/initdb" ] || { echo "PostgreSQL server binaries not found (apt-get install postgresql)"; exit 1; }
@@ -48,24 +49,56 @@ echo "demo: cdc-worker setup"
 "$BIN" setup
 
 if [ "${DEMO_STOREFRONT:-1}" = 1 ]; then
-  echo "demo: building the storefront (nextjs/)"
-  (cd nextjs && { [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error; } && npm run build --silent >/dev/null)
+  echo "demo: building the storefront (nextjs/; log: $DIR/next-build.log)"
+  # npm ci installs a copy of packages/next: again when the package changed since.
+  installed=nextjs/node_modules/.package-lock.json
+  if [ ! -f "$installed" ] || [ -n "$(find packages/next -path packages/next/node_modules -prune -o -type f -newer "$installed" -print -quit)" ]; then
+    (cd nextjs && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+  (cd nextjs && npm run build) >"$DIR/next-build.log" 2>&1 || { cat "$DIR/next-build.log"; exit 1; }
   (cd nextjs && DATABASE_URL=$DATABASE_URL CDC_REVALIDATE_SECRET=$SECRET \
      exec npx next start -p "$WEB_PORT" -H 127.0.0.1 >"$DIR/next.log" 2>&1) &
   pids+=($!)
   export CDC_REVALIDATE_URLS="http://127.0.0.1:$WEB_PORT/api/revalidate" CDC_REVALIDATE_SECRET=$SECRET
+  # The worker's first deliveries would only be refused while next start is coming up
+  # (it listens once it is ready).
+  for _ in $(seq 120); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$WEB_PORT") 2>/dev/null && break
+    sleep 0.5
+  done
 fi
 
-"$BIN" run 2>&1 | sed 's/^/worker | /' &
+# sed -u: each worker line as it comes, also when make demo's output is a pipe or a file
+# (sed would otherwise hold it back in a 4 KiB buffer).
+"$BIN" run 2>&1 | sed -u 's/^/worker | /' &
 pids+=($!)
 
-cat <<TXT
+# A product to look at, and the store that holds it.
+read -r PRODUCT STORE TITLE < <("${PSQL[@]}" -d shop -At -F ' ' -c \
+  "SELECT \"productId\", \"storeId\", title FROM \"ProductSummary\" WHERE active ORDER BY \"storeId\", \"productId\" LIMIT 1")
 
-demo: running. Try:
-  storefront   http://127.0.0.1:$WEB_PORT/stores/store-1   (and /products/prod-1)
+echo
+echo "demo: running. Try:"
+if [ "${DEMO_STOREFRONT:-1}" = 1 ]; then
+  cat <<TXT
+  storefront   http://127.0.0.1:$WEB_PORT/                     every store
+               http://127.0.0.1:$WEB_PORT/stores/$STORE
+               http://127.0.0.1:$WEB_PORT/products/$PRODUCT   ($TITLE, in that store)
+               (its log: $DIR/next.log)
+TXT
+fi
+cat <<TXT
   metrics      http://$METRICS/metrics   /healthz   /readyz
   psql         ${PSQL[*]} -d shop
   reconcile    DATABASE_URL='$DATABASE_URL' $BIN reconcile
+TXT
+if [ "${DEMO_STOREFRONT:-1}" = 1 ]; then
+  cat <<TXT
+  revalidate   DATABASE_URL='$DATABASE_URL' CDC_REVALIDATE_URLS=$CDC_REVALIDATE_URLS \\
+                 CDC_REVALIDATE_SECRET=$SECRET $BIN revalidate --product $PRODUCT --store $STORE
+TXT
+fi
+cat <<TXT
 Every second a random stock, price or title change is written; Ctrl-C stops.
 
 TXT

@@ -1,8 +1,16 @@
 -- Sample data for `make demo`: 5 stores, 200 products, USD and EUR prices, stock in two
--- warehouses, one or two images. Products 197-200 have no USD price (no summary row).
+-- warehouses, one or two images. Products 197-200 have no USD price (no summary row);
+-- every 17th product is inactive.
+--
+-- Store ids are slugs the storefront shows as names ("harbor-goods": Harbor Goods). A
+-- product's title names its kind (Mug, Tee, Cap, Poster, Socks, Tote) and its number, and
+-- its images are the storefront's own drawings of that kind (/placeholder/<kind>-...svg),
+-- so the picture matches the title without an image host.
 INSERT INTO "Product" (id, "storeId", title, description, active, "createdAt", "updatedAt")
-SELECT 'prod-' || g, 'store-' || (1 + g % 5),
-       (ARRAY['Mug', 'Tee', 'Cap', 'Poster', 'Socks', 'Tote'])[1 + g % 6] || ' #' || g,
+SELECT 'prod-' || g,
+       (ARRAY['harbor-goods', 'maple-lane', 'north-pier', 'old-town-supply', 'riverside-market'])[1 + g % 5],
+       (ARRAY['Enamel', 'Organic', 'Wool', 'Harbor', 'Striped', 'Canvas'])[1 + g % 6] || ' '
+         || (ARRAY['Mug', 'Tee', 'Cap', 'Poster', 'Socks', 'Tote'])[1 + g % 6] || ' #' || g,
        'A fine product', g % 17 <> 0, now(), now()
 FROM generate_series(1, 200) g;
 
@@ -18,5 +26,7 @@ SELECT 'inv-' || g || '-' || w, 'prod-' || g, 'warehouse-' || w, (g * w * 7) % 4
 FROM generate_series(1, 200) g, generate_series(1, 2) w;
 
 INSERT INTO "ProductImage" (id, "productId", url, position)
-SELECT 'img-' || g || '-' || i, 'prod-' || g, 'https://picsum.photos/seed/' || g || '-' || i || '/400', i
+SELECT 'img-' || g || '-' || i, 'prod-' || g,
+       '/placeholder/' || lower((ARRAY['Mug', 'Tee', 'Cap', 'Poster', 'Socks', 'Tote'])[1 + g % 6]) || '-' || g || '-' || i || '.svg',
+       i
 FROM generate_series(1, 200) g, generate_series(1, 1 + g % 2) i;

@@ -10,10 +10,8 @@ mod support;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
-use nextjs_support::{ensure_built, nextjs_dir, start_next, storefront_db, SECRET};
-use support::{revalidate_env, WorkerProcess};
+use nextjs_support::{ensure_built, nextjs_dir, start_next, storefront_db, worker_telling};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -40,11 +38,7 @@ async fn a_price_change_reaches_the_screen() {
     let next = start_next(&db.url, &[]);
     let http = reqwest::Client::new();
     next.wait_ready(&http, "/stores/corner-store").await;
-    let endpoint = next.url("/api/revalidate");
-    let mut worker = WorkerProcess::start(&db, &["run"], &revalidate_env(&endpoint, SECRET));
-    worker
-        .wait_for_log(Duration::from_secs(30), support::STREAMING)
-        .await;
+    let mut worker = worker_telling(&db, &next).await;
 
     let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-test");
     let db_url = db.url.clone();

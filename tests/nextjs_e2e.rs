@@ -40,10 +40,28 @@ async fn stale_window(
 #[tokio::test(flavor = "multi_thread")]
 async fn pages_are_fresh_within_5s_of_a_commit() {
     ensure_built();
-    let (db, c) = storefront_db("nextjs_e2e", TWO_PRODUCTS).await;
+    // Besides the two products: store `north-pier`, whose page must name it and list
+    // numbered titles in numeric order.
+    let rows = format!(
+        "{TWO_PRODUCTS}
+         INSERT INTO \"Product\"(id, \"storeId\", title)
+           VALUES ('n10', 'north-pier', 'Poster #10'), ('n2', 'north-pier', 'Poster #2'), ('n1', 'north-pier', 'Poster #1');
+         INSERT INTO \"Price\" SELECT 'u' || id, id, 'USD', 900 FROM \"Product\" WHERE \"storeId\" = 'north-pier';"
+    );
+    let (db, c) = storefront_db("nextjs_e2e", &rows).await;
 
     let next = start_next(&db.url, &[]);
     let http = reqwest::Client::new();
+    // A store page: its name from its id, numbers in titles in numeric order.
+    next.wait_ready(&http, "/stores/north-pier").await;
+    let html = get(&http, &next.url("/stores/north-pier")).await;
+    assert!(html.contains("<h1>North Pier</h1>"), "the store's name");
+    let at = |id: &str| {
+        html.find(&format!("data-product-id=\"{id}\""))
+            .unwrap_or_else(|| panic!("{id} is listed"))
+    };
+    assert!(at("n1") < at("n2") && at("n2") < at("n10"), "#2 before #10");
+
     let listing = format!("{}/stores/store-a", next.base);
     let product_page = format!("{}/products/p1", next.base);
     next.wait_ready(&http, "/stores/store-a").await;
@@ -76,8 +94,11 @@ async fn pages_are_fresh_within_5s_of_a_commit() {
         Some("Sneaky")
     );
 
-    let _worker = WorkerProcess::start(&db, &["run"], &env);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Streaming before the first commit: a commit made while it starts would time the start.
+    let worker = WorkerProcess::start(&db, &["run"], &env);
+    worker
+        .wait_for_log(Duration::from_secs(30), support::STREAMING)
+        .await;
 
     let t = Instant::now();
     c.batch_execute("UPDATE \"Price\" SET amount = 1499 WHERE id = 'u1'")
@@ -90,6 +111,27 @@ async fn pages_are_fresh_within_5s_of_a_commit() {
         .await
         .unwrap();
     let inventory = stale_window(&http, &product_page, "p1", "inventory", "17", t).await;
+
+    // The product page's freshness note gives the pipeline's delay for the change it shows
+    // (the worker sends each tag's commit time): commit to summary row, commit to the
+    // revalidation this server received. Neither includes the time until someone looked.
+    let html = get(&http, &product_page).await;
+    let note = |attr: &str| -> Option<u64> {
+        let at = html.find("data-field=\"freshness\"")?;
+        let rest = &html[at..];
+        let v = rest.find(&format!("{attr}=\""))? + attr.len() + 2;
+        rest[v..v + rest[v..].find('"')?].parse().ok()
+    };
+    let (to_summary, to_tag) = (note("data-value"), note("data-to-tag-ms"));
+    eprintln!("freshness note: commit to summary {to_summary:?} ms, to revalidation {to_tag:?} ms");
+    let (to_summary, to_tag) = (
+        to_summary.expect("the note gives commit to summary"),
+        to_tag.expect("the note gives commit to revalidation"),
+    );
+    assert!(
+        to_summary <= to_tag + 1 && to_tag <= inventory.as_millis() as u64 + 1000,
+        "summary {to_summary} ms, revalidation {to_tag} ms, page {inventory:?}"
+    );
 
     let t = Instant::now();
     c.batch_execute("UPDATE \"Product\" SET title = 'Alpha Prime' WHERE id = 'p1'")

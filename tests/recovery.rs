@@ -173,6 +173,8 @@ async fn assert_recovery_reported(
         Some(1.0),
         "{metrics}"
     );
+    // Exported at 0 from the start for every reason, so a recovery that kept the slot
+    // shows 0, not an absent series.
     assert_eq!(
         sample("cdc_slot_recreated_total"),
         // Exported at 0 from the start (so increase() alerts see the first one).

@@ -1,6 +1,6 @@
 import { Suspense } from "react";
 import { connection } from "next/server";
-import { getStoreIds } from "@/lib/data";
+import { getStoreIds, storeName } from "@/lib/data";
 
 export default function Home() {
   return (
@@ -23,7 +23,7 @@ async function StoreList() {
     <ul className="store-list" data-list="stores">
       {storeIds.map((id) => (
         <li key={id} data-store-id={id}>
-          <a href={`/stores/${encodeURIComponent(id)}`}>{id}</a>
+          <a href={`/stores/${encodeURIComponent(id)}`}>{storeName(id)}</a>
         </li>
       ))}
     </ul>

@@ -80,12 +80,13 @@ function StockBadge({ available }: { available: number }) {
 
 /**
  * The product's own image when it is served by this app (a path such as
- * `/placeholder/p1.svg`) or when STOREFRONT_REMOTE_IMAGES=true; otherwise the app's own
- * placeholder, so that the example never depends on an image host it cannot reach.
+ * `/placeholder/mug-1-1.svg`) or when STOREFRONT_REMOTE_IMAGES=true; otherwise the app's
+ * own placeholder, so that the example never depends on an image host it cannot reach.
  * A real shop would set STOREFRONT_REMOTE_IMAGES (or use next/image with remotePatterns).
  */
 function imageSrc(p: ProductSummary): string {
   const url = p.primaryImageUrl;
   if (url && (url.startsWith("/") || process.env.STOREFRONT_REMOTE_IMAGES === "true")) return url;
-  return `/placeholder/${encodeURIComponent(p.productId)}.svg`;
+  // The title picks the object drawn ("Enamel Mug #12": a mug).
+  return `/placeholder/${encodeURIComponent(p.productId)}.svg?title=${encodeURIComponent(p.title)}`;
 }

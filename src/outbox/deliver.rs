@@ -9,7 +9,7 @@
 //! Endpoints are stored, logged and labelled by their redacted URL ([`redact_url`]):
 //! credentials in a revalidation URL never reach a log, a metric or a state table.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -49,11 +49,34 @@ pub enum Outcome {
     },
 }
 
-/// POSTs one signed batch of tags. A failure's `why` is safe to log, store and print:
-/// what the endpoint answered may echo URLs with credentials, or the secret, and may be a
-/// whole error page ([`redact_answer`]).
-pub async fn post(http: &reqwest::Client, url: &str, secret: &str, tags: &[String]) -> Outcome {
-    match send(http, url, secret, tags).await {
+/// The body of a request: `{"tags": [...], "source": "cdc-worker", "committed_at": {...}}`.
+/// `committed_at` maps a tag to the commit time (unix ms) of the newest source change it
+/// revalidates, for the tags that come from streamed changes (none for `cdc-worker
+/// revalidate`): the app can then show how long the pipeline took from that commit to its
+/// summary row and to the revalidation. Receivers ignore fields they do not know.
+pub fn body(tags: &[String], committed: &BTreeMap<String, SystemTime>) -> String {
+    let committed: serde_json::Map<String, serde_json::Value> = committed
+        .iter()
+        .filter_map(|(tag, t)| {
+            let ms = t.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_millis() as u64;
+            Some((tag.clone(), ms.into()))
+        })
+        .collect();
+    serde_json::json!({ "tags": tags, "source": "cdc-worker", "committed_at": committed })
+        .to_string()
+}
+
+/// POSTs one signed batch of tags (`committed`: see [`body`]). A failure's `why` is safe
+/// to log, store and print: what the endpoint answered may echo URLs with credentials, or
+/// the secret, and may be a whole error page ([`redact_answer`]).
+pub async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    secret: &str,
+    tags: &[String],
+    committed: &BTreeMap<String, SystemTime>,
+) -> Outcome {
+    match send(http, url, secret, body(tags, committed)).await {
         Outcome::Failed { status, why } => Outcome::Failed {
             status,
             why: redact_answer(&why, &[secret]),
@@ -66,8 +89,7 @@ pub async fn post(http: &reqwest::Client, url: &str, secret: &str, tags: &[Strin
 /// and an endpoint streaming megabytes of error page must not hold delivery up.
 const ANSWER_READ_BYTES: usize = 64 * 1024;
 
-async fn send(http: &reqwest::Client, url: &str, secret: &str, tags: &[String]) -> Outcome {
-    let body = serde_json::json!({ "tags": tags, "source": "cdc-worker" }).to_string();
+async fn send(http: &reqwest::Client, url: &str, secret: &str, body: String) -> Outcome {
     let now_ms = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
@@ -214,7 +236,10 @@ struct Endpoint {
 struct Pending {
     last_id: i64,
     tags: Vec<String>,
+    /// Every row's commit time, for the latency metric.
     commit_times: Vec<SystemTime>,
+    /// Per tag, the newest commit time among its rows (sent with the tags).
+    committed: BTreeMap<String, SystemTime>,
 }
 
 impl Endpoint {
@@ -296,6 +321,7 @@ impl Endpoint {
             last_id: cursor,
             tags: Vec::new(),
             commit_times: Vec::new(),
+            committed: BTreeMap::new(),
         };
         for row in &rows {
             let tag: String = row.get(1);
@@ -304,11 +330,13 @@ impl Endpoint {
                     break;
                 }
                 seen.insert(tag.clone());
-                pending.tags.push(tag);
+                pending.tags.push(tag.clone());
             }
             pending.last_id = row.get(0);
             if let Some(t) = row.get::<_, Option<SystemTime>>(2) {
                 pending.commit_times.push(t);
+                let newest = pending.committed.entry(tag).or_insert(t);
+                *newest = (*newest).max(t);
             }
         }
         Ok((pending.last_id > cursor).then_some(pending))
@@ -327,7 +355,14 @@ impl Endpoint {
         let mut attempt = 0;
         let first_failure = Instant::now();
         loop {
-            let (status, why) = match post(&self.http, &self.url, &self.secret, &pending.tags).await
+            let (status, why) = match post(
+                &self.http,
+                &self.url,
+                &self.secret,
+                &pending.tags,
+                &pending.committed,
+            )
+            .await
             {
                 Outcome::Delivered => {
                     self.metrics.record_request(&self.key, "ok");
@@ -384,6 +419,24 @@ mod tests {
             signature("s3cret", 1_700_000_000_000, r#"{"tags":["a"]}"#),
             "t=1700000000000,v1=8e0af4502aead9e5944c54e6365b3813f6fd3af01aad97b5bcc8f80ac9d32cd7"
         );
+    }
+
+    #[test]
+    fn the_body_carries_each_tag_s_newest_commit_time() {
+        let at = |ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+        let tags = vec!["product:p1".to_string(), "store:s1:products".to_string()];
+        let committed = BTreeMap::from([("product:p1".to_string(), at(1_700_000_000_123))]);
+        let v: serde_json::Value = serde_json::from_str(&body(&tags, &committed)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "tags": ["product:p1", "store:s1:products"],
+                "source": "cdc-worker",
+                "committed_at": { "product:p1": 1_700_000_000_123u64 },
+            })
+        );
+        let none: serde_json::Value = serde_json::from_str(&body(&tags, &BTreeMap::new())).unwrap();
+        assert_eq!(none["committed_at"], serde_json::json!({}));
     }
 
     #[test]

@@ -10,7 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::support::{kill_group, spawn_on_free_port, wait_listening, wait_until, Cluster, TestDb};
+use crate::support::{
+    kill_group, revalidate_env, spawn_on_free_port, wait_listening, wait_until, Cluster, TestDb,
+    WorkerProcess, STREAMING,
+};
 
 pub const SECRET: &str = "e2e-secret";
 
@@ -34,7 +37,33 @@ pub fn nextjs_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("nextjs")
 }
 
-/// `npm ci && npm run build` unless a build is already there (the Makefile builds first).
+/// `packages/next`, the `@cdc-worker/next` package the storefront installs a copy of.
+pub fn package_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("packages/next")
+}
+
+/// Newest modification time of the files under `dir`, `node_modules` left out.
+fn newest_change(dir: &Path) -> std::time::SystemTime {
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let Ok(meta) = entry.metadata() else { continue };
+        let at = if meta.is_dir() {
+            if entry.file_name() == "node_modules" {
+                continue;
+            }
+            newest_change(&path)
+        } else {
+            meta.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH)
+        };
+        newest = newest.max(at);
+    }
+    newest
+}
+
+/// `npm ci && npm run build` unless a build is already there (the Makefile builds first)
+/// that is newer than every file of the package: `npm ci` installs a copy of
+/// `packages/next`, so a package changed since would otherwise be tested in its old form.
 /// Once per test process, under a file lock (`target/tmp/nextjs-build.lock`): test
 /// binaries may run at once, and two `npm ci` in one directory break each other.
 pub fn ensure_built() {
@@ -47,8 +76,11 @@ pub fn ensure_built() {
         let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
         assert_eq!(rc, 0, "flock {}", lock_path.display());
         let dir = nextjs_dir();
-        if dir.join(".next/BUILD_ID").exists() && dir.join("node_modules").exists() {
-            return;
+        let built = std::fs::metadata(dir.join(".next/BUILD_ID")).and_then(|m| m.modified());
+        if let Ok(built) = built {
+            if dir.join("node_modules").exists() && newest_change(&package_dir()) <= built {
+                return;
+            }
         }
         for args in [
             &["ci", "--no-audit", "--no-fund"][..],
@@ -141,6 +173,17 @@ impl NextServer {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
+}
+
+/// `cdc-worker run` delivering its tags to `next`'s /api/revalidate only, once it streams
+/// (a commit made while it is still starting would time the start, not the pipeline).
+pub async fn worker_telling(db: &TestDb, next: &NextServer) -> WorkerProcess {
+    let endpoint = next.url("/api/revalidate");
+    let worker = WorkerProcess::start(db, &["run"], &revalidate_env(&endpoint, SECRET));
+    worker
+        .wait_for_log(Duration::from_secs(30), STREAMING)
+        .await;
+    worker
 }
 
 /// GET that must answer 2xx; returns the body.

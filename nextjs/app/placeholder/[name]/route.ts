@@ -1,8 +1,10 @@
 /**
- * GET /placeholder/{productId}.svg — a product picture drawn by the app itself, so the
- * example shop shows images without any external image host (and works offline). The
- * colours and the object drawn follow from a hash of the id, so a product always gets
- * the same picture. Immutable: cached by browsers for a year.
+ * GET /placeholder/{name}.svg[?title=...] — a product picture drawn by the app itself, so
+ * the example shop shows images without any external image host (and works offline).
+ * The object drawn is the kind the name starts with (`mug-12-1.svg`, what the demo data's
+ * images use) or the first kind the `title` names ("Enamel Mug #12"), so the picture
+ * matches the product; otherwise, like the colours, it follows from a hash of the name,
+ * so a product always gets the same picture. Immutable: cached by browsers for a year.
  */
 const PALETTES = [
   ["#fde68a", "#b45309"],
@@ -14,7 +16,8 @@ const PALETTES = [
   ["#a5f3fc", "#0e7490"],
 ] as const;
 
-// Simple outlines on a 200x200 canvas: a mug, a tee, a cap, a poster, a sock, a tote.
+// Simple outlines on a 200x200 canvas, one per kind of KINDS.
+const KINDS = ["mug", "tee", "cap", "poster", "socks", "tote"] as const;
 const SHAPES = [
   '<rect x="55" y="60" width="75" height="90" rx="10"/><path d="M130 80 h15 a18 18 0 0 1 0 36 h-15" fill="none" stroke-width="10"/>',
   '<path d="M70 50 l-35 25 l15 25 l20 -10 v70 h60 v-70 l20 10 l15 -25 l-35 -25 q-30 20 -60 0z"/>',
@@ -34,12 +37,25 @@ function escapeXml(s: string): string {
   return s.replace(/[<>&'"]/g, (c) => `&#${c.charCodeAt(0)};`);
 }
 
-export async function GET(_req: Request, ctx: { params: Promise<{ name: string }> }): Promise<Response> {
+/** The index in KINDS of the kind `name` starts with, or else the first one `title` names. */
+function kindOf(name: string, title: string | null): number {
+  const prefix = KINDS.findIndex((k) => name.toLowerCase().startsWith(`${k}-`));
+  if (prefix >= 0 || !title) return prefix;
+  const words = title.toLowerCase().split(/[^a-z]+/);
+  for (const w of words) {
+    const i = KINDS.findIndex((k) => k === w || `${k}s` === w || k === `${w}s`);
+    if (i >= 0) return i;
+  }
+  return -1;
+}
+
+export async function GET(req: Request, ctx: { params: Promise<{ name: string }> }): Promise<Response> {
   const { name } = await ctx.params;
   const id = decodeURIComponent(name).replace(/\.svg$/, "").slice(0, 64);
   const h = hash(id);
   const [bg, fg] = PALETTES[h % PALETTES.length];
-  const shape = SHAPES[(h >>> 8) % SHAPES.length];
+  const kind = kindOf(id, new URL(req.url).searchParams.get("title"));
+  const shape = SHAPES[kind >= 0 ? kind : (h >>> 8) % SHAPES.length];
   const svg = `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 200 200" width="400" height="400">
 <rect width="200" height="200" fill="${bg}"/>
 <g fill="${fg}" stroke="${fg}" opacity="0.85">${shape}</g>

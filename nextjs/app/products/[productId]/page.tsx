@@ -1,6 +1,7 @@
 import { Suspense } from "react";
 import { connection } from "next/server";
-import { getProduct } from "@/lib/data";
+import type { Revalidation } from "@cdc-worker/next";
+import { getProduct, storeName } from "@/lib/data";
 import { ProductCard } from "@/app/product-card";
 
 type Props = { params: Promise<{ productId: string }> };
@@ -26,23 +27,19 @@ async function Product({ params }: Props) {
       </p>
     );
   }
-  // How long after the summary row last changed this page read it: the worker writes
-  // `updatedAt` when it applies a change, and the cached read happens on the first
-  // request after the revalidation, so a small number means the page refreshed right
-  // after the change (a large one only means nobody looked at it for a while).
-  const lagMs = Math.max(0, Date.parse(p.readAt) - Date.parse(p.updatedAt));
+  const note = freshness(p.updatedAt, p.revalidation);
   return (
     <section>
       <a className="back" href={`/stores/${encodeURIComponent(p.storeId)}`}>
-        ← Back to {p.storeId}
+        ← Back to {storeName(p.storeId)}
       </a>
       <div className="detail-wrap">
         <ProductCard p={p} variant="detail">
           <button className="button" type="button" aria-disabled={!p.active || p.inventoryAvailable <= 0}>
             {p.active && p.inventoryAvailable > 0 ? "Add to cart" : "Unavailable"}
           </button>
-          <p className="freshness" data-field="freshness" data-value={String(lagMs)}>
-            {`Updated ${formatLag(lagMs)} after the change (last change ${p.updatedAt.replace("T", " ").replace(/\.\d+Z$/, " UTC")}).`}
+          <p className="freshness" data-field="freshness" data-value={note.toSummaryMs ?? ""} data-to-tag-ms={note.toTagMs ?? ""}>
+            {note.text}
           </p>
         </ProductCard>
       </div>
@@ -50,9 +47,31 @@ async function Product({ params }: Props) {
   );
 }
 
-function formatLag(ms: number): string {
-  if (ms < 10_000) return `${ms} ms`;
+/**
+ * The pipeline's delay for the change this page shows: from the source commit to the
+ * summary row (its `updatedAt`, written by cdc-worker; both on the database's clock) and
+ * to the revalidation this server received (its own clock). Known when this server
+ * received the revalidation that brought the row (cdc-worker sends the commit time with
+ * the tags); otherwise the note says only when the row was written. Neither figure
+ * includes the time until someone opened the page.
+ */
+function freshness(updatedAt: string, told: Revalidation | null) {
+  const written = Date.parse(updatedAt);
+  const at = updatedAt.replace("T", " ").replace(/\.\d+Z$/, " UTC");
+  if (!told || told.committedAt === null) {
+    return { toSummaryMs: null, toTagMs: null, text: `Summary row last written by cdc-worker at ${at}.` };
+  }
+  const toSummaryMs = Math.max(0, written - told.committedAt);
+  const toTagMs = Math.max(0, told.revalidatedAt - told.committedAt);
+  return {
+    toSummaryMs,
+    toTagMs,
+    text: `The last change reached the summary ${formatMs(toSummaryMs)} after its commit; this page's cache was revalidated ${formatMs(toTagMs)} after the commit.`,
+  };
+}
+
+function formatMs(ms: number): string {
+  if (ms < 10_000) return `${Math.round(ms)} ms`;
   if (ms < 120_000) return `${Math.round(ms / 1000)} s`;
-  if (ms < 2 * 3600_000) return `${Math.round(ms / 60_000)} min`;
-  return `${Math.round(ms / 3600_000)} h`;
+  return `${Math.round(ms / 60_000)} min`;
 }

@@ -1,6 +1,6 @@
 import { Suspense } from "react";
 import { connection } from "next/server";
-import { getStoreProducts, STORE_LISTING_LIMIT } from "@/lib/data";
+import { getStoreProducts, STORE_LISTING_LIMIT, storeName } from "@/lib/data";
 import { ProductCard } from "@/app/product-card";
 
 type Props = { params: Promise<{ storeId: string }> };
@@ -19,7 +19,7 @@ async function StoreListing({ params }: Props) {
   const products = await getStoreProducts(storeId);
   return (
     <section data-store-id={storeId} data-product-count={products.length}>
-      <h1>{storeId}</h1>
+      <h1>{storeName(storeId)}</h1>
       <p className="subtle">
         {products.length === 0
           ? "No products."

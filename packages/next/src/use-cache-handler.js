@@ -10,12 +10,19 @@
  * per-instance tag manifest synced in refreshTags() would have to download every
  * revalidated tag (here: one per product) on every request.
  *
+ * Timestamps: Next.js stamps a `'use cache'` entry with the start of its render (before
+ * the function reads anything), on this process's clock. set() stores that instant on
+ * Redis's clock and get() hands it back on this process's clock (shared-cache.js), so an
+ * instance whose clock runs ahead cannot make an entry look newer than a revalidation
+ * another instance recorded.
+ *
  * Redis down or slow: get() is a miss and set() is skipped, so pages render from the
- * database; see cache/redis.js for why tag writes fail loudly instead.
+ * database; see shared-cache.js for why tag writes fail loudly instead.
  */
-const shared = require("./redis");
+import * as shared from "./shared-cache.js";
 
-/** @typedef {import("next/cache").CacheEntry} CacheEntry */
+// Connect when Next.js loads the handler (at server start), not at the first request.
+if (shared.enabled()) void shared.ready();
 
 /**
  * @param {Uint8Array} bytes
@@ -37,12 +44,12 @@ function streamOf(bytes) {
  */
 const pendingSets = new Map();
 
-/** @type {import("next/cache").CacheHandler} */
+/** @type {import("next/cache.js").CacheHandler} */
 const handler = {
   async get(cacheKey, softTags) {
     const pending = pendingSets.get(cacheKey);
     if (pending) await pending;
-    const client = shared.ready();
+    const client = await shared.ready();
     if (!client) return undefined;
     try {
       const raw = await shared.withTimeout(client.get(shared.entryKey("uc", cacheKey)));
@@ -57,7 +64,7 @@ const handler = {
         value: streamOf(Buffer.from(data.value, "base64")),
         tags,
         stale: data.stale,
-        timestamp: data.timestamp,
+        timestamp: await shared.toLocalTime(client, data.timestamp),
         expire: data.expire,
         // A negative revalidate serves this once and refreshes in the background.
         revalidate: verdict === "stale" ? -1 : data.revalidate,
@@ -76,13 +83,13 @@ const handler = {
       const entry = await pendingEntry;
       // Consume the stream exactly once, whether or not Redis is there to store it.
       const bytes = Buffer.from(await new Response(entry.value).arrayBuffer());
-      const client = shared.ready();
+      const client = await shared.ready();
       if (!client) return;
       const data = JSON.stringify({
         value: bytes.toString("base64"),
         tags: entry.tags,
         stale: entry.stale,
-        timestamp: entry.timestamp,
+        timestamp: await shared.toRedisTime(client, entry.timestamp),
         expire: entry.expire,
         revalidate: entry.revalidate,
       });
@@ -112,4 +119,4 @@ const handler = {
   },
 };
 
-module.exports = handler;
+export default handler;
