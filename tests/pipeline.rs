@@ -762,7 +762,7 @@ async fn a_batch_larger_than_max_products_is_applied_in_parts() {
         &[("FAILPOINTS", "apply-part=return")],
     );
     crashed
-        .wait_for_log(Duration::from_secs(20), "streaming")
+        .wait_for_log(Duration::from_secs(20), support::STREAMING)
         .await;
     c.batch_execute("UPDATE \"Inventory\" SET reserved = 0")
         .await

@@ -177,7 +177,6 @@ async fn assert_recovery_reported(
     // shows 0, not an absent series.
     assert_eq!(
         sample("cdc_slot_recreated_total"),
-        // Exported at 0 from the start (so increase() alerts see the first one).
         Some(if recreated { 1.0 } else { 0.0 }),
         "{metrics}"
     );
