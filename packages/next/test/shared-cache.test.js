@@ -39,6 +39,12 @@ async function text(stream) {
   return new Response(stream).text();
 }
 
+/**
+ * Between two events a test orders: longer than the rounding toward older of a clock
+ * conversion (the round trips to Redis), which on a loaded machine took more than 50 ms.
+ */
+const pause = () => new Promise((r) => setTimeout(r, 250));
+
 let n = 0;
 const unique = (what) => `${what}-${++n}-${process.pid}`;
 
@@ -63,17 +69,17 @@ describe("'use cache' handler", () => {
     assert.equal(await text(got.value), "hello");
     assert.deepEqual(got.tags, [tag]);
     // Back on this process's clock, never later than the real start (it may round down
-    // by the round trips of the clock measurements).
-    assert.ok(got.timestamp <= start && got.timestamp > start - 50, `${got.timestamp} vs ${start}`);
+    // by the round trips of the clock measurements, which a loaded machine stretches).
+    assert.ok(got.timestamp <= start && got.timestamp > start - 1000, `${got.timestamp} vs ${start}`);
     assert.equal(got.revalidate, 900);
   });
 
   test("a tag revalidated after the render started expires the entry; one revalidated before does not", async () => {
     const [k1, k2, tag] = [unique("k"), unique("k"), unique("t")];
     const renderedBefore = nextNow();
-    await new Promise((r) => setTimeout(r, 5));
+    await pause();
     await shared.recordTags([tag], { expire: 0 });
-    await new Promise((r) => setTimeout(r, 5));
+    await pause();
     await useCache.set(k1, Promise.resolve(entry([tag], renderedBefore)));
     await useCache.set(k2, Promise.resolve(entry([tag])));
     assert.equal(await useCache.get(k1, []), undefined, "rendered before the revalidation: expired");
@@ -123,10 +129,10 @@ describe("ISR handler", () => {
     const [key, tag] = [unique("/product"), unique("t")];
     // Next.js asks the cache, misses, renders (reading the old data)...
     assert.equal(await isr.get(key, {}), null);
-    await new Promise((r) => setTimeout(r, 5));
+    await pause();
     // ...the data changes and the tag is revalidated while the render runs...
     await shared.recordTags([tag], { expire: 0 });
-    await new Promise((r) => setTimeout(r, 5));
+    await pause();
     // ...and the render's result, with the old data, is stored afterwards.
     await isr.set(key, { kind: "APP_PAGE", html: "old", headers: { "x-next-cache-tags": tag }, status: 200 }, {
       cacheControl: { revalidate: false },
@@ -155,7 +161,7 @@ describe("one clock for every instance", () => {
   test("an instance whose clock runs 30 s ahead cannot make an entry it rendered outlive a revalidation", async () => {
     const [key, tag] = [unique("k"), unique("t")];
     await otherInstance(30_000, "set-uc", key, tag);
-    await new Promise((r) => setTimeout(r, 5));
+    await pause();
     await shared.recordTags([tag], { expire: 0 }); // this instance, on time
     assert.equal(await useCache.get(key, []), undefined, "rendered before the revalidation: expired");
   });
@@ -163,7 +169,7 @@ describe("one clock for every instance", () => {
   test("a revalidation recorded by an instance whose clock runs 30 s behind expires what was rendered before it", async () => {
     const [key, tag] = [unique("k"), unique("t")];
     await useCache.set(key, Promise.resolve(entry([tag])));
-    await new Promise((r) => setTimeout(r, 5));
+    await pause();
     await otherInstance(-30_000, "record", tag);
     assert.equal(await useCache.get(key, []), undefined);
   });
@@ -171,7 +177,7 @@ describe("one clock for every instance", () => {
   test("a revalidation recorded by an instance whose clock runs 30 s ahead expires what was rendered before it at once", async () => {
     const [key, tag] = [unique("k"), unique("t")];
     await useCache.set(key, Promise.resolve(entry([tag])));
-    await new Promise((r) => setTimeout(r, 5));
+    await pause();
     await otherInstance(30_000, "record", tag);
     assert.equal(await useCache.get(key, []), undefined, "not only once this clock reaches the other's");
   });
@@ -188,7 +194,7 @@ describe("one clock for every instance", () => {
   test("entries rendered after a revalidation stay fresh, whatever the clocks", async () => {
     const [k1, k2, tag] = [unique("k"), unique("k"), unique("t")];
     await otherInstance(30_000, "record", tag);
-    await new Promise((r) => setTimeout(r, 5));
+    await pause();
     await useCache.set(k1, Promise.resolve(entry([tag])));
     assert.ok(await useCache.get(k1, []), "rendered here after an instance ahead revalidated");
     await otherInstance(-30_000, "set-uc", k2, tag);
