@@ -122,7 +122,18 @@ impl Applier {
     pub async fn new(client: Client, cfg: &Config) -> anyhow::Result<Applier> {
         // The apply statements are short index lookups; JIT compiling them costs more than
         // it saves (seen in profiles of large batches).
-        client.batch_execute("SET jit = off").await?;
+        //
+        // Generic plans, always: every statement here looks rows up by id (a list or a
+        // range of them), which the generic plan does by index whatever the count. A
+        // custom plan is planned for each batch (4-20 ms of the server's CPU for the
+        // apply statement) and, for a page of 20k ids of a pass, overestimates the rows
+        // and hashes whole tables instead: it seq-scanned every price and the whole
+        // summary (to join the UPDATE) per page, 1.3 s against 0.6 s for the generic
+        // plan at 1M products (bench/RESULTS.md, issue 21). Left to `auto`, the server
+        // keeps custom plans when the small batches before a pass made them look cheap.
+        client
+            .batch_execute("SET jit = off; SET plan_cache_mode = force_generic_plan")
+            .await?;
         let layout = Layout::load(&client, cfg).await?;
         if !layout.summary_exists {
             return Err(definite(format!(
