@@ -14,6 +14,7 @@ use crate::shop::layout::Layout;
 pub fn families(layout: &Layout) -> Vec<(&'static str, String)> {
     vec![
         ("apply write", write(layout)),
+        ("pass write range", write_range(layout)),
         ("pass first page", first_page(layout)),
         ("pass next page", next_page(layout)),
         ("reconcile page bound", page_bound(layout)),
@@ -38,6 +39,44 @@ pub fn families(layout: &Layout) -> Vec<(&'static str, String)> {
 /// (for the tags).
 /// Equal rows are not written: a no-op source change writes nothing.
 pub fn write(layout: &Layout) -> String {
+    let pid = &layout.col.product_id;
+    let ids = layout.ids(2);
+    // The UPDATE finds its rows through the join on the product id alone: a filter
+    // `= ANY($2)` there would be searched linearly per row in a generic plan.
+    write_where(
+        layout,
+        &format!("s.product_id = ANY({ids})"),
+        &format!("t.{pid} = ANY({ids})"),
+        "",
+    )
+}
+
+/// A page of a pass over every product: [`write`] for every product in `[$2, $3]` (the
+/// first and the last id of a pass page, [`first_page`] / [`next_page`]; `$1` the
+/// currency), in the source or in the summary. Each side is read by a range scan of its
+/// index (one descent instead of one per id), the ids never travel as a list, and the
+/// UPDATE's rows are bounded by the same range, so no estimate can turn its join into a
+/// scan of the whole summary.
+pub fn write_range(layout: &Layout) -> String {
+    let pid = &layout.col.product_id;
+    let range = |col: &str| format!("{col} >= {} AND {col} <= {}", layout.id(2), layout.id(3));
+    write_where(
+        layout,
+        &range("s.product_id"),
+        &range(&format!("t.{pid}")),
+        &format!(" AND {}", range(&format!("t.{pid}"))),
+    )
+}
+
+/// The apply statement over the products `source_filter` (on the summary query `s`) and
+/// `table_filter` (on the summary table `t`) select; `update_filter` is appended to the
+/// UPDATE's condition on `t`.
+fn write_where(
+    layout: &Layout,
+    source_filter: &str,
+    table_filter: &str,
+    update_filter: &str,
+) -> String {
     let c = &layout.col;
     const FIELDS: [&str; 6] = [
         "store_id",
@@ -93,16 +132,16 @@ pub fn write(layout: &Layout) -> String {
     // take the upsert, which stays the safe way to add a row. Rows to delete come from `c`
     // (the rows read), so the summary's index is not searched for every id again.
     format!(
-        "WITH d AS (SELECT s.* FROM ({query}) s WHERE s.product_id = ANY({ids})), \
+        "WITH d AS (SELECT s.* FROM ({query}) s WHERE {source_filter}), \
          c AS (SELECT t.{pid} AS product_id, t.{sid} AS store_id, t.{title} AS title, \
                t.{price} AS price, t.{active} AS active, t.{inv} AS inventory_available, \
-               t.{img} AS primary_image_url FROM {summary} t WHERE t.{pid} = ANY({ids})), \
+               t.{img} AS primary_image_url FROM {summary} t WHERE {table_filter}), \
          changed AS (SELECT d.*, c.product_id IS NULL AS is_new, c.store_id AS old_store, \
                c.inventory_available IS DISTINCT FROM d.inventory_available AS inventory_changed \
                FROM d LEFT JOIN c ON c.product_id = d.product_id \
                WHERE c.product_id IS NULL OR ({d_fields}) IS DISTINCT FROM ({c_fields})), \
          updated AS (UPDATE {summary} t SET {update_sets} FROM changed ch \
-               WHERE NOT ch.is_new AND t.{pid} = ch.product_id RETURNING 1), \
+               WHERE NOT ch.is_new AND t.{pid} = ch.product_id{update_filter} RETURNING 1), \
          inserted AS (INSERT INTO {summary} ({id_col}{pid}, {sid}, {title}, {price}, {active}, \
                {inv}, {img}, {updated}) \
                SELECT {id_val}product_id, store_id, title, price, active, inventory_available, \
@@ -115,7 +154,6 @@ pub fn write(layout: &Layout) -> String {
                 store_id::text, old_store::text, inventory_changed FROM changed \
          UNION ALL SELECT 'd'::\"char\", product_id::text, store_id::text, NULL, true FROM deleted",
         query = layout.query(),
-        ids = layout.ids(2),
         summary = layout.summary,
         pid = c.product_id,
         sid = c.store_id,
