@@ -21,7 +21,9 @@ use cdc_worker::pg::connect::Database;
 ///
 /// Configuration: config/cdc-worker.toml (or --config), overridden by environment
 /// variables: DATABASE_URL (required), CDC_SLOT, CDC_PUBLICATION, CDC_SCHEMA,
-/// CDC_CURRENCY, CDC_REVALIDATE_URLS, CDC_REVALIDATE_SECRET, CDC_METRICS_ADDR.
+/// CDC_CURRENCY, CDC_REVALIDATE_URLS, CDC_REVALIDATE_SECRET, CDC_METRICS_ADDR,
+/// CDC_PGOUTPUT_PROTOCOL; logging: CDC_LOG (a filter, e.g. info,cdc_worker=debug),
+/// CDC_LOG_FORMAT.
 #[derive(Parser)]
 #[command(name = "cdc-worker", version, about, long_about, max_term_width = 100)]
 struct Cli {
