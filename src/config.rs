@@ -907,9 +907,8 @@ mod tests {
 
     #[test]
     fn pgoutput_protocol_is_1_or_2() {
-        let dir = std::env::temp_dir().join(format!("cdcw-proto-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("c.toml");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
         let load = |text: &str| {
             std::fs::write(&p, text).unwrap();
             Config::load_with_env(Some(&p), env(&[("DATABASE_URL", "postgres://x/y")]))
