@@ -32,6 +32,7 @@ use crate::config::Config;
 use crate::error::definite;
 use crate::ops::metrics::Metrics;
 use crate::pg::connect::Database;
+use crate::pg::server;
 use crate::pg::sql::{qualified, quote_ident};
 use crate::state::checkpoint;
 
@@ -48,40 +49,32 @@ pub struct Sources {
 /// Reads the publication's tables and each source table's replica identity.
 pub async fn inspect(client: &Client, cfg: &Config) -> anyhow::Result<Sources> {
     let t = &cfg.tables;
-    let row = client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1), \
-             ARRAY(SELECT tablename::text FROM pg_publication_tables \
-                   WHERE pubname = $1 AND schemaname = $2)",
-            &[&cfg.publication, &t.schema],
-        )
-        .await?;
-    let published: Vec<String> = row.get(1);
+    // The same reading of the publication as setup's and teardown's.
+    let published = server::publication_tables(client, &cfg.publication).await?;
     let (tables, columns): (Vec<&String>, Vec<&String>) = t.sources.iter().unzip();
-    // The product column is in the identity when the identity is FULL, or it is a column
-    // of the primary key (DEFAULT) or of the replica identity index (USING INDEX).
     let identities = client
         .query(
-            "SELECT c.relname::text, c.relreplident = 'f' OR EXISTS ( \
-                 SELECT 1 FROM pg_index i JOIN pg_attribute a \
-                   ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
-                 WHERE i.indrelid = c.oid AND a.attname = s.col \
-                   AND ((c.relreplident = 'd' AND i.indisprimary) \
-                        OR (c.relreplident = 'i' AND i.indisreplident))) \
-             FROM unnest($2::text[], $3::text[]) s(tbl, col) \
-             JOIN pg_class c ON c.relname = s.tbl \
-             JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = $1",
+            &format!(
+                "SELECT c.relname::text, {} \
+                 FROM unnest($2::text[], $3::text[]) s(tbl, col) \
+                 JOIN pg_class c ON c.relname = s.tbl \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = $1",
+                server::identity_carries("c", "s.col")
+            ),
             &[&t.schema, &tables, &columns],
         )
         .await?;
     Ok(Sources {
-        publication_exists: row.get(0),
-        unpublished: t
-            .sources
-            .keys()
-            .filter(|table| !published.contains(table))
-            .cloned()
-            .collect(),
+        unpublished: match &published {
+            Some(have) => cfg
+                .source_tables()
+                .into_iter()
+                .filter(|st| !have.contains(st))
+                .map(|(_, table)| table)
+                .collect(),
+            None => Vec::new(),
+        },
+        publication_exists: published.is_some(),
         weak_identity: identities
             .iter()
             .map(|r| (r.get(0), !r.get::<_, bool>(1)))

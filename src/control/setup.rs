@@ -143,15 +143,15 @@ async fn check_sources(client: &Client, cfg: &Config, role: &Role) -> anyhow::Re
     for (table, column) in &cfg.tables.sources {
         let row = client
             .query_opt(
-                "SELECT c.relreplident::text, pg_has_role(c.relowner, 'USAGE'), \
-                        has_table_privilege(c.oid, 'SELECT'), \
-                        EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid \
-                                AND a.attname = $3 AND a.attnum > 0 AND NOT a.attisdropped), \
-                        EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a \
-                                  ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
-                                WHERE i.indrelid = c.oid AND i.indisprimary AND a.attname = $3) \
-                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+                &format!(
+                    "SELECT {}, pg_has_role(c.relowner, 'USAGE'), \
+                            has_table_privilege(c.oid, 'SELECT'), \
+                            EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid \
+                                    AND a.attname = $3 AND a.attnum > 0 AND NOT a.attisdropped) \
+                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+                    server::identity_carries("c", "$3::text")
+                ),
                 &[schema, table, column],
             )
             .await?;
@@ -162,8 +162,8 @@ async fn check_sources(client: &Client, cfg: &Config, role: &Role) -> anyhow::Re
                  or correct tables.schema / tables.sources in the config"
             )));
         };
-        let (ident, owner, select, has_column, column_in_pk): (String, bool, bool, bool, bool) =
-            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        let (identity_has_column, owner, select, has_column): (bool, bool, bool, bool) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
         if !has_column {
             return Err(definite(format!(
                 "table {name} has no column {}, which tables.sources names as its product id",
@@ -179,7 +179,6 @@ async fn check_sources(client: &Client, cfg: &Config, role: &Role) -> anyhow::Re
         // A DELETE carries the old row's replica identity only. With the default identity
         // (the primary key) a child table's delete says which row went but not which
         // product it belonged to; FULL makes the old row, product id included, part of it.
-        let identity_has_column = ident == "f" || (ident == "d" && column_in_pk);
         if !identity_has_column {
             if !owner && !role.is_super {
                 return Err(definite(format!(

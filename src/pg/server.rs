@@ -486,32 +486,50 @@ pub async fn free_slot_count(client: &Client) -> anyhow::Result<i64> {
         .get(0))
 }
 
+/// SQL: whether the replica identity of table `class` (a `pg_class` alias) carries the
+/// column named by the text expression `column`: the identity is FULL, or the column is
+/// in the primary key (DEFAULT) or in the replica identity index (USING INDEX). One
+/// definition for setup's check and run's re-check, so they never disagree.
+pub fn identity_carries(class: &str, column: &str) -> String {
+    format!(
+        "({class}.relreplident = 'f' OR EXISTS ( \
+           SELECT 1 FROM pg_index i JOIN pg_attribute a \
+             ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+           WHERE i.indrelid = {class}.oid AND a.attname = {column} \
+             AND (({class}.relreplident = 'd' AND i.indisprimary) \
+                  OR ({class}.relreplident = 'i' AND i.indisreplident))))"
+    )
+}
+
 /// The tables publication `name` covers, as (schema, table); `None` when it does not
-/// exist.
+/// exist. Read from `pg_publication_tables`, which expands `FOR ALL TABLES` and
+/// `FOR TABLES IN SCHEMA` into the tables they stand for (`pg_publication_rel` lists only
+/// tables named one by one, so such a publication would look empty).
 pub async fn publication_tables(
     client: &Client,
     name: &str,
 ) -> anyhow::Result<Option<BTreeSet<(String, String)>>> {
-    let exists: bool = client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
-            &[&name],
-        )
-        .await?
-        .get(0);
-    if !exists {
-        return Ok(None);
-    }
+    // No row: no such publication; one row of NULLs: a publication of no table.
     let rows = client
         .query(
-            "SELECT n.nspname::text, c.relname::text FROM pg_publication p \
-             JOIN pg_publication_rel pr ON pr.prpubid = p.oid \
-             JOIN pg_class c ON c.oid = pr.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE p.pubname = $1",
+            "SELECT t.schemaname::text, t.tablename::text FROM pg_publication p \
+             LEFT JOIN pg_publication_tables t ON t.pubname = p.pubname WHERE p.pubname = $1",
             &[&name],
         )
         .await?;
-    Ok(Some(rows.iter().map(|r| (r.get(0), r.get(1))).collect()))
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(
+        rows.iter()
+            .filter_map(|r| {
+                Some((
+                    r.get::<_, Option<String>>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                ))
+            })
+            .collect(),
+    ))
 }
 
 /// A server session, as `pg_stat_activity` shows it.
