@@ -484,3 +484,35 @@ async fn a_column_renamed_under_the_query_stops_until_the_query_is_fixed() {
     .await;
     assert_eq!(reconcile(&db, &config, &[]), 0);
 }
+
+/// A replica identity USING INDEX whose index holds the product id carries it in every
+/// old row, so setup and run judge it the same way (one SQL, `pg::server::identity_carries`):
+/// setup leaves it as it is instead of forcing FULL, and run neither warns nor raises the
+/// weak-identity metric. Before, setup counted only FULL or the primary key and rewrote it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_identity_index_with_the_product_id_is_enough_for_setup_and_run() {
+    let db = Cluster::shared().create_db("identity_index").await;
+    let c = db.client().await;
+    seed(&c, 1, 5).await;
+    c.batch_execute(
+        "ALTER TABLE \"ProductImage\" REPLICA IDENTITY DEFAULT;
+         CREATE UNIQUE INDEX image_product_id ON \"ProductImage\" (\"productId\", id);
+         ALTER TABLE \"ProductImage\" REPLICA IDENTITY USING INDEX image_product_id;",
+    )
+    .await
+    .unwrap();
+    let config = fast_heartbeat(&db);
+    let setup = WorkerProcess::run_to_end(&db, &["--config", &config, "setup"], &[]);
+    assert!(setup.success, "{}", setup.output);
+    let identity = texts(
+        &c,
+        "SELECT relreplident::text FROM pg_class WHERE relname = 'ProductImage'",
+    )
+    .await;
+    assert_eq!(identity, ["i"], "setup rewrote a sufficient identity");
+    let log = run_until_streaming(&db, &config, &[]).await;
+    assert!(
+        !log.contains("\"ProductImage\" REPLICA IDENTITY FULL"),
+        "run called a sufficient identity weak:\n{log}"
+    );
+}
