@@ -22,15 +22,11 @@ fn config_giving_up_after(db: &TestDb, secs: u64) -> String {
 }
 
 async fn parked_tags(c: &Client) -> Vec<String> {
-    c.query(
+    support::column(
+        c,
         "SELECT unnest(tags) FROM cdc_worker.outbox_failed ORDER BY 1",
-        &[],
     )
     .await
-    .unwrap()
-    .iter()
-    .map(|r| r.get(0))
-    .collect()
 }
 
 /// Every row of the worker's delivery state, as text.

@@ -7,8 +7,8 @@ mod support;
 use std::time::Duration;
 
 use support::{
-    drift, metric_value, scrape, seed, wait_converged, Cluster, SlotGuard, TestDb, WorkerProcess,
-    CLOSED_PORT_URL, METRICS_ANY_PORT,
+    column, drift, metric_value, scrape, seed, wait_converged, Cluster, SlotGuard, TestDb,
+    WorkerProcess, CLOSED_PORT_URL, METRICS_ANY_PORT,
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -172,7 +172,8 @@ async fn metrics_and_probes_on_leader_and_standby() {
 /// schemas, relations with their kind and replica identity, publications and their
 /// tables, this database's slots. Equal before and after means nothing changed.
 async fn catalog(c: &tokio_postgres::Client) -> Vec<String> {
-    c.query(
+    column(
+        c,
         "SELECT 'schema ' || nspname FROM pg_namespace \
            WHERE nspname NOT LIKE 'pg_temp%' AND nspname NOT LIKE 'pg_toast_temp%' \
          UNION ALL \
@@ -187,13 +188,8 @@ async fn catalog(c: &tokio_postgres::Client) -> Vec<String> {
          UNION ALL SELECT 'slot ' || slot_name FROM pg_replication_slots \
            WHERE database = current_database() \
          ORDER BY 1",
-        &[],
     )
     .await
-    .unwrap()
-    .iter()
-    .map(|r| r.get(0))
-    .collect()
 }
 
 /// Issue 19 item 3 (DESIGN.md invariant 13): `setup` in a second database of the server
