@@ -120,13 +120,11 @@ async fn metrics_and_probes_on_leader_and_standby() {
     assert_eq!(metric_value(&m, "cdc_batch_size_sum "), Some(1.0), "{m}");
     // A pass over every product is counted with its reason.
     c.batch_execute("TRUNCATE \"ProductImage\"").await.unwrap();
-    support::wait_until(
+    support::wait_metric(
+        &leader_addr,
+        "cdc_apply_passes_total{reason=\"truncate\"}",
+        1.0,
         Duration::from_secs(10),
-        "the truncate's pass counted",
-        || async {
-            let (_, m) = scrape(&http, &leader_addr, "/metrics").await;
-            metric_value(&m, "cdc_apply_passes_total{reason=\"truncate\"}") == Some(1.0)
-        },
     )
     .await;
     wait_converged(&c, "the truncate").await;
@@ -136,13 +134,11 @@ async fn metrics_and_probes_on_leader_and_standby() {
     assert_eq!(scrape(&http, &leader_addr, "/readyz").await.0, 200);
 
     // The monitor fills the gauges that only the database knows.
-    support::wait_until(
+    support::wait_metric(
+        &leader_addr,
+        "cdc_slot_wal_status{status=\"reserved\"}",
+        1.0,
         Duration::from_secs(10),
-        "slot status in the metrics",
-        || async {
-            let (_, m) = scrape(&http, &leader_addr, "/metrics").await;
-            metric_value(&m, "cdc_slot_wal_status{status=\"reserved\"}") == Some(1.0)
-        },
     )
     .await;
 

@@ -1329,6 +1329,17 @@ pub async fn metric(addr: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
 }
 
+/// Waits up to `timeout` until the sample `series` (as for [`metric_value`]) at
+/// `http://{addr}/metrics` is `want`.
+pub async fn wait_metric(addr: &str, series: &str, want: f64, timeout: Duration) {
+    wait_until(
+        timeout,
+        &format!("{series} is {want} at http://{addr}/metrics"),
+        || async { metric_value(&metrics_text(addr).await, series) == Some(want) },
+    )
+    .await;
+}
+
 // ---- A TCP proxy between the worker and Postgres ----------------------------------------
 
 /// Forwards TCP connections on 127.0.0.1:`port` to a target port that can change
