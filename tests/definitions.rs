@@ -9,7 +9,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{drift, seed, summary_of, wait_until, Cluster, TestDb, WorkerProcess};
+use support::{column, drift, seed, summary_of, wait_until, Cluster, TestDb, WorkerProcess};
 use tokio_postgres::Client;
 
 const BUILT_IN_QUERY: &str = include_str!("../sql/summary_query.sql");
@@ -52,22 +52,12 @@ async fn metric(addr: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// The first column of every row `sql` returns, as text.
-async fn texts(c: &Client, sql: &str) -> Vec<String> {
-    c.query(sql, &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
 async fn outbox_tags(c: &Client) -> Vec<String> {
-    texts(c, "SELECT DISTINCT tag FROM cdc_worker.outbox ORDER BY tag").await
+    column(c, "SELECT DISTINCT tag FROM cdc_worker.outbox ORDER BY tag").await
 }
 
 async fn titles(c: &Client) -> Vec<String> {
-    texts(
+    column(
         c,
         "SELECT title FROM \"ProductSummary\" ORDER BY \"productId\"",
     )

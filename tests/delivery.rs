@@ -22,15 +22,21 @@ fn config_giving_up_after(db: &TestDb, secs: u64) -> String {
 }
 
 async fn parked_tags(c: &Client) -> Vec<String> {
-    c.query(
+    support::column(
+        c,
         "SELECT unnest(tags) FROM cdc_worker.outbox_failed ORDER BY 1",
-        &[],
     )
     .await
-    .unwrap()
-    .iter()
-    .map(|r| r.get(0))
-    .collect()
+}
+
+/// Waits up to 20 s until `tag` is parked in `cdc_worker.outbox_failed`.
+async fn wait_parked(c: &Client, tag: &str) {
+    wait_until(
+        Duration::from_secs(20),
+        &format!("{tag} parked in outbox_failed"),
+        || async { parked_tags(c).await.iter().any(|t| t == tag) },
+    )
+    .await;
 }
 
 /// Every row of the worker's delivery state, as text.
@@ -104,12 +110,7 @@ async fn tags_parked_after_give_up_are_redelivered_by_revalidate_failed() {
     c.batch_execute("UPDATE \"Price\" SET amount = 7 WHERE \"productId\" = 'p1'")
         .await
         .unwrap();
-    wait_until(
-        Duration::from_secs(20),
-        "the tags parked in outbox_failed",
-        || async { parked_tags(&c).await.contains(&"product:p1".to_string()) },
-    )
-    .await;
+    wait_parked(&c, "product:p1").await;
     assert!(e.requests() >= 2, "parked without a retry");
     wait_until(
         Duration::from_secs(10),
@@ -233,12 +234,7 @@ async fn credentials_in_a_revalidate_url_appear_nowhere() {
     c.batch_execute("UPDATE \"Price\" SET amount = 9 WHERE \"productId\" = 'p1'")
         .await
         .unwrap();
-    wait_until(
-        Duration::from_secs(20),
-        "the failing tags parked",
-        || async { parked_tags(&c).await.contains(&"product:p1".to_string()) },
-    )
-    .await;
+    wait_parked(&c, "product:p1").await;
     let metrics = metrics_text(&metrics_addr).await;
     assert!(
         metrics.contains("cdc_revalidate_requests_total{endpoint="),
@@ -387,12 +383,7 @@ async fn a_parked_answer_is_redacted_and_capped() {
     c.batch_execute("UPDATE \"Price\" SET amount = 8 WHERE \"productId\" = 'p2'")
         .await
         .unwrap();
-    wait_until(
-        Duration::from_secs(20),
-        "the tags parked in outbox_failed",
-        || async { parked_tags(&c).await.contains(&"product:p2".to_string()) },
-    )
-    .await;
+    wait_parked(&c, "product:p2").await;
     let response: String = c
         .query_one("SELECT response FROM cdc_worker.outbox_failed LIMIT 1", &[])
         .await

@@ -7,8 +7,8 @@ mod support;
 use std::time::Duration;
 
 use support::{
-    drift, metric_value, scrape, seed, wait_converged, Cluster, SlotGuard, TestDb, WorkerProcess,
-    CLOSED_PORT_URL, METRICS_ANY_PORT,
+    column, drift, metric_value, scrape, seed, wait_converged, Cluster, SlotGuard, TestDb,
+    WorkerProcess, CLOSED_PORT_URL, METRICS_ANY_PORT,
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -120,13 +120,11 @@ async fn metrics_and_probes_on_leader_and_standby() {
     assert_eq!(metric_value(&m, "cdc_batch_size_sum "), Some(1.0), "{m}");
     // A pass over every product is counted with its reason.
     c.batch_execute("TRUNCATE \"ProductImage\"").await.unwrap();
-    support::wait_until(
+    support::wait_metric(
+        &leader_addr,
+        "cdc_apply_passes_total{reason=\"truncate\"}",
+        1.0,
         Duration::from_secs(10),
-        "the truncate's pass counted",
-        || async {
-            let (_, m) = scrape(&http, &leader_addr, "/metrics").await;
-            metric_value(&m, "cdc_apply_passes_total{reason=\"truncate\"}") == Some(1.0)
-        },
     )
     .await;
     wait_converged(&c, "the truncate").await;
@@ -136,13 +134,11 @@ async fn metrics_and_probes_on_leader_and_standby() {
     assert_eq!(scrape(&http, &leader_addr, "/readyz").await.0, 200);
 
     // The monitor fills the gauges that only the database knows.
-    support::wait_until(
+    support::wait_metric(
+        &leader_addr,
+        "cdc_slot_wal_status{status=\"reserved\"}",
+        1.0,
         Duration::from_secs(10),
-        "slot status in the metrics",
-        || async {
-            let (_, m) = scrape(&http, &leader_addr, "/metrics").await;
-            metric_value(&m, "cdc_slot_wal_status{status=\"reserved\"}") == Some(1.0)
-        },
     )
     .await;
 
@@ -172,7 +168,8 @@ async fn metrics_and_probes_on_leader_and_standby() {
 /// schemas, relations with their kind and replica identity, publications and their
 /// tables, this database's slots. Equal before and after means nothing changed.
 async fn catalog(c: &tokio_postgres::Client) -> Vec<String> {
-    c.query(
+    column(
+        c,
         "SELECT 'schema ' || nspname FROM pg_namespace \
            WHERE nspname NOT LIKE 'pg_temp%' AND nspname NOT LIKE 'pg_toast_temp%' \
          UNION ALL \
@@ -187,13 +184,8 @@ async fn catalog(c: &tokio_postgres::Client) -> Vec<String> {
          UNION ALL SELECT 'slot ' || slot_name FROM pg_replication_slots \
            WHERE database = current_database() \
          ORDER BY 1",
-        &[],
     )
     .await
-    .unwrap()
-    .iter()
-    .map(|r| r.get(0))
-    .collect()
 }
 
 /// Issue 19 item 3 (DESIGN.md invariant 13): `setup` in a second database of the server

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use support::{
-    json_report, outbox_tags, revalidate_env, wait_until, Cluster, TestDb, WorkerProcess,
+    column, json_report, outbox_tags, revalidate_env, wait_until, Cluster, TestDb, WorkerProcess,
     CLOSED_PORT_URL,
 };
 use tokio_postgres::Client;
@@ -74,16 +74,6 @@ fn reconcile(db: &TestDb, config: &str) -> serde_json::Value {
     let report = json_report(&out.output);
     assert!(out.success, "reconcile exit {:?}: {}", out.code, out.output);
     report
-}
-
-/// The first column of every row of `sql`.
-async fn column<T: for<'a> tokio_postgres::types::FromSql<'a>>(c: &Client, sql: &str) -> Vec<T> {
-    c.query(sql, &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -340,17 +330,12 @@ async fn a_shop_with_uuid_ids() {
         query.display()
     ));
     db.setup(&["--config", &config], &[]);
-    let types: Vec<String> = c
-        .query(
-            "SELECT format_type(atttypid, NULL) FROM pg_attribute \
-             WHERE attrelid = 'uuidshop.\"ProductSummary\"'::regclass AND attname IN ('productId', 'storeId') ORDER BY attname",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let types: Vec<String> = column(
+        &c,
+        "SELECT format_type(atttypid, NULL) FROM pg_attribute \
+         WHERE attrelid = 'uuidshop.\"ProductSummary\"'::regclass AND attname IN ('productId', 'storeId') ORDER BY attname",
+    )
+    .await;
     assert_eq!(
         types,
         ["uuid", "uuid"],

@@ -553,6 +553,20 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// The first column of every row `sql` returns, in the order the rows come; panics with
+/// the server's message and the statement if it fails.
+pub async fn column<T: for<'a> tokio_postgres::types::FromSql<'a>>(
+    c: &tokio_postgres::Client,
+    sql: &str,
+) -> Vec<T> {
+    c.query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{}\n{sql}", describe(&e)))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 /// An error with the server's message, which `tokio_postgres::Error`'s Display omits.
 pub fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
@@ -1241,12 +1255,7 @@ pub async fn slot_count(c: &tokio_postgres::Client, slot: &str) -> i64 {
 
 /// The tags waiting in the worker's outbox (`cdc_worker.outbox`), sorted, repeats included.
 pub async fn outbox_tags(c: &tokio_postgres::Client) -> Vec<String> {
-    c.query("SELECT tag FROM cdc_worker.outbox ORDER BY tag", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
+    column(c, "SELECT tag FROM cdc_worker.outbox ORDER BY tag").await
 }
 
 /// How many outbox rows some endpoint has not been served yet: rows above the lowest
@@ -1318,6 +1327,17 @@ pub async fn metric(addr: &str, name: &str) -> f64 {
     let text = metrics_text(addr).await;
     metric_value(&text, &format!("{name} "))
         .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+}
+
+/// Waits up to `timeout` until the sample `series` (as for [`metric_value`]) at
+/// `http://{addr}/metrics` is `want`.
+pub async fn wait_metric(addr: &str, series: &str, want: f64, timeout: Duration) {
+    wait_until(
+        timeout,
+        &format!("{series} is {want} at http://{addr}/metrics"),
+        || async { metric_value(&metrics_text(addr).await, series) == Some(want) },
+    )
+    .await;
 }
 
 // ---- A TCP proxy between the worker and Postgres ----------------------------------------
