@@ -494,7 +494,7 @@ async fn an_identity_index_with_the_product_id_is_enough_for_setup_and_run() {
     let config = fast_heartbeat(&db);
     let setup = WorkerProcess::run_to_end(&db, &["--config", &config, "setup"], &[]);
     assert!(setup.success, "{}", setup.output);
-    let identity = texts(
+    let identity: Vec<String> = column(
         &c,
         "SELECT relreplident::text FROM pg_class WHERE relname = 'ProductImage'",
     )
