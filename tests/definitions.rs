@@ -16,8 +16,7 @@ const BUILT_IN_QUERY: &str = include_str!("../sql/summary_query.sql");
 
 use support::STREAMING;
 
-/// The worker's line when it recomputes every product at start (src/control/slot.rs).
-const RECOMPUTE: &str = "recomputing every product before streaming";
+use support::RECOMPUTE;
 
 fn tmp(db: &TestDb, name: &str) -> String {
     std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))

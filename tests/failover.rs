@@ -32,8 +32,7 @@ struct Outcome {
     log: String,
 }
 
-/// The worker's log line when it recomputes every product before streaming (src/control/slot.rs).
-const RECOMPUTE: &str = "recomputing every product before streaming";
+use support::RECOMPUTE;
 
 async fn title_in_summary(c: &Client, product: &str) -> Option<String> {
     c.query_opt(

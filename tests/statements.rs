@@ -164,15 +164,6 @@ async fn paging_catalog(c: &Client, id_type: &str) {
 }
 
 /// `sql` (one text column) as a list, in the order the rows come.
-async fn texts(c: &Client, sql: &str) -> Vec<String> {
-    c.query(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{}\n{sql}", support::describe(&e)))
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
 /// Every id on either side (`side` the source: the product table, or the summary query),
 /// or only store `store`'s, in the id type's own order: the oracle the pages must match.
 /// Sorted on the native column (`u.x`), never on a text output column.
@@ -185,7 +176,7 @@ async fn expected_ids(c: &Client, layout: &Layout, source_is_query: bool) -> Vec
     } else {
         format!("SELECT {} FROM {}", layout.product_key, layout.product)
     };
-    texts(
+    support::column::<String>(
         c,
         &format!(
             "SELECT u.x::text FROM ({source} UNION SELECT {} FROM {}) u(x) ORDER BY u.x",
@@ -196,7 +187,7 @@ async fn expected_ids(c: &Client, layout: &Layout, source_is_query: bool) -> Vec
 }
 
 async fn expected_store_ids(c: &Client, layout: &Layout, store: &str) -> Vec<String> {
-    texts(
+    support::column::<String>(
         c,
         &format!(
             "SELECT u.x::text FROM (SELECT s.product_id FROM ({query}) s \

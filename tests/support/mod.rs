@@ -52,6 +52,9 @@ pub const DATABASE_URL_ENV: &str = "CDC_TEST_DATABASE_URL";
 pub const STREAMING: &str = "control::run: streaming";
 /// The same line with `CDC_LOG_FORMAT=json`.
 pub const STREAMING_JSON: &str = r#""message":"streaming","slot""#;
+/// The worker's log line when it recomputes every product before streaming
+/// (src/control/slot.rs).
+pub const RECOMPUTE: &str = "recomputing every product before streaming";
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
