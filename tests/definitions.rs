@@ -146,10 +146,10 @@ async fn a_changed_definition_recomputes_every_product() {
     c.batch_execute("DELETE FROM cdc_worker.outbox")
         .await
         .unwrap();
-    let metrics = format!("127.0.0.1:{}", support::free_port());
     let mut env = tags_env.to_vec();
-    env.push(("CDC_METRICS_ADDR", &metrics));
+    env.push(("CDC_METRICS_ADDR", support::METRICS_ANY_PORT));
     let mut w = WorkerProcess::start(&db, &["--config", &config, "run"], &env);
+    let metrics = w.metrics_addr().await;
     w.wait_for_log(Duration::from_secs(60), STREAMING).await;
     let log = w.log();
     let line = log
@@ -361,12 +361,12 @@ async fn a_table_dropped_from_the_publication_stops_run_until_fixed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_weakened_replica_identity_is_never_silent() {
     let (db, c, config) = set_up("identity_weak", fast_heartbeat).await;
-    let metrics = format!("127.0.0.1:{}", support::free_port());
     let w = WorkerProcess::start(
         &db,
         &["--config", &config, "run"],
-        &[("CDC_METRICS_ADDR", &metrics)],
+        &[("CDC_METRICS_ADDR", support::METRICS_ANY_PORT)],
     );
+    let metrics = w.metrics_addr().await;
     w.wait_for_log(Duration::from_secs(60), STREAMING).await;
     let weak = "cdc_replica_identity_weak{table=\"ProductImage\"}";
     assert_eq!(metric(&metrics, weak).await, Some(0.0));
