@@ -197,11 +197,20 @@ SQL
             caught=$(echo "$(now) - $t1" | bc)
             backends=$(psqlv -F ' ' -c "SELECT pid, coalesce(nullif(application_name, ''), backend_type) FROM pg_stat_activity WHERE application_name LIKE 'cdc-worker%'" \
                 | while read -r pid name; do printf '%s=%.1fs ' "${name#cdc-worker/}" "$(proc_cpu "$pid")"; done)
-            extra=$(printf 'caught up %.2f s after pgbench ended; worker process CPU %.1f s; its backends (since start) %s' "$caught" "$(proc_cpu "$WORKER_PID")" "$backends")
+            # batches: apply transactions (cdc_batch_size's count) during the window
+            batches=$(curl -s "http://$CDC_METRICS_ADDR/metrics" | awk '/^cdc_batch_size_count/{print $2}')
+            extra=$(printf 'caught up %.2f s after pgbench ended; worker process CPU %.1f s; %s apply transactions; its backends (since start) %s' "$caught" "$(proc_cpu "$WORKER_PID")" "${batches:-?}" "$backends")
             t1=$(now) ;;
     esac
     pgc=$(echo "$(pg_cpu) - $pg0" | bc)
-    wal=$(psqlv -c "SELECT pg_current_wal_lsn() - '$lsn0'")
+    lsn1=$(psqlv -c "SELECT pg_current_wal_lsn()")
+    wal=$(psqlv -c "SELECT '$lsn1'::pg_lsn - '$lsn0'")
+    # Full-page images (written once per page touched after the scenario's CHECKPOINT, so
+    # their share depends on the window's length) apart from the records themselves (the
+    # cost per change): pg_waldump's totals; the per-record table goes to $WALSTATS_DIR.
+    fpi=$("$PGBIN/pg_waldump" --stats=record -p "$PGDATA_DIR/pg_wal" -s "$lsn0" -e "$lsn1" 2>/dev/null | tee "$WORK/walstats-$sc.txt" \
+        | awk '$1 == "Total" {gsub(/[^0-9]/, "", $6); print $6}')
+    [ -n "${WALSTATS_DIR:-}" ] && mkdir -p "$WALSTATS_DIR" && cp "$WORK/walstats-$sc.txt" "$WALSTATS_DIR/$sc.txt"
     if [ "${sc%%:*}" = trigger ]; then
         triggers off; psqlq -c "ALTER DATABASE bench RESET bench.lock"
         extra="summary rows differing from the summary query afterwards: $(psqlv <<SQL
@@ -218,13 +227,13 @@ SQL
             kill "$RECEIVER_PID"; RECEIVER_PID=; export CDC_REVALIDATE_URLS=""
         fi
     fi
-    ROWS+=("$(printf '%-8s | %6s | %7.0f | %8s | %7.1f | %8.3f | %9.0f | %s' "$sc" "$load0" "$tps" "$n" "$pgc" "$(echo "$pgc * 1000 / $n" | bc -l)" "$(echo "$wal * 1000 / $n" | bc -l)" "$extra")")
+    ROWS+=("$(printf '%-8s | %6s | %7.0f | %8s | %7.1f | %8.3f | %9.0f | %9.0f | %s' "$sc" "$load0" "$tps" "$n" "$pgc" "$(echo "$pgc * 1000 / $n" | bc -l)" "$(echo "$wal * 1000 / $n" | bc -l)" "$(echo "($wal - ${fpi:-0}) * 1000 / $n" | bc -l)" "$extra")")
     echo "# $sc done, load $(cut -d' ' -f1 /proc/loadavg)"
 done
 
 echo
 echo "# machine after: loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "products=$N secs=$SECS pgbench -c $CLIENTS -j 2 -M prepared, unthrottled: 7/10 Inventory quantity + 1, 2/10 USD Price amount + 1, 1/10 Product title"
-printf '%-8s | %6s | %7s | %8s | %7s | %8s | %9s | %s\n' scenario load tps updates "pg CPU" "CPU/1k" "WAL B/1k" "staleness / notes"
+printf '%-8s | %6s | %7s | %8s | %7s | %8s | %9s | %9s | %s\n' scenario load tps updates "pg CPU" "CPU/1k" "WAL B/1k" "no FPI/1k" "staleness / notes"
 for r in "${ROWS[@]}"; do echo "$r"; done
 exit 0

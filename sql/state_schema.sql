@@ -14,10 +14,13 @@ CREATE TABLE IF NOT EXISTS {schema}.checkpoint (
 -- Cache tags waiting for delivery, written in the same transaction as the summary change
 -- that caused them (an outbox): a crash can neither lose them nor send tags of a change
 -- that rolled back. Rows are written only under the apply lock, so ids become visible in
--- increasing order and a per-endpoint cursor never skips one.
+-- increasing order and a per-endpoint cursor never skips one. One row per apply
+-- transaction (or release of held tags) holds its distinct tags.
 CREATE TABLE IF NOT EXISTS {schema}.outbox (
     id          bigserial PRIMARY KEY,
-    tag         text NOT NULL,
+    tags        text[] NOT NULL,
+    -- cardinality(tags): lets a deliverer fill a request without reading the arrays
+    tag_count   integer NOT NULL,
     -- commit time of the source change, for the commit-to-revalidation latency metric
     commit_time timestamptz,
     enqueued_at timestamptz NOT NULL DEFAULT now()
@@ -118,3 +121,23 @@ CREATE TABLE IF NOT EXISTS {schema}.outbox_held (
 );
 CREATE INDEX IF NOT EXISTS outbox_held_due ON {schema}.outbox_held (due_at)
     WHERE due_at IS NOT NULL;
+
+-- outbox.tags and tag_count (this version): one row per apply transaction with its
+-- distinct tags, instead of one row per tag (`tag`), which cost a heap row, an index
+-- entry and a delete per tag: as much WAL again as the shop's own updates with endpoints
+-- configured (bench/RESULTS.md, issue 21). Rows an earlier version left undelivered
+-- become one-tag rows under their ids, so every cursor keeps its place.
+ALTER TABLE {schema}.outbox ADD COLUMN IF NOT EXISTS tags text[];
+ALTER TABLE {schema}.outbox ADD COLUMN IF NOT EXISTS tag_count integer;
+DO $$
+BEGIN
+    -- Fails with undefined_column when there is no per-tag column (a table this version
+    -- created, or one converted already): nothing to convert then.
+    PERFORM tag FROM {schema}.outbox LIMIT 0;
+    UPDATE {schema}.outbox SET tags = ARRAY[tag], tag_count = 1 WHERE tags IS NULL;
+    ALTER TABLE {schema}.outbox DROP COLUMN tag;
+EXCEPTION WHEN undefined_column THEN
+    NULL;
+END $$;
+ALTER TABLE {schema}.outbox ALTER COLUMN tags SET NOT NULL;
+ALTER TABLE {schema}.outbox ALTER COLUMN tag_count SET NOT NULL;

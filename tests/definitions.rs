@@ -52,7 +52,11 @@ async fn metric(addr: &str, name: &str) -> Option<f64> {
 }
 
 async fn outbox_tags(c: &Client) -> Vec<String> {
-    column(c, "SELECT DISTINCT tag FROM cdc_worker.outbox ORDER BY tag").await
+    column(
+        c,
+        "SELECT DISTINCT unnest(tags) AS tag FROM cdc_worker.outbox ORDER BY tag",
+    )
+    .await
 }
 
 async fn titles(c: &Client) -> Vec<String> {

@@ -192,7 +192,7 @@ async fn a_redirect_is_not_followed_and_not_counted_delivered() {
         .get(0);
     let pending: i64 = c
         .query_one(
-            "SELECT count(*) FROM cdc_worker.outbox WHERE tag = 'product:p1' AND id > $1",
+            "SELECT count(*) FROM cdc_worker.outbox WHERE 'product:p1' = ANY(tags) AND id > $1",
             &[&delivered],
         )
         .await
@@ -280,8 +280,11 @@ async fn cursors_keyed_by_the_full_url_are_renamed_in_place() {
     // fragment, never sent, is dropped by normalization).
     let url =
         format!("http://user:s3cretpass@127.0.0.1:{port}/api/revalidate?token=t0psecret#main");
-    let row =
-        |tag: &str| format!("INSERT INTO cdc_worker.outbox (tag) VALUES ('{tag}') RETURNING id");
+    let row = |tag: &str| {
+        format!(
+            "INSERT INTO cdc_worker.outbox (tags, tag_count) VALUES (ARRAY['{tag}'], 1) RETURNING id"
+        )
+    };
     let mut last_old = 0i64;
     for tag in ["old:1", "old:2", "old:3"] {
         last_old = c.query_one(&row(tag), &[]).await.unwrap().get(0);
@@ -437,4 +440,127 @@ async fn revalidate_says_when_a_product_does_not_exist() {
     );
     assert!(!out.output.contains("note: product p1"), "{}", out.output);
     assert!(e.got("product:nope") && e.got("product:p1") && e.got("store:s1:products"));
+}
+
+/// The cursor of the only endpoint (0 before it has one).
+async fn delivered_id(c: &Client) -> i64 {
+    c.query_one(
+        "SELECT coalesce(max(delivered_id), 0) FROM cdc_worker.outbox_cursor",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// Issue 21: an outbox row holds every tag of one apply transaction. A row with more tags
+/// than `revalidate.max_batch_tags` (a pass that revalidates every product writes such
+/// rows) goes out in requests of at most that many, each tag once, and rows after it
+/// still fill requests up to the limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_row_of_more_tags_than_one_request_is_sent_in_parts() {
+    let e = Endpoint::start(Answer::Ok).await;
+    let (db, c) = Cluster::shared().prepared_db("delivery_parts", 3).await;
+    let big: Vec<String> = (1..=7).map(|i| format!("big:{i}")).collect();
+    c.execute(
+        "INSERT INTO cdc_worker.outbox (tags, tag_count, commit_time) \
+         VALUES ($1::text[], cardinality($1::text[]), now() - interval '1 second')",
+        &[&big],
+    )
+    .await
+    .unwrap();
+    let last: i64 = c
+        .query_one(
+            "WITH r AS (INSERT INTO cdc_worker.outbox (tags, tag_count) \
+             VALUES (ARRAY['small:1'], 1), (ARRAY['small:2', 'big:1'], 2) RETURNING id) \
+             SELECT max(id) FROM r",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let config = db.config_file("[revalidate]\nmax_batch_tags = 3\n");
+    let _w = WorkerProcess::start(
+        &db,
+        &["--config", &config, "run"],
+        &revalidate_env(&e.url, SECRET),
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "the cursor past every row",
+        || async { delivered_id(&c).await >= last },
+    )
+    .await;
+    let deliveries = e.deliveries();
+    for d in &deliveries {
+        assert!(d.tags.len() <= 3, "a request of {} tags", d.tags.len());
+    }
+    let mut got = e.tags();
+    got.sort();
+    let mut want = big.clone();
+    want.extend(["big:1".into(), "small:1".into(), "small:2".into()]);
+    want.sort();
+    assert_eq!(got, want, "requests: {:?}", deliveries);
+    // 7 tags in parts of 3, then the two small rows together (3 distinct tags fit).
+    assert_eq!(deliveries.len(), 4, "requests: {:?}", deliveries);
+}
+
+/// Issue 21: a state schema of an earlier version keeps one outbox row per tag. `run`
+/// upgrades it to rows of tag arrays under the same ids: what waited is delivered, and
+/// what the stored cursor had passed is not sent again.
+#[tokio::test(flavor = "multi_thread")]
+async fn per_tag_rows_of_an_earlier_version_are_delivered_after_the_upgrade() {
+    let e = Endpoint::start(Answer::Ok).await;
+    let (db, c) = Cluster::shared().prepared_db("delivery_upgrade", 3).await;
+    c.batch_execute(
+        "DROP TABLE cdc_worker.outbox; \
+         CREATE TABLE cdc_worker.outbox (id bigserial PRIMARY KEY, tag text NOT NULL, \
+           commit_time timestamptz, enqueued_at timestamptz NOT NULL DEFAULT now()); \
+         INSERT INTO cdc_worker.outbox (tag) VALUES ('old:1'), ('old:2'), ('waiting:1'), ('waiting:2');",
+    )
+    .await
+    .unwrap();
+    c.execute(
+        "INSERT INTO cdc_worker.outbox_cursor (endpoint, delivered_id) VALUES ($1, 2)",
+        &[&cdc_worker::redact::redact_url(
+            &cdc_worker::config::normalize_endpoint(&e.url).unwrap(),
+        )],
+    )
+    .await
+    .unwrap();
+    let w = WorkerProcess::start(&db, &["run"], &revalidate_env(&e.url, SECRET));
+    wait_until(
+        Duration::from_secs(20),
+        "the tags after the stored cursor arrive",
+        || async { e.got("waiting:1") && e.got("waiting:2") },
+    )
+    .await;
+    assert!(
+        !e.tags().iter().any(|t| t.starts_with("old:")),
+        "tags before the cursor were sent again: {:?}",
+        e.tags()
+    );
+    assert!(
+        w.output().contains("state schema upgraded"),
+        "{}",
+        w.log_tail(20)
+    );
+    let columns: Vec<String> = support::column(
+        &c,
+        "SELECT attname::text FROM pg_attribute WHERE attrelid = 'cdc_worker.outbox'::regclass \
+         AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+    )
+    .await;
+    assert_eq!(
+        columns,
+        ["id", "commit_time", "enqueued_at", "tags", "tag_count"]
+    );
+    // New changes go into the new rows and are delivered too.
+    c.batch_execute("UPDATE \"Price\" SET amount = amount + 1 WHERE \"productId\" = 'p2'")
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(20), "the new change's tag", || async {
+        e.got("product:p2")
+    })
+    .await;
 }

@@ -779,7 +779,7 @@ async fn a_checkpoint_of_another_server_expires_every_page() {
         "{log}"
     );
     let tags: Vec<String> = c
-        .query("SELECT DISTINCT tag FROM cdc_worker.outbox", &[])
+        .query("SELECT DISTINCT unnest(tags) FROM cdc_worker.outbox", &[])
         .await
         .unwrap()
         .iter()

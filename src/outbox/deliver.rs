@@ -55,9 +55,11 @@ pub enum Outcome {
 /// revalidate`): the app can then show how long the pipeline took from that commit to its
 /// summary row and to the revalidation. Receivers ignore fields they do not know.
 pub fn body(tags: &[String], committed: &BTreeMap<String, SystemTime>) -> String {
-    let committed: serde_json::Map<String, serde_json::Value> = committed
+    // Only this request's tags: a delivery sent in parts shares one map.
+    let committed: serde_json::Map<String, serde_json::Value> = tags
         .iter()
-        .filter_map(|(tag, t)| {
+        .filter_map(|tag| {
+            let t = committed.get(tag)?;
             let ms = t.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_millis() as u64;
             Some((tag.clone(), ms.into()))
         })
@@ -232,12 +234,14 @@ struct Endpoint {
     enqueued: watch::Receiver<u64>,
 }
 
-/// One coalesced request: the distinct tags of outbox rows up to `last_id`.
+/// One coalesced delivery: the distinct tags of outbox rows up to `last_id`, sent in
+/// requests of at most `max_tags`.
 struct Pending {
     last_id: i64,
     tags: Vec<String>,
-    /// Every row's commit time, for the latency metric.
-    commit_times: Vec<SystemTime>,
+    /// Commit times, one per tag of every row (a tag of two rows counts twice), for the
+    /// latency metric.
+    commit_times: Vec<(SystemTime, usize)>,
     /// Per tag, the newest commit time among its rows (sent with the tags).
     committed: BTreeMap<String, SystemTime>,
 }
@@ -306,7 +310,10 @@ impl Endpoint {
         }
     }
 
-    /// Reads outbox rows after the cursor, in id order, until `max_tags` distinct tags.
+    /// Reads outbox rows after the cursor, in id order, while they add up to at most
+    /// `max_tags` distinct tags. A first row with more (a pass that revalidates every
+    /// product, or a `max_batch_tags` lowered since) is taken whole and sent in parts: the
+    /// cursor moves past a row only when all of it was delivered.
     async fn next_batch(
         &self,
         client: &Client,
@@ -314,7 +321,7 @@ impl Endpoint {
         cursor: i64,
     ) -> anyhow::Result<Option<Pending>> {
         let rows = client
-            .query(fetch, &[&cursor, &((self.max_tags * 4) as i64)])
+            .query(fetch, &[&cursor, &(self.max_tags as i64)])
             .await?;
         let mut seen = BTreeSet::new();
         let mut pending = Pending {
@@ -324,58 +331,74 @@ impl Endpoint {
             committed: BTreeMap::new(),
         };
         for row in &rows {
-            let tag: String = row.get(1);
-            if !seen.contains(&tag) {
-                if seen.len() == self.max_tags {
-                    break;
+            let tags: Vec<String> = row.get(1);
+            let new = tags.iter().filter(|t| !seen.contains(*t)).count();
+            if !seen.is_empty() && seen.len() + new > self.max_tags {
+                break;
+            }
+            let commit_time = row.get::<_, Option<SystemTime>>(2);
+            if let Some(t) = commit_time {
+                pending.commit_times.push((t, tags.len()));
+            }
+            for tag in tags {
+                if let Some(t) = commit_time {
+                    let newest = pending.committed.entry(tag.clone()).or_insert(t);
+                    *newest = (*newest).max(t);
                 }
-                seen.insert(tag.clone());
-                pending.tags.push(tag.clone());
+                if seen.insert(tag.clone()) {
+                    pending.tags.push(tag);
+                }
             }
             pending.last_id = row.get(0);
-            if let Some(t) = row.get::<_, Option<SystemTime>>(2) {
-                pending.commit_times.push(t);
-                let newest = pending.committed.entry(tag).or_insert(t);
-                *newest = (*newest).max(t);
-            }
         }
         Ok((pending.last_id > cursor).then_some(pending))
     }
 
-    /// Sends until the endpoint accepts, retrying every failure with backoff; after
-    /// `give_up` of failures the tags are parked in `outbox_failed` (kept, counted by
-    /// `cdc_outbox_failed_tags`, sent again by `revalidate --failed`) so that one
-    /// endpoint broken for good does not hold its later tags forever.
+    /// Delivers `pending` in requests of at most `max_tags` tags, each as [`Self::send`]
+    /// does; the latency metric is observed once all are delivered.
     async fn deliver(
         &self,
         client: &Client,
         pending: &Pending,
         record_failure: &tokio_postgres::Statement,
     ) -> anyhow::Result<()> {
+        for part in pending.tags.chunks(self.max_tags) {
+            self.send(client, part, &pending.committed, record_failure)
+                .await?;
+        }
+        let now = SystemTime::now();
+        for &(t, tags) in &pending.commit_times {
+            let latency = now.duration_since(t).unwrap_or_default().as_secs_f64();
+            for _ in 0..tags {
+                self.metrics.revalidate_latency.observe(latency);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends until the endpoint accepts, retrying every failure with backoff; after
+    /// `give_up` of failures the tags are parked in `outbox_failed` (kept, counted by
+    /// `cdc_outbox_failed_tags`, sent again by `revalidate --failed`) so that one
+    /// endpoint broken for good does not hold its later tags forever.
+    async fn send(
+        &self,
+        client: &Client,
+        tags: &[String],
+        committed: &BTreeMap<String, SystemTime>,
+        record_failure: &tokio_postgres::Statement,
+    ) -> anyhow::Result<()> {
         let mut attempt = 0;
         let first_failure = Instant::now();
         loop {
-            let (status, why) = match post(
-                &self.http,
-                &self.url,
-                &self.secret,
-                &pending.tags,
-                &pending.committed,
-            )
-            .await
+            let (status, why) = match post(&self.http, &self.url, &self.secret, tags, committed)
+                .await
             {
                 Outcome::Delivered => {
                     self.metrics.record_request(&self.key, "ok");
-                    let now = SystemTime::now();
-                    for t in &pending.commit_times {
-                        self.metrics
-                            .revalidate_latency
-                            .observe(now.duration_since(*t).unwrap_or_default().as_secs_f64());
-                    }
                     if attempt > 0 {
                         tracing::info!(endpoint = %self.key, attempts = attempt + 1, "endpoint is back; delivered");
                     }
-                    tracing::debug!(endpoint = %self.key, tags = pending.tags.len(), "revalidated");
+                    tracing::debug!(endpoint = %self.key, tags = tags.len(), "revalidated");
                     return Ok(());
                 }
                 Outcome::Failed { status, why } => (status, why),
@@ -383,13 +406,13 @@ impl Endpoint {
             let failing_for = first_failure.elapsed();
             if failing_for >= self.give_up {
                 self.metrics.record_request(&self.key, "failed");
-                tracing::error!(endpoint = %self.key, status, error = %why, tags = pending.tags.len(),
+                tracing::error!(endpoint = %self.key, status, error = %why, tags = tags.len(),
                     attempts = attempt + 1, failing_for = ?failing_for,
                     "revalidation kept failing; tags parked in outbox_failed (send them again with `cdc-worker revalidate --failed` once the endpoint works; check the URL, the secret and the route handler)");
                 client
                     .execute(
                         record_failure,
-                        &[&self.key, &pending.tags, &status.map(i32::from), &why],
+                        &[&self.key, &tags, &status.map(i32::from), &why],
                     )
                     .await?;
                 return Ok(());

@@ -189,7 +189,8 @@ fn upgrade_ddl() -> &'static str {
 }
 
 /// A state schema set up by an earlier version lacks what this one added (the recompute
-/// mark column, `outbox_held`, the definition and server columns): the upgrade part of the DDL adds it, cheap and idempotent.
+/// mark column, `outbox_held`, the definition and server columns, the outbox's tag
+/// arrays): the upgrade part of the DDL adds it, cheap and idempotent.
 /// The worker's role owns its state schema (setup created it). Run before anything else
 /// reads the state, so a database never set up gets the clear message.
 pub async fn ensure(client: &Client, cfg: &Config) -> anyhow::Result<()> {
@@ -198,11 +199,15 @@ pub async fn ensure(client: &Client, cfg: &Config) -> anyhow::Result<()> {
         .query_one(
             "SELECT to_regclass($1) IS NOT NULL, (SELECT count(*) = 5 FROM pg_attribute \
              WHERE attrelid = to_regclass($1) AND NOT attisdropped AND attname IN \
-             ('recompute_reason', 'commit_time', 'definition', 'system_identifier', 'timeline')), \
+             ('recompute_reason', 'commit_time', 'definition', 'system_identifier', 'timeline')) \
+             AND (SELECT count(*) FILTER (WHERE attname = 'tags') = 1 \
+                         AND count(*) FILTER (WHERE attname = 'tag') = 0 \
+                  FROM pg_attribute WHERE attrelid = to_regclass($3) AND NOT attisdropped), \
              to_regclass($2) IS NOT NULL",
             &[
                 &format!("{state}.checkpoint"),
                 &format!("{state}.outbox_held"),
+                &format!("{state}.outbox"),
             ],
         )
         .await;
@@ -221,7 +226,8 @@ pub async fn ensure(client: &Client, cfg: &Config) -> anyhow::Result<()> {
     client.batch_execute(&sql).await.with_context(|| {
         format!(
             "upgrading the state schema {state} (checkpoint.recompute_reason, commit_time, \
-             definition, system_identifier, timeline, outbox_held: new in this version). Fix: \
+             definition, system_identifier, timeline, outbox_held, outbox.tags: new in this \
+             version). Fix: \
              run `cdc-worker setup` once as the state schema's owner"
         )
     })?;

@@ -1,5 +1,6 @@
 //! The outbox tables: `outbox` (tags waiting for delivery, written with the summary change
-//! that caused them), `outbox_cursor` (how far each endpoint was served), `outbox_failed`
+//! that caused them: one row per apply transaction, holding its distinct tags and their
+//! count), `outbox_cursor` (how far each endpoint was served), `outbox_failed`
 //! (tags parked after an endpoint kept failing) and `outbox_held` (hot tags waiting for
 //! their interval). Every statement on them is built here; `state` is the quoted schema.
 //!
@@ -14,9 +15,15 @@ use tokio_postgres::Client;
 
 use crate::redact::redact_url;
 
-/// Apply's enqueue: `$1` the tags, `$2` the source commit time.
+/// Apply's enqueue: `$1` the transaction's distinct tags, `$2` the source commit time. One
+/// row for all of them, not one per tag: a row per tag cost as much WAL as the shop's own
+/// updates (a heap and an index entry per tag, then a delete each; bench/RESULTS.md,
+/// issue 21), and the deliverers read tags in id order anyway.
 pub fn enqueue_sql(state: &str) -> String {
-    format!("INSERT INTO {state}.outbox (tag, commit_time) SELECT unnest($1::text[]), $2")
+    format!(
+        "INSERT INTO {state}.outbox (tags, tag_count, commit_time) \
+         VALUES ($1::text[], cardinality($1::text[]), $2)"
+    )
 }
 
 /// Apply's hold of hot tags (`$1` tags, `$2` their intervals in ms, `$3` the source commit
@@ -34,15 +41,17 @@ pub fn hold_sql(state: &str) -> String {
     )
 }
 
-/// Moves every due held tag into the outbox and records its release; returns the count.
-/// Run only under the apply lock.
+/// Moves every due held tag into the outbox (one row, with the oldest commit time they
+/// cover: the latency metric then counts from the oldest change) and records its release;
+/// returns the count of tags. Run only under the apply lock.
 pub fn release_sql(state: &str) -> String {
     format!(
         "WITH r AS (UPDATE {state}.outbox_held SET due_at = NULL, released_at = now() \
                     WHERE due_at <= now() RETURNING tag, commit_time), \
-              o AS (INSERT INTO {state}.outbox (tag, commit_time) \
-                    SELECT tag, commit_time FROM r ORDER BY tag RETURNING 1) \
-         SELECT count(*)::int8 FROM o"
+              o AS (INSERT INTO {state}.outbox (tags, tag_count, commit_time) \
+                    SELECT array_agg(tag ORDER BY tag), count(*), min(commit_time) FROM r \
+                    HAVING count(*) > 0 RETURNING tag_count) \
+         SELECT coalesce(sum(tag_count), 0)::int8 FROM o"
     )
 }
 
@@ -83,9 +92,17 @@ pub fn cursor_advance_sql(state: &str) -> String {
     )
 }
 
-/// Up to `$2` outbox rows after id `$1`, in id order.
+/// The outbox rows after id `$1`, in id order, that start before `$2` tags have been
+/// counted: enough to fill a request of `$2` distinct tags, and at most one row past it,
+/// judged from `tag_count` so that the rows left out are never read (a pass that
+/// revalidates every product writes rows of thousands of tags).
 pub fn fetch_sql(state: &str) -> String {
-    format!("SELECT id, tag, commit_time FROM {state}.outbox WHERE id > $1 ORDER BY id LIMIT $2")
+    format!(
+        "SELECT id, tags, commit_time FROM \
+           (SELECT id, tags, commit_time, sum(tag_count) OVER (ORDER BY id) - tag_count AS before \
+            FROM {state}.outbox WHERE id > $1 ORDER BY id LIMIT $2) r \
+         WHERE before < $2 ORDER BY id"
+    )
 }
 
 /// Deletes the rows every configured endpoint (`$1`, their keys) has received; nothing
@@ -122,11 +139,11 @@ pub fn unpark_sql(state: &str) -> String {
     format!("DELETE FROM {state}.outbox_failed WHERE id = $1")
 }
 
-/// Rows not yet delivered to every endpoint of `$1` (their keys), and the age in seconds
+/// Tags not yet delivered to every endpoint of `$1` (their keys), and the age in seconds
 /// of the oldest.
 pub fn pending_sql(state: &str) -> String {
     format!(
-        "SELECT count(*)::int8, extract(epoch FROM now() - min(enqueued_at))::float8 \
+        "SELECT coalesce(sum(tag_count), 0)::int8, extract(epoch FROM now() - min(enqueued_at))::float8 \
          FROM {state}.outbox WHERE id > coalesce((SELECT min(delivered_id) FROM {state}.outbox_cursor \
          WHERE endpoint = ANY($1)), 0)"
     )
@@ -155,7 +172,7 @@ pub struct EndpointStatus {
     pub endpoint: String,
     /// The endpoint is in the configuration `status` was given.
     pub configured: bool,
-    /// Outbox rows not yet delivered to it.
+    /// Tags of outbox rows not yet delivered to it.
     pub pending: i64,
     /// Age of the oldest of them.
     pub oldest_pending_seconds: Option<f64>,
@@ -183,7 +200,7 @@ pub async fn endpoints(
                                            'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS last \
                             FROM {state}.outbox_failed GROUP BY endpoint) \
                  SELECT coalesce(e.endpoint, f.endpoint), \
-                        (SELECT count(*)::int8 FROM {state}.outbox o WHERE o.id > e.delivered_id), \
+                        (SELECT sum(o.tag_count)::int8 FROM {state}.outbox o WHERE o.id > e.delivered_id), \
                         (SELECT extract(epoch FROM now() - min(o.enqueued_at))::float8 \
                            FROM {state}.outbox o WHERE o.id > e.delivered_id), \
                         coalesce(f.tags, 0), coalesce(f.n, 0), f.last \

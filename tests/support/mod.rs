@@ -1258,15 +1258,19 @@ pub async fn slot_count(c: &tokio_postgres::Client, slot: &str) -> i64 {
 
 /// The tags waiting in the worker's outbox (`cdc_worker.outbox`), sorted, repeats included.
 pub async fn outbox_tags(c: &tokio_postgres::Client) -> Vec<String> {
-    column(c, "SELECT tag FROM cdc_worker.outbox ORDER BY tag").await
+    column(
+        c,
+        "SELECT unnest(tags) AS tag FROM cdc_worker.outbox ORDER BY tag",
+    )
+    .await
 }
 
-/// How many outbox rows some endpoint has not been served yet: rows above the lowest
+/// How many outbox tags some endpoint has not been served yet: rows above the lowest
 /// delivery cursor (`cdc_worker.outbox_cursor`). Delivered rows stay in the outbox until
 /// every endpoint has them and the next trim runs, so the table's size says nothing.
 pub async fn outbox_pending(c: &tokio_postgres::Client) -> i64 {
     c.query_one(
-        "SELECT count(*) FROM cdc_worker.outbox WHERE id > \
+        "SELECT coalesce(sum(tag_count), 0)::int8 FROM cdc_worker.outbox WHERE id > \
          coalesce((SELECT min(delivered_id) FROM cdc_worker.outbox_cursor), 0)",
         &[],
     )
