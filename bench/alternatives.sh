@@ -22,6 +22,9 @@
 #            backfill) and `cdc-worker run` (no revalidation endpoints: no outbox rows)
 #   worker:endpoints  the same with bench/receiver.py as the revalidation endpoint, so
 #            every changed row's tags go through the outbox (what a shop runs)
+#   worker:endpoints:index  the same with Inventory and Price on REPLICA IDENTITY USING
+#            INDEX (their unique keys, which lead with productId) instead of FULL: an
+#            UPDATE then logs no old row (docs/schema.md, "Replica identity")
 #
 # Before each scenario: VACUUM ANALYZE and CHECKPOINT, so every run starts from the same
 # page state (full-page images after the checkpoint are in every run's WAL). Measured per
@@ -158,7 +161,11 @@ for sc in "${SCEN[@]}"; do
         worker*)
             if [ $worker_ready = 0 ]; then worker_setup; worker_ready=1; else replica_identity FULL; fi
             psqlq -c "VACUUM ANALYZE" -c CHECKPOINT
-            [ "$sc" = worker:endpoints ] && start_receiver "$WORK/receiver.log"
+            [ "${sc#worker:endpoints}" != "$sc" ] && start_receiver "$WORK/receiver.log"
+            if [ "$sc" = worker:endpoints:index ]; then
+                psqlq -c 'ALTER TABLE "Inventory" REPLICA IDENTITY USING INDEX "Inventory_productId_locationId_key"' \
+                      -c 'ALTER TABLE "Price" REPLICA IDENTITY USING INDEX "Price_productId_currency_key"'
+            fi
             start_worker
             m=$(psqlv -c "SELECT pg_logical_emit_message(true, 'bench', 'start')")
             until [ "$(psqlv -c "SELECT coalesce((SELECT lsn >= '$m' FROM cdc_worker.checkpoint), false)")" = t ]; do sleep 0.1; done ;;
@@ -209,7 +216,7 @@ SQL
     # their share depends on the window's length) apart from the records themselves (the
     # cost per change): pg_waldump's totals; the per-record table goes to $WALSTATS_DIR.
     fpi=$("$PGBIN/pg_waldump" --stats=record -p "$PGDATA_DIR/pg_wal" -s "$lsn0" -e "$lsn1" 2>/dev/null | tee "$WORK/walstats-$sc.txt" \
-        | awk '$1 == "Total" {gsub(/[^0-9]/, "", $6); print $6}')
+        | awk '$1 == "Total" {print $5}')
     [ -n "${WALSTATS_DIR:-}" ] && mkdir -p "$WALSTATS_DIR" && cp "$WORK/walstats-$sc.txt" "$WALSTATS_DIR/$sc.txt"
     if [ "${sc%%:*}" = trigger ]; then
         triggers off; psqlq -c "ALTER DATABASE bench RESET bench.lock"
