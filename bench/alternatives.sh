@@ -161,7 +161,7 @@ for sc in "${SCEN[@]}"; do
         worker*)
             if [ $worker_ready = 0 ]; then worker_setup; worker_ready=1; else replica_identity FULL; fi
             psqlq -c "VACUUM ANALYZE" -c CHECKPOINT
-            [ "${sc#worker:endpoints}" != "$sc" ] && start_receiver "$WORK/receiver.log"
+            [ "${sc#worker:endpoints}" != "$sc" ] && start_receiver "$WORK/receiver-$sc.log"
             if [ "$sc" = worker:endpoints:index ]; then
                 psqlq -c 'ALTER TABLE "Inventory" REPLICA IDENTITY USING INDEX "Inventory_productId_locationId_key"' \
                       -c 'ALTER TABLE "Price" REPLICA IDENTITY USING INDEX "Price_productId_currency_key"'
@@ -230,7 +230,7 @@ SQL
         stop_worker
         extra="$extra; summary rows differing from the summary query: $(summary_diff)"
         if [ -n "${RECEIVER_PID:-}" ]; then
-            extra="$extra; outbox rows left $(psqlv -c 'SELECT count(*) FROM cdc_worker.outbox'), tags received $(wc -l <"$WORK/receiver.log")"
+            extra="$extra; outbox rows left $(psqlv -c 'SELECT count(*) FROM cdc_worker.outbox'), tags received $(wc -l <"$WORK/receiver-$sc.log")"
             kill "$RECEIVER_PID"; RECEIVER_PID=; export CDC_REVALIDATE_URLS=""
         fi
     fi

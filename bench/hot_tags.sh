@@ -51,7 +51,7 @@ CREATE TABLE bench.store_tags (t timestamptz DEFAULT clock_timestamp());
 CREATE FUNCTION bench.log_store_tag() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN INSERT INTO bench.store_tags DEFAULT VALUES; RETURN NULL; END $$;
 CREATE TRIGGER bench_log AFTER INSERT ON cdc_worker.outbox FOR EACH ROW
-  WHEN (NEW.tag = 'store:s1:products') EXECUTE FUNCTION bench.log_store_tag();
+  WHEN ('store:s1:products' = ANY(NEW.tags)) EXECUTE FUNCTION bench.log_store_tag();
 CREATE TABLE bench.views (vid int, t0 float8, t1 float8, status int, shown int);
 CREATE TABLE bench.shown (vid int, t0 float8, t1 float8, product_id text, inv int);
 SQL
