@@ -3,6 +3,7 @@
 #
 #   bench/alternatives.sh                            # off trigger mv:1 mv:5 worker off, 10 s each, 100k products
 #   SECS=70 bench/alternatives.sh off mv:30 off      # N = 30 needs a longer run
+#   HOT=100 bench/alternatives.sh off trigger worker:endpoints off   # a flash sale
 #
 # One cluster, the same data (load_data), one write load: pgbench, CLIENTS=8 connections,
 # as fast as they can for SECS, single-row updates (weights 7 Inventory quantity + 1,
@@ -61,6 +62,12 @@ UPDATE "Price" SET "amount" = "amount" + 1 WHERE "productId" = 'p' || lpad(:p::t
 UPDATE "Product" SET "title" = 'Product ' || md5(random()::text) WHERE "id" = 'p' || lpad(:p::text, 7, '0');
 \endif
 EOF
+
+# HOT=K: a flash sale, HOT_SHARE percent (default 90) of the updates on the first K
+# products (as in ceiling.sh).
+if [ -n "${HOT:-}" ]; then
+    sed -i "s/^\\\\set p random(1, :products)\$/\\\\set h random(1, 100)\\n\\\\set p random(1, :products)\\n\\\\if :h <= ${HOT_SHARE:-90}\\n\\\\set p random(1, $HOT)\\n\\\\endif/" "$WORK/mixed.sql"
+fi
 
 # The trigger alternative's objects (created once, triggers attached only during "trigger").
 psqlq <<SQL
@@ -240,7 +247,7 @@ done
 
 echo
 echo "# machine after: loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "products=$N secs=$SECS pgbench -c $CLIENTS -j 2 -M prepared, unthrottled: 7/10 Inventory quantity + 1, 2/10 USD Price amount + 1, 1/10 Product title"
+echo "products=$N secs=$SECS pgbench -c $CLIENTS -j 2 -M prepared, unthrottled: 7/10 Inventory quantity + 1, 2/10 USD Price amount + 1, 1/10 Product title; hot=${HOT:-none} (${HOT_SHARE:-90}% of updates)"
 printf '%-8s | %6s | %7s | %8s | %7s | %8s | %9s | %9s | %s\n' scenario load tps updates "pg CPU" "CPU/1k" "WAL B/1k" "no FPI/1k" "staleness / notes"
 for r in "${ROWS[@]}"; do echo "$r"; done
 exit 0
