@@ -23,6 +23,10 @@
 #            backfill) and `cdc-worker run` (no revalidation endpoints: no outbox rows)
 #   worker:endpoints  the same with bench/receiver.py as the revalidation endpoint, so
 #            every changed row's tags go through the outbox (what a shop runs)
+#   recvlogical  no worker: pg_recvlogical reads the worker's publication from a slot of
+#            its own (pgoutput, protocol 2, streaming on, as the worker asks) into
+#            /dev/null: what decoding alone costs, the floor of any logical-replication
+#            consumer (its process's CPU is reported like the worker's)
 #   worker:endpoints:index  the same with Inventory and Price on REPLICA IDENTITY USING
 #            INDEX (their unique keys, which lead with productId) instead of FULL: an
 #            UPDATE then logs no old row (docs/schema.md, "Replica identity")
@@ -177,6 +181,11 @@ for sc in "${SCEN[@]}"; do
             m=$(psqlv -c "SELECT pg_logical_emit_message(true, 'bench', 'start')")
             until [ "$(psqlv -c "SELECT coalesce((SELECT lsn >= '$m' FROM cdc_worker.checkpoint), false)")" = t ]; do sleep 0.1; done ;;
         mv:*) psqlq -c "REFRESH MATERIALIZED VIEW CONCURRENTLY bench.mv" ;;
+        recvlogical)
+            if [ $worker_ready = 0 ]; then worker_setup; worker_ready=1; else replica_identity FULL; fi
+            psqlq -c "VACUUM ANALYZE" -c CHECKPOINT -c "SELECT pg_create_logical_replication_slot('bench_alt', 'pgoutput')"
+            "$PGBIN/pg_recvlogical" -d bench --slot bench_alt --start -o proto_version=2 -o streaming=on \
+                -o publication_names=cdc_worker -F 1 -s 1 -f /dev/null & RECV_PID=$! ;;
     esac
     load0=$(cut -d' ' -f1 /proc/loadavg)
     lsn0=$(psqlv -c "SELECT pg_current_wal_lsn()")
@@ -205,6 +214,15 @@ SQL
 )
             read -r a50 a99 amax nref dur <<<"$extra"
             extra="age at read p50 $a50 s, p99 $a99 s, max $amax s; $nref refreshes, each avg/max $dur s" ;;
+        recvlogical)
+            m=$(psqlv -c "SELECT pg_logical_emit_message(true, 'bench', 'end')")
+            until [ "$(psqlv -c "SELECT confirmed_flush_lsn >= '$m' FROM pg_replication_slots WHERE slot_name = 'bench_alt'")" = t ]; do sleep 0.05; done
+            caught=$(echo "$(now) - $t1" | bc)
+            wsnd=$(psqlv -c "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'bench_alt'")
+            extra=$(printf 'caught up %.2f s after pgbench ended; pg_recvlogical process CPU %.1f s; its walsender %.1f s' "$caught" "$(proc_cpu "$RECV_PID")" "$(proc_cpu "$wsnd")")
+            kill -INT "$RECV_PID"; wait "$RECV_PID" 2>/dev/null || true; RECV_PID=
+            sleep 0.5 # the walsender exits and is reaped: its CPU is in pg_cpu then
+            t1=$(now) ;;
         worker*)
             m=$(psqlv -c "SELECT pg_logical_emit_message(true, 'bench', 'end')")
             until [ "$(psqlv -c "SELECT coalesce((SELECT lsn >= '$m' FROM cdc_worker.checkpoint), false)")" = t ]; do sleep 0.05; done
@@ -233,6 +251,7 @@ SELECT (SELECT count(*) FROM (SELECT * FROM want EXCEPT SELECT * FROM have) a) +
 SQL
 )"
     fi
+    [ "$sc" = recvlogical ] && psqlq -c "SELECT pg_drop_replication_slot('bench_alt')"
     if [ "${sc%%:*}" = worker ]; then
         stop_worker
         extra="$extra; summary rows differing from the summary query: $(summary_diff)"
