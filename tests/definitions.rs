@@ -291,6 +291,61 @@ async fn a_query_reading_a_table_outside_the_sources_is_refused() {
         run.output
     );
     assert!(!run.output.contains(STREAMING), "{}", run.output);
+    // `reconcile` checks the same before it reads anything, and records no run.
+    let check = WorkerProcess::run_to_end(&db, &["--config", &config, "reconcile"], &[]);
+    assert!(!check.success, "{}", check.output);
+    assert!(
+        check
+            .output
+            .contains("reads table \"public\".\"Promo\", which is not in [tables.sources]"),
+        "{}",
+        check.output
+    );
+    let runs: i64 = c
+        .query_one("SELECT count(*) FROM cdc_worker.reconcile_history", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(runs, 0);
+}
+
+/// A summary query that calls a function of the shop that is not IMMUTABLE: the check
+/// cannot see which tables the function reads, so `setup`, `run` and `reconcile` say so
+/// in a warning naming it (and go on: the function may well read only sources). An
+/// IMMUTABLE one is not named.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_function_the_check_cannot_see_into_is_named_in_a_warning() {
+    let db = Cluster::shared().create_db("reads_opaque").await;
+    let c = db.client().await;
+    seed(&c, 1, 5).await;
+    c.batch_execute(
+        "CREATE FUNCTION shop_title(t text) RETURNS text STABLE LANGUAGE sql \
+           AS $$ SELECT upper(t) $$; \
+         CREATE FUNCTION shop_trim(t text) RETURNS text IMMUTABLE LANGUAGE sql \
+           AS $$ SELECT btrim(t) $$;",
+    )
+    .await
+    .unwrap();
+    let query = BUILT_IN_QUERY.replace(
+        "p.\"title\"                                  AS title",
+        "shop_trim(shop_title(p.\"title\"))            AS title",
+    );
+    assert_ne!(query, BUILT_IN_QUERY);
+    let config = config_with_query(&db, &query, "");
+    let warned = |out: &str| {
+        out.lines()
+            .any(|l| l.contains("shop_title(text), which is not IMMUTABLE"))
+            && !out.contains("shop_trim(text), which")
+    };
+    let setup = WorkerProcess::run_to_end(&db, &["--config", &config, "setup"], &[]);
+    assert!(setup.success, "{}", setup.output);
+    assert!(warned(&setup.output), "{}", setup.output);
+    let log = run_until_streaming(&db, &config, &[]).await;
+    assert!(warned(&log), "{log}");
+    let check = WorkerProcess::run_to_end(&db, &["--config", &config, "reconcile"], &[]);
+    assert!(check.success, "{}", check.output);
+    assert!(warned(&check.output), "{}", check.output);
+    assert_eq!(titles(&c).await[0], "PRODUCT 1");
 }
 
 /// A migration drops and recreates `Price` while `run` streams (new amounts, and the new
