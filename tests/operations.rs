@@ -230,6 +230,56 @@ async fn setup_refused_for_a_taken_slot_name_changes_nothing() {
     assert_ne!(catalog(&c2).await, before);
 }
 
+/// `setup` creates what passed its checks in one transaction: a change that fails after
+/// others succeeded (here `CREATE PUBLICATION`, the last one, refused by an event trigger
+/// after the state schema, the summary table and REPLICA IDENTITY FULL went through)
+/// leaves the database exactly as it was, and the output names what failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn setup_failing_at_its_last_change_leaves_nothing_behind() {
+    let db = Cluster::shared().create_db("setup_midway").await;
+    let c = db.client().await;
+    seed(&c, 1, 3).await;
+    c.batch_execute(
+        "CREATE FUNCTION refuse_publication() RETURNS event_trigger LANGUAGE plpgsql \
+           AS $$ BEGIN RAISE EXCEPTION 'publications are refused here'; END $$; \
+         CREATE EVENT TRIGGER refuse_publication ON ddl_command_start \
+           WHEN TAG IN ('CREATE PUBLICATION') EXECUTE FUNCTION refuse_publication();",
+    )
+    .await
+    .unwrap();
+    let before = catalog(&c).await;
+    let out = WorkerProcess::run_to_end(&db, &["setup"], &[]);
+    assert!(!out.success, "{}", out.output);
+    assert!(
+        out.output.contains("creating publication")
+            && out.output.contains("publications are refused here"),
+        "{}",
+        out.output
+    );
+    assert_eq!(
+        catalog(&c).await,
+        before,
+        "setup left part of its changes behind"
+    );
+    c.batch_execute("DROP EVENT TRIGGER refuse_publication")
+        .await
+        .unwrap();
+    let setup = WorkerProcess::run_to_end(&db, &["setup"], &[]);
+    assert!(setup.success, "{}", setup.output);
+    let after = catalog(&c).await;
+    for created in [
+        "schema cdc_worker".to_string(),
+        "relation public.ProductSummary kind=r".into(),
+        "relation public.Inventory kind=r identity=f".into(),
+        format!("publication {}", db.slot()),
+    ] {
+        assert!(
+            after.iter().any(|l| l.starts_with(&created)),
+            "{created} missing: {after:#?}"
+        );
+    }
+}
+
 /// `status --json` as a value, with its exit code.
 fn status_json(db: &TestDb, extra: &[(&str, &str)]) -> (Option<i32>, serde_json::Value) {
     let out = WorkerProcess::run_to_end(db, &["status", "--json"], extra);
