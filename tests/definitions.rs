@@ -9,7 +9,10 @@ mod support;
 
 use std::time::Duration;
 
-use support::{column, drift, seed, summary_of, wait_until, Cluster, TestDb, WorkerProcess};
+use support::{
+    column, drift, json_report, metric_value, metrics_text, seed, summary_of, wait_until, Cluster,
+    TestDb, WorkerProcess,
+};
 use tokio_postgres::Client;
 
 const BUILT_IN_QUERY: &str = include_str!("../sql/summary_query.sql");
@@ -19,10 +22,7 @@ use support::STREAMING;
 use support::RECOMPUTE;
 
 fn tmp(db: &TestDb, name: &str) -> String {
-    std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("{}-{name}", db.name))
-        .display()
-        .to_string()
+    db.tmp_path(&format!("-{name}")).display().to_string()
 }
 
 /// Writes `query` to a file of this test and a config naming it (plus `extra` TOML lines
@@ -37,18 +37,6 @@ fn config_with_query(db: &TestDb, query: &str, extra: &str) -> String {
     )
     .unwrap();
     config
-}
-
-async fn metric(addr: &str, name: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 async fn outbox_tags(c: &Client) -> Vec<String> {
@@ -88,11 +76,9 @@ fn fast_heartbeat(db: &TestDb) -> String {
 /// `cdc-worker reconcile --json` with `config` and `env`; its discrepancy count.
 fn reconcile(db: &TestDb, config: &str, env: &[(&str, &str)]) -> i64 {
     let out = WorkerProcess::run_to_end(db, &["--config", config, "reconcile", "--json"], env);
-    let start = out.output.find("\n{").map_or(0, |i| i + 1);
-    let end = out.output.rfind('}').map_or(0, |i| i + 1);
-    let json: serde_json::Value = serde_json::from_str(&out.output[start..end])
-        .unwrap_or_else(|e| panic!("no JSON from reconcile ({e}):\n{}", out.output));
-    json["discrepancies"].as_i64().expect("discrepancies")
+    json_report(&out.output)["discrepancies"]
+        .as_i64()
+        .expect("discrepancies")
 }
 
 /// Runs `run` until it logs "streaming", then stops it with SIGTERM; returns its log.
@@ -170,11 +156,10 @@ async fn a_changed_definition_recomputes_every_product() {
         assert!(tags.contains(&format!("product:p{p}")), "{tags:?}");
     }
     assert_eq!(
-        metric(
-            &metrics,
-            "cdc_recovery_recomputes_total{reason=\"definition_changed\"}"
-        )
-        .await,
+        metric_value(
+            &metrics_text(&metrics).await,
+            "cdc_recovery_recomputes_total{reason=\"definition_changed\"} "
+        ),
         Some(1.0)
     );
     w.sigterm();
@@ -428,7 +413,10 @@ async fn a_weakened_replica_identity_is_never_silent() {
     let metrics = w.metrics_addr().await;
     w.wait_for_log(Duration::from_secs(60), STREAMING).await;
     let weak = "cdc_replica_identity_weak{table=\"ProductImage\"}";
-    assert_eq!(metric(&metrics, weak).await, Some(0.0));
+    assert_eq!(
+        metric_value(&metrics_text(&metrics).await, &format!("{weak} ")),
+        Some(0.0)
+    );
 
     c.batch_execute(
         "ALTER TABLE \"ProductImage\" REPLICA IDENTITY DEFAULT;
@@ -448,7 +436,10 @@ async fn a_weakened_replica_identity_is_never_silent() {
         w.log().contains(fix)
     })
     .await;
-    assert_eq!(metric(&metrics, weak).await, Some(1.0));
+    assert_eq!(
+        metric_value(&metrics_text(&metrics).await, &format!("{weak} ")),
+        Some(1.0)
+    );
 
     c.batch_execute(&format!(
         "{fix}; UPDATE \"ProductImage\" SET position = 2 WHERE id = 'img3'"
@@ -456,7 +447,7 @@ async fn a_weakened_replica_identity_is_never_silent() {
     .await
     .unwrap();
     wait_until(Duration::from_secs(20), "the metric cleared", || async {
-        metric(&metrics, weak).await == Some(0.0)
+        metric_value(&metrics_text(&metrics).await, &format!("{weak} ")) == Some(0.0)
     })
     .await;
 }

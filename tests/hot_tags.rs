@@ -240,13 +240,8 @@ async fn a_burst_on_one_store_gives_two_store_revalidations_not_fifty() {
         ms(last.at - last_committed)
     );
     // Product and inventory tags are never held.
-    let held: Vec<String> = c
-        .query("SELECT tag FROM cdc_worker.outbox_held ORDER BY tag", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let held: Vec<String> =
+        support::column(&c, "SELECT tag FROM cdc_worker.outbox_held ORDER BY tag").await;
     assert_eq!(held, vec![STORE_TAG.to_string()]);
     assert!(
         product_latency.iter().all(|&l| l < 5000),

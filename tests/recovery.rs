@@ -778,13 +778,8 @@ async fn a_checkpoint_of_another_server_expires_every_page() {
             && log.contains("inserted=0 updated=0 deleted=0"),
         "{log}"
     );
-    let tags: Vec<String> = c
-        .query("SELECT DISTINCT unnest(tags) FROM cdc_worker.outbox", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let tags: Vec<String> =
+        support::column(&c, "SELECT DISTINCT unnest(tags) FROM cdc_worker.outbox").await;
     for p in 1..=120 {
         assert!(
             tags.contains(&format!("product:p{p}")),

@@ -1068,11 +1068,7 @@ pub async fn drift(c: &tokio_postgres::Client) -> i64 {
 /// report (the JSON object on stdout, after the log lines on stderr) and the run.
 pub fn reconcile_report(db: &TestDb, extra: &[(&str, &str)]) -> (serde_json::Value, Finished) {
     let out = WorkerProcess::run_to_end(db, &["reconcile", "--json"], extra);
-    let start = out.output.find("\n{").map_or(0, |i| i + 1);
-    let end = out.output.rfind('}').map_or(0, |i| i + 1);
-    let json = serde_json::from_str(&out.output[start..end])
-        .unwrap_or_else(|e| panic!("no JSON from reconcile ({e}):\n{}", out.output));
-    (json, out)
+    (json_report(&out.output), out)
 }
 
 /// The slot's `confirmed_flush_lsn` and the worker's stored checkpoint, as bytes from 0/0.
