@@ -120,9 +120,10 @@ async fn a_changed_definition_recomputes_every_product() {
     assert!(setup.success, "{}", setup.output);
     assert!(titles(&c).await.iter().all(|t| t.starts_with("Product ")));
 
-    // The same query with other layout and comments is the same definition.
+    // The same query with other layout and comments is the same definition, a file that
+    // ends it with `;` and a comment without a newline too.
     let reformatted = format!(
-        "-- reformatted\n{}\n/* same */",
+        "-- reformatted\n{};\n/* same */ -- the end",
         BUILT_IN_QUERY.replace("    ", "\t")
     );
     let config = config_with_query(&db, &reformatted, "");

@@ -48,7 +48,7 @@ impl Layout {
         let product = qualified(&t.schema, &t.product);
         let key = &t.sources[&t.product];
         let id_type = product_key_type(client, cfg, &product, key).await?;
-        let query = cfg.summary_query()?;
+        let query = super::query_text::embeddable(&cfg.summary_query()?).to_string();
         let store_type = check_query(client, cfg, &query, &id_type.0).await?;
         super::reads::check(client, cfg, &query).await?;
         let col = t.summary_columns.map(quote_ident);

@@ -143,6 +143,22 @@ pub fn normalize(sql: &str) -> String {
     out
 }
 
+/// The query as the worker's statements embed it (`FROM (<query>) s`): up to its last
+/// token, without a final `;` and what follows it in a file. A `;` there would end the
+/// statement, and a line comment at the end (`... = $1 -- USD only`) would comment out
+/// the rest of it. A `;` between two statements stays (Postgres then refuses the query).
+pub fn embeddable(sql: &str) -> &str {
+    let mut end = 0;
+    for (kind, range) in scan(sql) {
+        match kind {
+            Kind::Space => {}
+            Kind::Code if &sql[range.clone()] == ";" => {}
+            _ => end = range.end,
+        }
+    }
+    &sql[..end]
+}
+
 /// `sql` with every parameter `$n` replaced by `value(n)`; everything else verbatim.
 pub fn bind_params(sql: &str, value: impl Fn(u32) -> String) -> String {
     let mut out = String::with_capacity(sql.len());
@@ -196,6 +212,16 @@ mod tests {
             normalize("SELECT amount AS price FROM \"Price\""),
             normalize("SELECT amount * 2 AS price FROM \"Price\"")
         );
+    }
+
+    #[test]
+    fn embeddable_ends_at_the_last_token() {
+        assert_eq!(embeddable("SELECT 1;\n-- the end\n"), "SELECT 1");
+        assert_eq!(embeddable("SELECT 1 -- USD only"), "SELECT 1");
+        assert_eq!(embeddable("SELECT 1 /* a */ ; ;\n"), "SELECT 1");
+        assert_eq!(embeddable("SELECT ';' AS s;"), "SELECT ';' AS s");
+        assert_eq!(embeddable("SELECT 1; SELECT 2;"), "SELECT 1; SELECT 2");
+        assert_eq!(embeddable("SELECT $1\n"), "SELECT $1");
     }
 
     #[test]
