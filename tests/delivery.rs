@@ -269,6 +269,24 @@ async fn credentials_in_a_revalidate_url_appear_nowhere() {
     }
 }
 
+/// Waits until `e` got every tag of `waiting` (stored after the endpoint's cursor), then
+/// asserts that no `old:` tag (stored before it) was sent again and that the worker's log
+/// says `said`.
+async fn resumes_after_the_cursor(e: &Endpoint, w: &WorkerProcess, waiting: &[&str], said: &str) {
+    wait_until(
+        Duration::from_secs(20),
+        "the tags after the stored cursor arrive",
+        || async { waiting.iter().all(|t| e.got(t)) },
+    )
+    .await;
+    assert!(
+        !e.tags().iter().any(|t| t.starts_with("old:")),
+        "tags before the cursor were sent again: {:?}",
+        e.tags()
+    );
+    assert!(w.output().contains(said), "{}", w.log_tail(20));
+}
+
 /// Issue 9 item 12: deployments that stored cursors keyed by the full URL keep their
 /// place when the key becomes the redacted URL: nothing is sent again, nothing skipped.
 #[tokio::test(flavor = "multi_thread")]
@@ -306,22 +324,7 @@ async fn cursors_keyed_by_the_full_url_are_renamed_in_place() {
         c.query_one(&row(tag), &[]).await.unwrap();
     }
     let w = WorkerProcess::start(&db, &["run"], &revalidate_env(&url, SECRET));
-    wait_until(
-        Duration::from_secs(20),
-        "the tags after the stored cursor arrive",
-        || async { e.got("new:1") && e.got("new:2") },
-    )
-    .await;
-    assert!(
-        !e.tags().iter().any(|t| t.starts_with("old:")),
-        "tags before the cursor were sent again: {:?}",
-        e.tags()
-    );
-    assert!(
-        w.output().contains("delivery cursor renamed"),
-        "{}",
-        w.log_tail(20)
-    );
+    resumes_after_the_cursor(&e, &w, &["new:1", "new:2"], "delivery cursor renamed").await;
     let cursors = || async {
         c.query(
             "SELECT endpoint, delivered_id FROM cdc_worker.outbox_cursor",
@@ -529,22 +532,7 @@ async fn per_tag_rows_of_an_earlier_version_are_delivered_after_the_upgrade() {
     .await
     .unwrap();
     let w = WorkerProcess::start(&db, &["run"], &revalidate_env(&e.url, SECRET));
-    wait_until(
-        Duration::from_secs(20),
-        "the tags after the stored cursor arrive",
-        || async { e.got("waiting:1") && e.got("waiting:2") },
-    )
-    .await;
-    assert!(
-        !e.tags().iter().any(|t| t.starts_with("old:")),
-        "tags before the cursor were sent again: {:?}",
-        e.tags()
-    );
-    assert!(
-        w.output().contains("state schema upgraded"),
-        "{}",
-        w.log_tail(20)
-    );
+    resumes_after_the_cursor(&e, &w, &["waiting:1", "waiting:2"], "state schema upgraded").await;
     let columns: Vec<String> = support::column(
         &c,
         "SELECT attname::text FROM pg_attribute WHERE attrelid = 'cdc_worker.outbox'::regclass \
