@@ -439,6 +439,61 @@ async fn a_long_silent_decode_is_waited_for() {
     wait_converged(&c, "the summary equals the source").await;
 }
 
+/// docs/reliability.md, "the leader is alive": the server ends the leader's session when
+/// it is idle for 2 heartbeats + 5 s (7 s with a 1 s heartbeat), so that a hung process
+/// loses leadership; while no batch comes (a long decode) the apply task pings it, so the
+/// limit measures whether the process is alive, not whether WAL flows. Here the stream
+/// loop stalls for 12 s after a batch (failpoint `stream-stall`): the leader keeps the
+/// same session through it, and a change made meanwhile arrives after it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_leader_session_outlives_the_servers_idle_limit() {
+    let (db, c) = Cluster::shared().prepared_db("idle_leader", 5).await;
+    let config = db.config_file("[batch]\nheartbeat_secs = 1\n");
+    let w = WorkerProcess::start(
+        &db,
+        &["--config", &config, "run"],
+        &[("FAILPOINTS", "stream-stall=1*return(12000)")],
+    );
+    w.wait_for_log(Duration::from_secs(30), "the stream loop pauses")
+        .await;
+    let apply_session = || async {
+        c.query_opt(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+             AND application_name = 'cdc-worker/apply'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .map(|r| r.get::<_, i32>(0))
+    };
+    let before = apply_session().await.expect("the leader's session");
+    c.batch_execute("UPDATE \"Price\" SET amount = 777 WHERE id = 'usd1'")
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(40),
+        "the change made during the stall in the summary",
+        || async {
+            support::summary_of(&c, "p1")
+                .await
+                .is_some_and(|r| r.get::<_, i32>(2) == 777)
+        },
+    )
+    .await;
+    assert_eq!(
+        apply_session().await,
+        Some(before),
+        "the leader's session was replaced during the stall:\n{}",
+        w.log_tail(30)
+    );
+    let log = w.output();
+    assert!(
+        !log.contains("idle-session timeout") && !log.contains("replication session ended"),
+        "{}",
+        w.log_tail(30)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sigterm_leader_hands_over_at_once() {
     let r = Endpoint::start(Answer::Ok).await;

@@ -77,6 +77,12 @@ pub async fn stream_loop(
                 .send(batch)
                 .await
                 .map_err(|_| anyhow::anyhow!("apply task ended unexpectedly"))?;
+            if let Some(pause) = crate::failpoints::stall(crate::failpoints::STREAM_STALL) {
+                tracing::warn!(?pause, "failpoint stream-stall: the stream loop pauses");
+                tokio::time::sleep(pause).await;
+                // The pause is the loop's own, not the stream's silence.
+                state.heard = Deadline::now();
+            }
         }
         if state.stopping && !state.in_flight {
             if state.batch.is_empty() {
