@@ -460,6 +460,14 @@ mod tests {
         );
         let none: serde_json::Value = serde_json::from_str(&body(&tags, &BTreeMap::new())).unwrap();
         assert_eq!(none["committed_at"], serde_json::json!({}));
+        // A delivery sent in parts shares one map: each part carries only its own tags.
+        let mut shared = committed.clone();
+        shared.insert("product:p9".into(), at(1_700_000_000_999));
+        let part: serde_json::Value = serde_json::from_str(&body(&tags, &shared)).unwrap();
+        assert_eq!(
+            part["committed_at"],
+            serde_json::json!({ "product:p1": 1_700_000_000_123u64 })
+        );
     }
 
     #[test]
