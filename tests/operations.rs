@@ -381,6 +381,11 @@ async fn status_and_teardown_on_a_running_installation() {
     let endpoint = &v["outbox"]["endpoints"][0];
     assert_eq!(endpoint["configured"], true, "{v:#}");
     assert_eq!(endpoint["parked_tags"], 0, "{v:#}");
+    // `pending` counts tags, not outbox rows: the price change put its product and store
+    // tags into one row.
+    let waiting = support::outbox_tags(&c).await;
+    assert!(waiting.len() >= 2, "{waiting:?}");
+    assert_eq!(endpoint["pending"], waiting.len(), "{v:#}\n{waiting:?}");
     // The text report: the same facts for a person, the same exit code.
     let text = WorkerProcess::run_to_end(&db, &["status"], &env);
     assert_eq!(text.code, Some(0), "{}", text.output);
