@@ -334,6 +334,50 @@ async fn a_function_the_check_cannot_see_into_is_named_in_a_warning() {
     assert_eq!(titles(&c).await[0], "PRODUCT 1");
 }
 
+/// A publication the shop made `FOR TABLES IN SCHEMA` (15+) names its tables in no
+/// `pg_publication_rel` row. Setup and run's guard read `pg_publication_tables`, which
+/// expands it: a schema publication of exactly the source tables is accepted by setup,
+/// and run streams through it for several guard checks without calling a table missing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_schema_publication_of_the_sources_is_accepted() {
+    let db = Cluster::shared().create_db("schema_pub").await;
+    let c = db.client().await;
+    seed(&c, 1, 5).await;
+    c.batch_execute(&format!(
+        "CREATE PUBLICATION \"{}\" FOR TABLES IN SCHEMA public",
+        db.slot()
+    ))
+    .await
+    .unwrap();
+    let config = fast_heartbeat(&db);
+    let setup = WorkerProcess::run_to_end(&db, &["--config", &config, "setup"], &[]);
+    assert!(setup.success, "{}", setup.output);
+    let w = WorkerProcess::start(&db, &["--config", &config, "run"], &[]);
+    w.wait_for_log(Duration::from_secs(30), STREAMING).await;
+    c.batch_execute("UPDATE \"Price\" SET amount = 5151 WHERE id = 'usd2'")
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "the price in the summary",
+        || async {
+            summary_of(&c, "p2")
+                .await
+                .is_some_and(|r| r.get::<_, i32>(2) == 5151)
+        },
+    )
+    .await;
+    // Several heartbeats, each with the guard's publication check.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(drift(&c).await, 0);
+    let log = w.output();
+    assert!(
+        !log.contains("ALTER PUBLICATION") && !log.contains("publication_changed"),
+        "{}",
+        w.log_tail(20)
+    );
+}
+
 /// A migration drops and recreates `Price` while `run` streams (new amounts, and the new
 /// table neither in the publication nor REPLICA IDENTITY FULL). The worker stops within
 /// a few heartbeats with the `ALTER PUBLICATION` that fixes it, refuses to start again
